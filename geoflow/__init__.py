@@ -1,0 +1,9 @@
+"""geoflow: normalizing flows and flow matching in JAX, as Equinox modules."""
+
+from . import bijections
+from .distributions import DiagonalNormal, Distribution, StandardNormal, Transformed, Uniform
+from .flows import coupling_flow, iaf, maf, make_flow, masked_autoregressive_flow, nice, nsf, nsf_ar, realnvp
+
+__version__ = "0.1.0"
+from .serialization import load, save
+from .train import History, fit, maximum_likelihood

@@ -1,0 +1,15 @@
+"""Bijections. ``forward`` is latent → data, ``inverse`` is data → latent (see ``base``)."""
+
+from .autoregressive import MaskedAutoregressive
+from .base import Bijection, Chain, Identity, Invert, Permute, Reverse, Stack
+from .coupling import Coupling
+from .elementwise import Elementwise
+from .preprocessing import Logit, Standardize, uniform_dequantize
+from .splines import RationalQuadraticSpline
+from .transformers import Additive, Affine, Transformer
+
+__all__ = [
+    "Additive", "Affine", "Bijection", "Chain", "Coupling", "Elementwise", "Identity", "Invert",
+    "Logit", "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "Reverse", "Stack",
+    "Standardize", "Transformer", "uniform_dequantize",
+]

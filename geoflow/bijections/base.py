@@ -1,0 +1,223 @@
+"""The bijection protocol and the structural bijections every flow is built from.
+
+Direction convention (used everywhere in geoflow): ``forward`` maps the *latent* (base
+distribution) space to the *data* space, ``inverse`` maps data to latent. A flow's density
+is therefore evaluated with ``inverse_and_log_det`` and sampled with ``forward_and_log_det``.
+``log_det`` is always ``log|det J|`` of the map that was applied.
+
+Every bijection is written for a single example of shape ``shape``; batching is done with
+``vmap`` by the distributions.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+class Bijection(eqx.Module):
+    """An invertible map with a tractable Jacobian log-determinant.
+
+    Subclasses set ``shape`` (the event shape of one example) and ``cond_shape``
+    (``None`` for an unconditional bijection, else the shape of the context vector) and
+    implement ``forward_and_log_det`` and ``inverse_and_log_det`` for one example.
+    """
+
+    shape: eqx.AbstractVar[tuple[int, ...]]
+    cond_shape: eqx.AbstractVar[tuple[int, ...] | None]
+
+    @abc.abstractmethod
+    def forward_and_log_det(self, x: Array, condition: Array | None = None) -> tuple[Array, Array]:
+        """Latent ``x`` → data ``y``; returns ``(y, log|det dy/dx|)``."""
+
+    @abc.abstractmethod
+    def inverse_and_log_det(self, y: Array, condition: Array | None = None) -> tuple[Array, Array]:
+        """Data ``y`` → latent ``x``; returns ``(x, log|det dx/dy|)``."""
+
+    def forward(self, x: Array, condition: Array | None = None) -> Array:
+        return self.forward_and_log_det(x, condition)[0]
+
+    def inverse(self, y: Array, condition: Array | None = None) -> Array:
+        return self.inverse_and_log_det(y, condition)[0]
+
+
+def _merge_cond_shapes(bijections: Sequence[Bijection]) -> tuple[int, ...] | None:
+    shapes = {b.cond_shape for b in bijections if b.cond_shape is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"bijections in one chain need the same condition shape, got {shapes}")
+    return shapes.pop() if shapes else None
+
+
+class Chain(Bijection):
+    """Composition ``b_n ∘ … ∘ b_1``: ``forward`` applies ``bijections`` in list order.
+
+    **Arguments:**
+    - `bijections`: the layers, all with the same event shape.
+    """
+
+    bijections: tuple[Bijection, ...]
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True)
+
+    def __init__(self, bijections: Sequence[Bijection]):
+        if not bijections:
+            raise ValueError("Chain needs at least one bijection")
+        shapes = {b.shape for b in bijections}
+        if len(shapes) > 1:
+            raise ValueError(f"bijections in one chain need the same event shape, got {shapes}")
+        self.bijections = tuple(bijections)
+        self.shape = bijections[0].shape
+        self.cond_shape = _merge_cond_shapes(bijections)
+
+    def forward_and_log_det(self, x, condition=None):
+        total = jnp.zeros((), x.dtype)
+        for b in self.bijections:
+            x, ld = b.forward_and_log_det(x, condition)
+            total = total + ld
+        return x, total
+
+    def inverse_and_log_det(self, y, condition=None):
+        total = jnp.zeros((), y.dtype)
+        for b in reversed(self.bijections):
+            y, ld = b.inverse_and_log_det(y, condition)
+            total = total + ld
+        return y, total
+
+
+class Invert(Bijection):
+    """Swap the two directions of ``bijection`` (e.g. a MAF layer becomes an IAF layer)."""
+
+    bijection: Bijection
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True)
+
+    def __init__(self, bijection: Bijection):
+        self.bijection = bijection
+        self.shape = bijection.shape
+        self.cond_shape = bijection.cond_shape
+
+    def forward_and_log_det(self, x, condition=None):
+        return self.bijection.inverse_and_log_det(x, condition)
+
+    def inverse_and_log_det(self, y, condition=None):
+        return self.bijection.forward_and_log_det(y, condition)
+
+
+class Permute(Bijection):
+    """Permute the last axis: ``forward(x) = x[..., permutation]``. Volume preserving.
+
+    The permutation is an integer array, so training (which only updates floating-point
+    leaves) leaves it alone.
+    """
+
+    permutation: Int[Array, " dim"]
+    inverse_permutation: Int[Array, " dim"]
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, permutation: Int[Array, " dim"]):
+        permutation = jnp.asarray(permutation, dtype=jnp.int32)
+        n = permutation.shape[0]
+        # under filter_vmap (stacked layers) the permutation is traced and cannot be checked
+        if not isinstance(permutation, jax.core.Tracer) and not jnp.array_equal(
+            jnp.sort(permutation), jnp.arange(n)
+        ):
+            raise ValueError(f"Permute expected a permutation of 0..{n - 1}, got {permutation}")
+        self.permutation = permutation
+        self.inverse_permutation = jnp.argsort(permutation).astype(jnp.int32)
+        self.shape = (n,)
+        self.cond_shape = None
+
+    @classmethod
+    def random(cls, key, dim: int) -> Permute:
+        return cls(jax.random.permutation(key, dim))
+
+    def forward_and_log_det(self, x, condition=None):
+        return x[..., self.permutation], jnp.zeros((), x.dtype)
+
+    def inverse_and_log_det(self, y, condition=None):
+        return y[..., self.inverse_permutation], jnp.zeros((), y.dtype)
+
+
+class Reverse(Bijection):
+    """Reverse the last axis (the alternating mask of coupling flows). Volume preserving."""
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, dim: int):
+        self.shape = (dim,)
+        self.cond_shape = None
+
+    def forward_and_log_det(self, x, condition=None):
+        return jnp.flip(x, -1), jnp.zeros((), x.dtype)
+
+    def inverse_and_log_det(self, y, condition=None):
+        return jnp.flip(y, -1), jnp.zeros((), y.dtype)
+
+
+class Identity(Bijection):
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+        self.cond_shape = None
+
+    def forward_and_log_det(self, x, condition=None):
+        return x, jnp.zeros((), x.dtype)
+
+    def inverse_and_log_det(self, y, condition=None):
+        return y, jnp.zeros((), y.dtype)
+
+
+class Stack(Bijection):
+    """``n`` identical layers with stacked parameters, run with ``jax.lax.scan``.
+
+    Compile time does not grow with depth: the layer is traced once. Build it with
+    :meth:`Stack.from_init`, which calls the layer constructor under ``eqx.filter_vmap``.
+
+    **Arguments:**
+    - `layers`: a bijection whose array leaves carry a leading axis of size ``n``.
+    - `n`: the number of layers.
+    """
+
+    layers: Bijection
+    n: int = eqx.field(static=True)
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True)
+
+    def __init__(self, layers: Bijection, n: int):
+        self.layers = layers
+        self.n = n
+        self.shape = layers.shape
+        self.cond_shape = layers.cond_shape
+
+    @classmethod
+    def from_init(cls, make_layer, keys: jax.Array) -> Stack:
+        """``make_layer(key) -> Bijection`` called once per key, parameters stacked."""
+        layers = eqx.filter_vmap(make_layer)(keys)
+        return cls(layers, keys.shape[0])
+
+    def _scan(self, method: str, x, condition, reverse: bool):
+        params, static = eqx.partition(self.layers, eqx.is_array)
+
+        def step(carry, layer_params):
+            z, total = carry
+            layer = eqx.combine(layer_params, static)
+            z, ld = getattr(layer, method)(z, condition)
+            return (z, total + ld), None
+
+        (x, total), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)), params, reverse=reverse)
+        return x, total
+
+    def forward_and_log_det(self, x, condition=None):
+        return self._scan("forward_and_log_det", x, condition, reverse=False)
+
+    def inverse_and_log_det(self, y, condition=None):
+        return self._scan("inverse_and_log_det", y, condition, reverse=True)

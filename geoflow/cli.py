@@ -1,0 +1,208 @@
+"""The ``geoflow`` command: ``fit``, ``sample`` and ``eval``.
+
+Bad input (an unknown name, a missing run, data with NaN or of the wrong dimension) prints
+one line starting with ``geoflow: error:`` and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import DATASETS
+from .flows import MODELS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise UsageError(message)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _choice(valid, what):
+    def check(value):
+        if value not in valid:
+            raise argparse.ArgumentTypeError(f"unknown {what} {value!r}; expected one of {', '.join(valid)}")
+        return value
+
+    return check
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="geoflow", description="Normalizing flows in JAX.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser("fit", help="train a flow and write metrics, model and plots")
+    f.add_argument("--model", type=_choice(MODELS, "model"), default="nsf", help=f"one of {', '.join(MODELS)}")
+    f.add_argument("--data", type=_choice(DATASETS, "data set"), default="checkerboard",
+                   help=f"one of {', '.join(DATASETS)}")
+    f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
+    f.add_argument("--steps", type=int, default=3000)
+    f.add_argument("--batch-size", type=int, default=256)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--layers", type=int, help="number of flow layers (model default if omitted)")
+    f.add_argument("--width", type=int, default=64, help="hidden width of the conditioners")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", type=Path, help="run directory (default runs/MODEL-DATA)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("-n", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True, help="output .npy file")
+
+    e = sub.add_parser("eval", help="test NLL of a trained run on a data set or file")
+    e.add_argument("--run", type=Path, required=True)
+    e.add_argument("--data", type=_choice(DATASETS, "data set"), help="named data set (its test split)")
+    e.add_argument("--data-path", type=Path, help=".npy/.csv file of points (n, dim)")
+    e.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _read_points(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    x = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{path} holds an array of shape {x.shape}; expected points (n, dim) with n > 0")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path} contains NaN or inf in {int((~np.isfinite(x)).any(1).sum())} row(s); expected finite values")
+    return x
+
+
+def _dataset(args):
+    from .datasets import Dataset, load_dataset
+
+    if getattr(args, "data_path", None) is not None:
+        x = _read_points(args.data_path)
+        perm = np.random.default_rng(args.seed).permutation(len(x))
+        n_val = n_test = max(1, len(x) // 10)
+        x = x[perm]
+        return Dataset(args.data_path.stem, x[n_val + n_test :], x[:n_val], x[n_val : n_val + n_test])
+    return load_dataset(args.data, seed=args.seed)
+
+
+def _build_model(name, data, args, key):
+    from .bijections import Chain, Logit, Standardize
+    from .flows import make_flow
+
+    kw = {"width": args.width}
+    if args.layers is not None:
+        kw["layers"] = args.layers
+    if data.levels is not None:  # dequantised images in [0, 1): logit, then standardise
+        logit = Logit(data.dim, alpha=1e-6)
+        kw["preprocess"] = Chain([Standardize.fit(logit.inverse(np.asarray(data.train).T).T), logit])
+    return make_flow(name, key, data.dim, **kw)
+
+
+def _run_dir(path: Path) -> Path:
+    if not (path / "model.eqx").is_file():
+        raise FileNotFoundError(f"run directory {path} has no model.eqx; expected the --out of a 'geoflow fit'")
+    return path
+
+
+def cmd_fit(args) -> dict:
+    import jax
+
+    from . import metrics
+    from .plots import plot_2d, plot_images
+    from .serialization import save
+    from .train import fit
+
+    t_start = time.perf_counter()
+    data = _dataset(args)
+    out = args.out or Path("runs") / f"{args.model}-{data.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
+    model = _build_model(args.model, data, args, key_model)
+    model, history = fit(model, data.train, key=key_fit, val_data=data.val, steps=args.steps,
+                         batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+    res = {"model": args.model, "data": data.name, "dim": data.dim, "seed": args.seed, "steps": history.steps[-1] if history.steps else 0,
+           "stop_reason": history.stop_reason,
+           "parameters": int(sum(a.size for a in jax.tree.leaves(model) if isinstance(a, jax.Array) and a.dtype.kind == "f"))}
+    for split in ("train", "val", "test"):
+        res[f"{split}_nll"] = metrics.nll(model, getattr(data, split))
+    if data.levels is not None:
+        res["test_bits_per_dim"] = metrics.bits_per_dim(res["test_nll"], data.dim, data.levels)
+    if data.entropy is not None:
+        res["entropy"] = data.entropy
+        res["kl"] = metrics.kl_from_truth(res["test_nll"], data.entropy)
+    res["fit_seconds"] = history.wall_time
+    res["steps_per_second"] = history.steps_per_second
+    save(out / "model.eqx", model)
+    (out / "run.json").write_text(json.dumps({"model": args.model, "data": data.name, "dim": data.dim,
+                                               "levels": data.levels, "seed": args.seed}, indent=2))
+    samples = np.asarray(model.sample(key_sample, (min(len(data.test), 20_000),)))
+    if data.dim == 2:
+        plot_2d(out / "samples.png", data.test[:20_000], samples,
+                lambda pts: metrics.log_prob_batched(model, pts), f"{args.model} on {data.name}")
+    elif data.levels is not None:
+        plot_images(out / "samples.png", samples[:64], int(np.sqrt(data.dim)), f"{args.model} samples")
+    res["wall_seconds"] = time.perf_counter() - t_start
+    (out / "metrics.json").write_text(json.dumps(res, indent=2))
+    print(f"wrote {out / 'metrics.json'}, {out / 'model.eqx'}" + (f", {out / 'samples.png'}" if (out / 'samples.png').exists() else ""))
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
+    print(json.dumps(shown))
+    return res
+
+
+def cmd_sample(args):
+    import jax
+
+    from .serialization import load
+
+    model = load(_run_dir(args.run) / "model.eqx")
+    if args.n < 1:
+        raise ValueError(f"-n must be positive, got {args.n}")
+    x = np.asarray(model.sample(jax.random.key(args.seed), (args.n,)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, x)
+    print(f"wrote {args.n} samples of shape {x.shape[1:]} to {args.out}")
+
+
+def cmd_eval(args):
+    from . import metrics
+    from .datasets import load_dataset
+    from .serialization import load
+
+    run = _run_dir(args.run)
+    model = load(run / "model.eqx")
+    if args.data_path is not None:
+        x = _read_points(args.data_path)
+        levels = None
+    elif args.data is not None:
+        d = load_dataset(args.data, seed=args.seed)
+        x, levels = d.test, d.levels
+    else:
+        raise ValueError("eval needs --data NAME or --data-path FILE")
+    if x.shape[1:] != tuple(model.shape):
+        raise ValueError(f"data has dimension {x.shape[1]} but the model in {run} expects {model.shape[0]}")
+    res = {"n": len(x), "nll": metrics.nll(model, x)}
+    if levels is not None:
+        res["bits_per_dim"] = metrics.bits_per_dim(res["nll"], x.shape[1], levels)
+    print(json.dumps(res))
+    return res
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        {"fit": cmd_fit, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f"geoflow: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

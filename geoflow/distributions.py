@@ -1,0 +1,178 @@
+"""Distributions: the protocol every generative model follows, base distributions, and
+:class:`Transformed`, which turns a base distribution and a bijection into a flow.
+
+Subclasses implement the single-example methods ``_log_prob``, ``_sample`` (and optionally
+``_sample_and_log_prob``); the public methods check input, broadcast leading batch axes of
+``x`` and ``condition`` against each other and ``vmap``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .bijections import Bijection
+from .checks import check_condition, check_event, check_finite
+
+
+class Distribution(eqx.Module):
+    """A distribution over events of shape ``shape``, optionally conditioned on a context
+    vector of shape ``cond_shape``."""
+
+    shape: eqx.AbstractVar[tuple[int, ...]]
+    cond_shape: eqx.AbstractVar[tuple[int, ...] | None]
+
+    @abc.abstractmethod
+    def _log_prob(self, x: Array, condition: Array | None) -> Array:
+        """Log-density of one event."""
+
+    @abc.abstractmethod
+    def _sample(self, key, condition: Array | None) -> Array:
+        """One event."""
+
+    def _sample_and_log_prob(self, key, condition):
+        x = self._sample(key, condition)
+        return x, self._log_prob(x, condition)
+
+    # ---- public, batched -------------------------------------------------------------
+    def log_prob(self, x: Float[Array, "*batch ..."], condition: Array | None = None) -> Array:
+        """Exact log-density of ``x`` (shape ``(*batch, *self.shape)``); returns ``(*batch,)``."""
+        x = check_finite(check_event(x, self.shape, "x"), "x")
+        condition = check_condition(condition, self.cond_shape)
+        batch = x.shape[: x.ndim - len(self.shape)]
+        if condition is not None:
+            cbatch = condition.shape[:-1]
+            batch = jnp.broadcast_shapes(batch, cbatch)
+            condition = jnp.broadcast_to(condition, batch + self.cond_shape).reshape(-1, *self.cond_shape)
+        x = jnp.broadcast_to(x, batch + self.shape).reshape(-1, *self.shape)
+        lp = jax.vmap(self._log_prob)(x, condition)
+        return lp.reshape(batch)
+
+    def _batched_sample(self, fn, key, sample_shape, condition):
+        sample_shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+        condition = check_condition(condition, self.cond_shape)
+        cbatch = () if condition is None else condition.shape[:-1]
+        out_batch = sample_shape + cbatch
+        n = math.prod(out_batch)
+        keys = jax.random.split(key, n)
+        if condition is not None:
+            condition = jnp.broadcast_to(condition, out_batch + self.cond_shape).reshape(n, -1)
+        out = jax.vmap(fn)(keys, condition)
+        return jax.tree.map(lambda a: a.reshape(out_batch + a.shape[1:]), out)
+
+    def sample(self, key, sample_shape: int | tuple[int, ...] = (), condition: Array | None = None) -> Array:
+        """Samples of shape ``(*sample_shape, *condition_batch, *self.shape)``."""
+        return self._batched_sample(self._sample, key, sample_shape, condition)
+
+    def sample_and_log_prob(self, key, sample_shape=(), condition=None) -> tuple[Array, Array]:
+        """Samples and their log-densities, cheaper than ``sample`` then ``log_prob`` for flows."""
+        return self._batched_sample(self._sample_and_log_prob, key, sample_shape, condition)
+
+
+class StandardNormal(Distribution):
+    """Independent standard normal over ``shape``."""
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, shape: tuple[int, ...] | int):
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.cond_shape = None
+
+    def _log_prob(self, x, condition=None):
+        return -0.5 * jnp.sum(x**2) - 0.5 * x.size * math.log(2 * math.pi)
+
+    def _sample(self, key, condition=None):
+        return jax.random.normal(key, self.shape)
+
+
+class DiagonalNormal(Distribution):
+    """Normal with learnable mean ``loc`` and log standard deviation ``log_scale``."""
+
+    loc: Float[Array, " dim"]
+    log_scale: Float[Array, " dim"]
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, loc, scale=1.0):
+        loc = jnp.atleast_1d(jnp.asarray(loc, float))
+        scale = jnp.broadcast_to(jnp.asarray(scale, float), loc.shape)
+        if not bool(jnp.all(scale > 0)):
+            raise ValueError("DiagonalNormal needs scale > 0")
+        self.loc, self.log_scale = loc, jnp.log(scale)
+        self.shape = loc.shape
+        self.cond_shape = None
+
+    def _log_prob(self, x, condition=None):
+        z = (x - self.loc) * jnp.exp(-self.log_scale)
+        return -0.5 * jnp.sum(z**2) - jnp.sum(self.log_scale) - 0.5 * x.size * math.log(2 * math.pi)
+
+    def _sample(self, key, condition=None):
+        return self.loc + jnp.exp(self.log_scale) * jax.random.normal(key, self.shape)
+
+
+class Uniform(Distribution):
+    """Uniform on the box ``[low, high]``; ``-inf`` outside it (a true zero density)."""
+
+    low: Float[Array, " dim"]
+    high: Float[Array, " dim"]
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, low, high):
+        low, high = jnp.atleast_1d(jnp.asarray(low, float)), jnp.atleast_1d(jnp.asarray(high, float))
+        low, high = jnp.broadcast_arrays(low, high)
+        if not bool(jnp.all(high > low)):
+            raise ValueError(f"Uniform needs high > low everywhere, got low={low}, high={high}")
+        self.low, self.high = low, high
+        self.shape = low.shape
+        self.cond_shape = None
+
+    def _log_prob(self, x, condition=None):
+        low, high = jax.lax.stop_gradient((self.low, self.high))
+        inside = jnp.all((x >= low) & (x <= high))
+        return jnp.where(inside, -jnp.sum(jnp.log(high - low)), -jnp.inf)
+
+    def _sample(self, key, condition=None):
+        return jax.random.uniform(key, self.shape, minval=self.low, maxval=self.high)
+
+
+class Transformed(Distribution):
+    """The flow ``y = bijection.forward(x)``, ``x ~ base``: exact density by change of variables.
+
+    **Arguments:**
+    - `base`: an unconditional distribution with the bijection's event shape.
+    - `bijection`: latent → data map; its ``cond_shape`` is the flow's.
+    """
+
+    base: Distribution
+    bijection: Bijection
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True)
+
+    def __init__(self, base: Distribution, bijection: Bijection):
+        if base.shape != bijection.shape:
+            raise ValueError(f"base event shape {base.shape} differs from the bijection's {bijection.shape}")
+        if base.cond_shape is not None:
+            raise ValueError("Transformed expects an unconditional base distribution")
+        self.base, self.bijection = base, bijection
+        self.shape = bijection.shape
+        self.cond_shape = bijection.cond_shape
+
+    def _log_prob(self, y, condition=None):
+        x, logdet = self.bijection.inverse_and_log_det(y, condition)
+        return self.base._log_prob(x, None) + logdet
+
+    def _sample(self, key, condition=None):
+        return self.bijection.forward(self.base._sample(key, None), condition)
+
+    def _sample_and_log_prob(self, key, condition=None):
+        x, lp = self.base._sample_and_log_prob(key, None)
+        y, logdet = self.bijection.forward_and_log_det(x, condition)
+        return y, lp - logdet

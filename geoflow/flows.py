@@ -1,0 +1,116 @@
+"""Ready-made classic flows for vector data, each a :class:`~geoflow.Transformed`.
+
+Every constructor takes ``key``, the event size ``dim`` and an optional ``cond_dim`` for
+conditional density estimation, and stacks ``layers`` identical layers with
+:class:`~geoflow.bijections.Stack` (one trace, whatever the depth). ``preprocess`` is an
+optional bijection placed nearest the data (e.g. ``Standardize.fit(x)`` or ``Logit``), so its
+Jacobian is part of the reported likelihood.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .bijections import (
+    Additive, Affine, Bijection, Chain, Coupling, Elementwise, Invert, MaskedAutoregressive,
+    Permute, RationalQuadraticSpline, Reverse, Stack,
+)
+from .bijections.transformers import Transformer
+from .distributions import StandardNormal, Transformed
+
+MODELS = ("nice", "realnvp", "maf", "iaf", "nsf", "nsf-ar")
+
+
+def _mixer(key, dim: int, permutation: str) -> Bijection:
+    if permutation == "reverse":
+        return Reverse(dim)
+    if permutation == "random":
+        return Permute(jax.random.permutation(key, dim))
+    raise ValueError(f"unknown permutation {permutation!r}; expected 'reverse' or 'random'")
+
+
+def _finish(key, layer, dim, layers, extra=(), preprocess=None):
+    if layers < 1:
+        raise ValueError(f"a flow needs at least one layer, got layers={layers}")
+    stack = Stack.from_init(layer, jax.random.split(key, layers))
+    parts = [stack, *extra] + ([preprocess] if preprocess is not None else [])
+    bijection = parts[0] if len(parts) == 1 else Chain(parts)
+    return Transformed(StandardNormal(dim), bijection)
+
+
+def coupling_flow(key, dim: int, *, transformer: Transformer, cond_dim: int | None = None,
+                  layers: int = 8, width: int = 64, depth: int = 2, activation: str = "relu",
+                  permutation: str = "reverse", preprocess: Bijection | None = None) -> Transformed:
+    """``layers`` × (coupling with ``transformer``, then a permutation) on a standard normal."""
+
+    def layer(k):
+        ck, pk = jax.random.split(k)
+        coupling = Coupling(ck, transformer=transformer, dim=dim, cond_dim=cond_dim,
+                            width=width, depth=depth, activation=activation)
+        return Chain([coupling, _mixer(pk, dim, permutation)])
+
+    return _finish(key, layer, dim, layers, preprocess=preprocess)
+
+
+def masked_autoregressive_flow(key, dim: int, *, transformer: Transformer, cond_dim: int | None = None,
+                               layers: int = 8, width: int = 64, depth: int = 2,
+                               activation: str = "relu", order: str = "sequential",
+                               permutation: str = "reverse", invert: bool = False,
+                               preprocess: Bijection | None = None) -> Transformed:
+    """MAF (``invert=False``: one-pass density) or IAF (``invert=True``: one-pass sampling)."""
+
+    def layer(k):
+        mk, pk = jax.random.split(k)
+        made = MaskedAutoregressive(mk, transformer=transformer, dim=dim, cond_dim=cond_dim,
+                                    width=width, depth=depth, activation=activation, order=order)
+        return Chain([Invert(made) if invert else made, _mixer(pk, dim, permutation)])
+
+    return _finish(key, layer, dim, layers, preprocess=preprocess)
+
+
+def nice(key, dim: int, *, layers: int = 4, width: int = 128, depth: int = 3, **kw) -> Transformed:
+    """NICE (Dinh et al. 2014): additive couplings and a final learned diagonal scaling."""
+    preprocess = kw.pop("preprocess", None)
+    flow = coupling_flow(key, dim, transformer=Additive(), layers=layers, width=width, depth=depth, **kw)
+    scaling = Elementwise(Affine(shift=False), dim)
+    parts = [flow.bijection, scaling] + ([preprocess] if preprocess is not None else [])
+    return Transformed(flow.base, Chain(parts))
+
+
+def realnvp(key, dim: int, *, layers: int = 8, max_log_scale: float = 3.0, **kw) -> Transformed:
+    """RealNVP (Dinh et al. 2016): affine couplings with alternating halves and bounded scales."""
+    return coupling_flow(key, dim, transformer=Affine(max_log_scale=max_log_scale), layers=layers, **kw)
+
+
+def maf(key, dim: int, *, layers: int = 5, **kw) -> Transformed:
+    """MAF (Papamakarios et al. 2017): affine MADE layers, density in one pass per layer."""
+    return masked_autoregressive_flow(key, dim, transformer=Affine(), layers=layers, **kw)
+
+
+def iaf(key, dim: int, *, layers: int = 5, **kw) -> Transformed:
+    """IAF (Kingma et al. 2016): MAF's layers inverted, sampling in one pass per layer."""
+    return masked_autoregressive_flow(key, dim, transformer=Affine(), layers=layers, invert=True, **kw)
+
+
+def nsf(key, dim: int, *, layers: int = 8, knots: int = 8, bound: float = 4.0, **kw) -> Transformed:
+    """Neural spline flow with coupling conditioners (Durkan et al. 2019, RQ-NSF (C))."""
+    return coupling_flow(key, dim, transformer=RationalQuadraticSpline(knots=knots, bound=bound),
+                         layers=layers, **kw)
+
+
+def nsf_ar(key, dim: int, *, layers: int = 8, knots: int = 8, bound: float = 4.0, **kw) -> Transformed:
+    """Neural spline flow with autoregressive (MADE) conditioners (RQ-NSF (AR))."""
+    return masked_autoregressive_flow(key, dim, transformer=RationalQuadraticSpline(knots=knots, bound=bound),
+                                      layers=layers, **kw)
+
+
+CONSTRUCTORS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "nsf": nsf, "nsf-ar": nsf_ar}
+
+
+def make_flow(name: str, key, dim: int, **kw) -> Transformed:
+    """Build a classic flow by its command-line name (one of ``MODELS``)."""
+    try:
+        constructor = CONSTRUCTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
+    return constructor(key, dim, **kw)

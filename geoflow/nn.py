@@ -1,0 +1,146 @@
+"""Small networks used as conditioners: a plain MLP and MADE's masked MLP.
+
+Activations are stored by name (a static string), not as functions, so that every model
+pickles and round-trips through :func:`geoflow.save` / :func:`geoflow.load`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+    "elu": jax.nn.elu,
+}
+
+
+def get_activation(name: str):
+    """The activation function called ``name``; a clear error for an unknown name."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+def _init_linear(key, fan_in: int, fan_out: int, zero: bool = False):
+    """PyTorch/Equinox default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``zero`` for identity starts."""
+    if zero:
+        return jnp.zeros((fan_out, fan_in)), jnp.zeros((fan_out,))
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    wkey, bkey = jax.random.split(key)
+    weight = jax.random.uniform(wkey, (fan_out, fan_in), minval=-bound, maxval=bound)
+    bias = jax.random.uniform(bkey, (fan_out,), minval=-bound, maxval=bound)
+    return weight, bias
+
+
+class MLP(eqx.Module):
+    """Fully connected network ``in_size → width (× depth) → out_size`` for one example.
+
+    **Arguments:**
+    - `in_size`, `out_size`, `width`, `depth` (number of hidden layers).
+    - `activation`: a name from ``geoflow.nn.ACTIVATIONS``.
+    - `zero_last`: start the output layer at zero, so that a conditioner begins as the identity.
+    """
+
+    weights: tuple[Float[Array, "out in"], ...]
+    biases: tuple[Float[Array, " out"], ...]
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, *, key,
+                 activation: str = "relu", zero_last: bool = False):
+        get_activation(activation)
+        sizes = [in_size] + [width] * depth + [out_size]
+        keys = jax.random.split(key, len(sizes) - 1)
+        layers = [
+            _init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
+            for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+        ]
+        self.weights = tuple(w for w, _ in layers)
+        self.biases = tuple(b for _, b in layers)
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+        act = ACTIVATIONS[self.activation]
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            x = act(w @ x + b)
+        return self.weights[-1] @ x + self.biases[-1]
+
+
+def made_degrees(dim: int, order: str | np.ndarray, key=None) -> np.ndarray:
+    """Autoregressive degrees 1..dim of the inputs: ``"sequential"``, ``"random"`` or an explicit order."""
+    if isinstance(order, str):
+        if order == "sequential":
+            return np.arange(1, dim + 1)
+        if order == "random":
+            if key is None:
+                raise ValueError("a random MADE order needs a key")
+            return np.asarray(jax.random.permutation(key, dim)) + 1
+        raise ValueError(f"unknown MADE order {order!r}; expected 'sequential', 'random' or an array")
+    order = np.asarray(order)
+    if sorted(order.tolist()) != list(range(1, dim + 1)):
+        raise ValueError(f"a MADE order must be a permutation of 1..{dim}, got {order}")
+    return order
+
+
+class MaskedMLP(eqx.Module):
+    """MADE (Germain et al. 2015): an MLP whose masks make output ``i`` depend only on inputs
+    of smaller degree. ``params_per_dim`` outputs are produced for every input dimension and
+    returned with shape ``(dim, params_per_dim)``; context inputs connect to every hidden unit.
+
+    Hidden degrees cycle through ``1..dim-1`` (the deterministic assignment of the MADE paper),
+    so every hidden layer has units of every degree.
+    """
+
+    weights: tuple[Float[Array, "out in"], ...]
+    biases: tuple[Float[Array, " out"], ...]
+    masks: tuple[Bool[Array, "out in"], ...]
+    dim: int = eqx.field(static=True)
+    params_per_dim: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, dim: int, params_per_dim: int, width: int, depth: int, *, key,
+                 cond_dim: int = 0, order="sequential", activation: str = "relu",
+                 zero_last: bool = True):
+        get_activation(activation)
+        order_key, key = jax.random.split(key)
+        in_deg = made_degrees(dim, order, order_key)
+        # context inputs have degree 0: every hidden unit may see them
+        degs = [np.concatenate([in_deg, np.zeros(cond_dim, int)])]
+        for _ in range(depth):
+            degs.append(np.arange(width) % max(dim - 1, 1) + 1)
+        out_deg = np.repeat(in_deg, params_per_dim)
+        masks = [degs[i + 1][:, None] >= degs[i][None, :] for i in range(depth)]
+        masks.append(out_deg[:, None] > degs[-1][None, :])
+        sizes = [dim + cond_dim] + [width] * depth + [dim * params_per_dim]
+        keys = jax.random.split(key, len(sizes) - 1)
+        layers = [
+            _init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
+            for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+        ]
+        self.weights = tuple(w for w, _ in layers)
+        self.biases = tuple(b for _, b in layers)
+        self.masks = tuple(jnp.asarray(m) for m in masks)
+        self.dim = dim
+        self.params_per_dim = params_per_dim
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, " dim"], condition=None) -> Float[Array, "dim params"]:
+        if condition is not None:
+            x = jnp.concatenate([x, condition])
+        act = ACTIVATIONS[self.activation]
+        n = len(self.weights)
+        for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
+            x = jnp.where(m, w, 0.0) @ x + b
+            if i < n - 1:
+                x = act(x)
+        return x.reshape(self.dim, self.params_per_dim)

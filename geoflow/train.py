@@ -1,0 +1,336 @@
+"""``fit``: one training function for every model kind.
+
+Training runs in *chunks*: ``eval_every`` optimisation steps are fused into one jitted
+``lax.scan``, so the host syncs once per chunk (for the progress bar, validation, early
+stopping and checkpoints), not once per step. Minibatches are drawn on device with
+``jax.random.randint`` from a key folded with the global step number, so a run is a pure
+function of its key, and a resumed run continues exactly where it stopped.
+
+A loss is any ``loss(model, x, condition, key) -> scalar``; the default is maximum likelihood.
+Later packages (flow matching, CTMC) pass their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .checks import check_event
+from .serialization import load, save
+
+
+def maximum_likelihood(model, x, condition, key):
+    """Mean negative log-likelihood of a batch (nats per example)."""
+    return -jnp.mean(model.log_prob(x, condition))
+
+
+@dataclasses.dataclass
+class History:
+    """What happened during :func:`fit`. Losses are recorded once per chunk of steps:
+    ``train_loss[i]`` is the mean training loss over the chunk ending at ``steps[i]``."""
+
+    steps: list[int] = dataclasses.field(default_factory=list)
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    val_loss: list[float] = dataclasses.field(default_factory=list)
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    stop_reason: str = "completed"
+    wall_time: float = 0.0
+    steps_per_second: float = float("nan")
+
+
+@functools.cache
+def make_optimizer(learning_rate: float, steps: int, warmup_steps: int, schedule: str,
+                   clip_norm: float | None, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """Adam(W) with linear warm-up then ``schedule`` decay and optional gradient-norm clipping.
+
+    Cached on its (hashable) configuration so repeated ``fit`` calls reuse the same optimizer
+    object, and with it the compiled training chunk.
+    """
+    decay_steps = max(steps - warmup_steps, 1)
+    if schedule == "cosine":
+        decay = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    elif schedule == "polynomial":
+        decay = optax.polynomial_schedule(learning_rate, 0.0, power=1.0, transition_steps=decay_steps)
+    elif schedule == "constant":
+        decay = optax.constant_schedule(learning_rate)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine', 'polynomial' or 'constant'")
+    if warmup_steps > 0:
+        warm = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        lr = optax.join_schedules([warm, decay], [warmup_steps])
+    else:
+        lr = decay
+    parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+    parts.append(optax.adamw(lr, weight_decay=weight_decay) if weight_decay else optax.adam(lr))
+    return optax.chain(*parts)
+
+
+def _as_arrays(data, model):
+    """``data`` → ``(x, condition or None)`` as float32 NumPy arrays, checked against the model."""
+    x, condition = (data if isinstance(data, tuple) else (data, None))
+    x = np.asarray(x, dtype=np.float32)
+    shape = getattr(model, "shape", x.shape[1:])
+    check_event(x, shape, "training data")
+    if x.ndim != len(shape) + 1:
+        raise ValueError(f"training data has shape {x.shape}; expected (n, {', '.join(map(str, shape))})")
+    if len(x) == 0:
+        raise ValueError("training data is empty; expected at least one example")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
+        raise ValueError(f"training data contains NaN or inf in {bad} example(s); expected finite values")
+    if condition is not None:
+        condition = np.asarray(condition, dtype=np.float32)
+        if condition.ndim != 2 or len(condition) != len(x):
+            raise ValueError(f"condition has shape {condition.shape}; expected ({len(x)}, cond_dim)")
+        if not np.isfinite(condition).all():
+            raise ValueError("condition contains NaN or inf; expected finite values")
+    elif getattr(model, "cond_shape", None) is not None:
+        raise ValueError("the model is conditional: pass data=(x, condition)")
+    return x, condition
+
+
+def _split(x, c, fraction, key):
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0 or n_val >= len(x):
+        return (x, c), None
+    perm = np.asarray(jax.random.permutation(key, len(x)))
+    tr, va = perm[n_val:], perm[:n_val]
+    return (x[tr], None if c is None else c[tr]), (x[va], None if c is None else c[va])
+
+
+def _mesh(devices):
+    if devices is None:
+        return None
+    devs = jax.devices() if devices == "all" else (jax.devices()[:devices] if isinstance(devices, int) else list(devices))
+    return Mesh(np.asarray(devs), ("batch",))
+
+
+def _put(a, mesh):
+    """Replicate an array over the mesh (every process passes the same full array)."""
+    if a is None:
+        return None
+    if mesh is None:
+        return jnp.asarray(a)
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() > 1:
+        return jax.make_array_from_process_local_data(sharding, np.asarray(a))
+    return jax.device_put(a, sharding)
+
+
+@eqx.filter_jit
+def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optimizer, batch_sharding):
+    """``num_steps`` optimisation steps in one ``lax.scan``.
+
+    A step whose loss or gradient is not finite is not applied and freezes every later step,
+    so the returned parameters are the last good ones and ``bad_step`` says where it broke.
+    """
+    params, opt_state, static, step0, bad_step = state
+
+    def one_step(carry, i):
+        params, opt_state, bad_step = carry
+        step = step0 + i
+        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
+        idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
+        xb = x[idx]
+        cb = None if condition is None else condition[idx]
+        if batch_sharding is not None:
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
+            cb = None if cb is None else jax.lax.with_sharding_constraint(cb, batch_sharding)
+
+        def loss_of(p):
+            return loss(eqx.combine(p, static), xb, cb, k_loss)
+
+        value, grads = eqx.filter_value_and_grad(loss_of)(params)
+        grad_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        ok = jnp.isfinite(value) & grad_finite & (bad_step < 0)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = eqx.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        params, opt_state = keep(new_params, params), keep(new_opt, opt_state)
+        bad_step = jnp.where((bad_step < 0) & ~ok, step, bad_step)
+        return (params, opt_state, bad_step), value
+
+    (params, opt_state, bad_step), losses = jax.lax.scan(
+        one_step, (params, opt_state, bad_step), jnp.arange(num_steps)
+    )
+    return params, opt_state, bad_step, losses
+
+
+@eqx.filter_jit
+def _eval_loss(model, x, condition, key, *, loss, batch_size):
+    """Mean loss over all of ``x`` in fixed-size batches (the tail is a smaller batch)."""
+    n = x.shape[0]
+    full = n // batch_size
+    total = jnp.zeros(())
+    if full:
+        xs = x[: full * batch_size].reshape(full, batch_size, *x.shape[1:])
+        cs = None if condition is None else condition[: full * batch_size].reshape(full, batch_size, -1)
+
+        def body(acc, inputs):
+            xb, cb = inputs
+            return acc + loss(model, xb, cb, key) * batch_size, None
+
+        total, _ = jax.lax.scan(body, total, (xs, cs))
+    rest = n - full * batch_size
+    if rest:
+        ct = None if condition is None else condition[full * batch_size :]
+        total = total + loss(model, x[full * batch_size :], ct, key) * rest
+    return total / n
+
+
+def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 256,
+        learning_rate: float = 1e-3, optimizer: optax.GradientTransformation | None = None,
+        warmup_steps: int | None = None, schedule: str = "cosine", clip_norm: float | None = 5.0,
+        weight_decay: float = 0.0, val_data=None, val_fraction: float = 0.1,
+        eval_every: int = 100, patience: int | None = None, restore_best: bool = True,
+        progress: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
+        devices=None, eval_batch_size: int = 4096):
+    """Train ``model`` on ``data``; returns ``(trained_model, History)``.
+
+    **Arguments:**
+    - `model`: any Equinox model the loss understands (a flow for the default loss).
+    - `data`: an array ``(n, *event_shape)`` or a tuple ``(x, condition)`` with ``condition``
+      of shape ``(n, cond_dim)``.
+    - `key`: the only source of randomness (validation split, batches, loss noise).
+    - `loss`: ``loss(model, x, condition, key) -> scalar``; default :func:`maximum_likelihood`.
+    - `steps`, `batch_size`, `learning_rate`; `optimizer` replaces the default Adam with
+      `warmup_steps` (default 5% of steps, at most 500) of linear warm-up then `schedule`
+      decay (``"cosine"``, ``"polynomial"``, ``"constant"``), clipped to `clip_norm`.
+    - `val_data` or `val_fraction`: validation set (held out from ``data`` by default).
+    - `eval_every`: steps per jitted chunk; validation, progress and checkpoints happen then.
+    - `patience`: stop after this many evaluations without improvement (``None``: never).
+    - `restore_best`: return the parameters with the best validation loss.
+    - `checkpoint`: a file written after every chunk; with `resume=True` an existing one is
+      loaded and training continues from its step, identically to an uninterrupted run.
+    - `devices`: ``None`` (default device), ``"all"``, a count, or a list of devices for data
+      parallelism: the batch is sharded over a one-axis ``Mesh``, parameters are replicated.
+      After ``jax.distributed.initialize()`` the mesh spans every host's devices.
+
+    A non-finite loss or gradient stops training with a warning; the model returned is the
+    last one with finite loss (``history.stop_reason == "nan"``).
+    """
+    loss = maximum_likelihood if loss is None else loss
+    x, condition = _as_arrays(data, model)
+    split_key, train_key, eval_key = jax.random.split(key, 3)
+    if val_data is not None:
+        train, val = (x, condition), _as_arrays(val_data, model)
+    elif val_fraction > 0:
+        train, val = _split(x, condition, val_fraction, split_key)
+    else:
+        train, val = (x, condition), None
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    mesh = _mesh(devices)
+    if mesh is not None and batch_size % mesh.size:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
+
+    if optimizer is None:
+        warm = min(500, steps // 20) if warmup_steps is None else warmup_steps
+        optimizer = make_optimizer(float(learning_rate), int(steps), int(warm), schedule,
+                                   None if clip_norm is None else float(clip_norm), float(weight_decay))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    history = History()
+    step, best_params, best_val = 0, None, math.inf
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    if resume and checkpoint is not None and checkpoint.exists():
+        saved = load(checkpoint)
+        params, _ = eqx.partition(saved["model"], eqx.is_inexact_array)
+        opt_state, step, history = saved["opt_state"], int(saved["step"]), saved["history"]
+        best_params = None if saved["best_model"] is None else eqx.partition(saved["best_model"], eqx.is_inexact_array)[0]
+        best_val = math.inf if history.best_val_loss is None else history.best_val_loss
+
+    tx, tc = _put(train[0], mesh), _put(train[1], mesh)
+    params, opt_state = _put_tree(params, mesh), _put_tree(opt_state, mesh)
+    vx = vc = None
+    if val is not None:
+        vx, vc = _put(val[0], mesh), _put(val[1], mesh)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=step, desc="fit", file=sys.stderr, dynamic_ncols=True)
+    start, timed_steps, timed_seconds = time.perf_counter(), 0, 0.0
+    bad_step = jnp.asarray(-1, jnp.int32)
+    stale = 0
+    while step < steps:
+        n = min(eval_every, steps - step)
+        t0 = time.perf_counter()
+        state = (params, opt_state, static, jnp.asarray(step, jnp.int32), bad_step)
+        params, opt_state, bad_step, losses = _train_chunk(
+            state, tx, tc, train_key, num_steps=n, batch_size=batch_size, loss=loss,
+            optimizer=optimizer, batch_sharding=batch_sharding,
+        )
+        losses = np.asarray(losses)
+        dt = time.perf_counter() - t0
+        if history.steps:  # the first chunk includes compilation
+            timed_steps, timed_seconds = timed_steps + n, timed_seconds + dt
+        bad = int(bad_step)
+        if bad >= 0:
+            history.stop_reason = "nan"
+            good = losses[: bad - step]
+            if len(good):
+                history.steps.append(bad)
+                history.train_loss.append(float(good.mean()))
+            step = bad
+            warnings.warn(
+                f"fit: the loss or its gradient became NaN/inf at step {bad}; training stopped and "
+                f"the model from the last good step ({bad}) is returned", RuntimeWarning, stacklevel=2,
+            )
+            break
+        step += n
+        history.steps.append(step)
+        history.train_loss.append(float(losses.mean()))
+        model_now = eqx.combine(params, static)
+        postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
+        if vx is not None:
+            v = float(_eval_loss(model_now, vx, vc, eval_key, loss=loss, batch_size=eval_batch_size))
+            history.val_loss.append(v)
+            postfix["val"] = f"{v:.4f}"
+            if v < best_val:
+                best_val, best_params, stale = v, params, 0
+                history.best_step, history.best_val_loss = step, v
+            else:
+                stale += 1
+        if timed_seconds > 0:
+            postfix["steps/s"] = f"{timed_steps / timed_seconds:.0f}"
+        if bar is not None:
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(n)
+        if checkpoint is not None:
+            best_model = None if best_params is None else eqx.combine(best_params, static)
+            save(checkpoint, {"model": model_now, "opt_state": opt_state, "step": step,
+                              "history": history, "best_model": best_model})
+        if patience is not None and stale >= patience:
+            history.stop_reason = "early_stopping"
+            break
+    if bar is not None:
+        bar.close()
+    history.wall_time += time.perf_counter() - start
+    if timed_seconds > 0:
+        history.steps_per_second = timed_steps / timed_seconds
+    if restore_best and best_params is not None and history.stop_reason != "nan":
+        params = best_params
+    return eqx.combine(params, static), history
+
+
+def _put_tree(tree, mesh):
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda a: jax.device_put(a, sharding) if eqx.is_array(a) else a, tree)

@@ -1,0 +1,149 @@
+"""Every bijection: log-det against autodiff, inverse against forward, tails of splines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from geoflow.bijections import (
+    Additive, Affine, Chain, Coupling, Elementwise, Invert, Logit, MaskedAutoregressive, Permute,
+    RationalQuadraticSpline, Reverse, Stack, Standardize,
+)
+
+from helpers import perturb, to_f64
+
+DIM, COND = 4, 3
+SPLINE = RationalQuadraticSpline(knots=6, bound=3.0)
+
+
+def _stack(k):
+    def layer(kk):
+        return Chain([Coupling(kk, transformer=Affine(), dim=DIM, width=16, depth=1), Reverse(DIM)])
+    return Stack.from_init(layer, jax.random.split(k, 3))
+
+
+BIJECTIONS = {
+    "coupling-additive": lambda k: Coupling(k, transformer=Additive(), dim=DIM, width=16, depth=2),
+    "coupling-affine": lambda k: Coupling(k, transformer=Affine(), dim=DIM, width=16, depth=2),
+    "coupling-spline": lambda k: Coupling(k, transformer=SPLINE, dim=DIM, width=16, depth=2),
+    "coupling-affine-cond": lambda k: Coupling(k, transformer=Affine(), dim=DIM, cond_dim=COND, width=16),
+    "coupling-spline-cond": lambda k: Coupling(k, transformer=SPLINE, dim=DIM, cond_dim=COND, width=16),
+    "made-affine": lambda k: MaskedAutoregressive(k, transformer=Affine(), dim=DIM, width=16, depth=2),
+    "made-spline": lambda k: MaskedAutoregressive(k, transformer=SPLINE, dim=DIM, width=16, depth=2),
+    "made-random-order": lambda k: MaskedAutoregressive(k, transformer=Affine(), dim=DIM, width=16, order="random"),
+    "made-spline-cond": lambda k: MaskedAutoregressive(k, transformer=SPLINE, dim=DIM, cond_dim=COND, width=16),
+    "iaf-cond": lambda k: Invert(MaskedAutoregressive(k, transformer=Affine(), dim=DIM, cond_dim=COND, width=16)),
+    "elementwise-spline": lambda k: Elementwise(SPLINE, DIM),
+    "elementwise-scale": lambda k: Elementwise(Affine(shift=False), DIM),
+    "permute": lambda k: Permute(jax.random.permutation(k, DIM)),
+    "reverse": lambda k: Reverse(DIM),
+    "stack": _stack,
+    "chain": lambda k: Chain([Coupling(k, transformer=SPLINE, dim=DIM, width=8), Permute(jnp.array([2, 0, 3, 1]))]),
+    "standardize": lambda k: Standardize(jnp.arange(DIM) * 0.3, 1.0 + jnp.arange(DIM) * 0.5),
+}
+
+
+def _inputs(bij, key, dtype=jnp.float32):
+    kx, kc = jax.random.split(key)
+    x = jax.random.normal(kx, (DIM,), dtype)
+    c = None if bij.cond_shape is None else jax.random.normal(kc, bij.cond_shape, dtype)
+    return x, c
+
+
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_log_det_matches_autodiff(name):
+    with jax.enable_x64(True):
+        bij = to_f64(perturb(BIJECTIONS[name](jax.random.key(0)), jax.random.key(1)))
+        for seed in range(3):
+            x, c = _inputs(bij, jax.random.key(10 + seed), jnp.float64)
+            y, ld = bij.forward_and_log_det(x, c)
+            jac = jax.jacfwd(lambda v: bij.forward(v, c))(x)
+            np.testing.assert_allclose(ld, jnp.linalg.slogdet(jac)[1], atol=1e-5)
+            _, ld_inv = bij.inverse_and_log_det(y, c)
+            jac_inv = jax.jacfwd(lambda v: bij.inverse(v, c))(y)
+            np.testing.assert_allclose(ld_inv, jnp.linalg.slogdet(jac_inv)[1], atol=1e-5)
+            np.testing.assert_allclose(ld_inv, -ld, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_inverse_inverts_forward_float32(name):
+    # moderate parameters: a strongly perturbed spline can have a bin with slope ~1e-2, where
+    # float32 rounding of y alone moves the exact inverse by more than 1e-5
+    bij = perturb(BIJECTIONS[name](jax.random.key(0)), jax.random.key(1), scale=0.1)
+    for seed in range(3):
+        x, c = _inputs(bij, jax.random.key(20 + seed))
+        np.testing.assert_allclose(bij.inverse(bij.forward(x, c), c), x, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(bij.forward(bij.inverse(x, c), c), x, atol=1e-5, rtol=1e-5)
+
+
+def test_logit_log_det_and_inverse():
+    with jax.enable_x64(True):
+        bij = Logit(DIM, alpha=0.05)
+        y = jax.random.uniform(jax.random.key(0), (DIM,), jnp.float64)
+        x, ld = bij.inverse_and_log_det(y)
+        np.testing.assert_allclose(ld, jnp.linalg.slogdet(jax.jacfwd(bij.inverse)(y))[1], atol=1e-8)
+        _, ld_f = bij.forward_and_log_det(x)
+        np.testing.assert_allclose(ld_f, jnp.linalg.slogdet(jax.jacfwd(bij.forward)(x))[1], atol=1e-8)
+        np.testing.assert_allclose(bij.forward(x), y, atol=1e-10)
+
+
+def test_made_is_autoregressive():
+    """Output i of MADE depends only on inputs of smaller degree (random order included)."""
+    made = perturb(MaskedAutoregressive(jax.random.key(0), transformer=Affine(), dim=5, width=16,
+                                        order="random"), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (5,))
+    jac = jax.jacfwd(made.inverse)(x)
+    # a triangular Jacobian after sorting by degree
+    order = np.argsort(np.asarray(jnp.arange(5)))
+    nonzero = np.abs(np.asarray(jac)) > 0
+    assert np.linalg.matrix_rank(nonzero.astype(float)) == 5
+    # some permutation makes it lower-triangular: count of dependencies is a permutation of 1..5
+    assert sorted(nonzero.sum(1).tolist()) == [1, 2, 3, 4, 5]
+
+
+def test_spline_far_outside_interval_is_finite_with_finite_gradients():
+    bij = perturb(Elementwise(SPLINE, 3), jax.random.key(0), scale=1.0)
+    x = jnp.array([-1e6, 2.999, 1e6])
+
+    def total(b, v):
+        y, ld = b.forward_and_log_det(v)
+        xi, ldi = b.inverse_and_log_det(v)
+        return jnp.sum(y) + ld + jnp.sum(xi) + ldi
+
+    value, grads = jax.value_and_grad(total, argnums=(0, 1))(bij, x)
+    assert np.isfinite(value)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    y = bij.forward(x)
+    np.testing.assert_array_equal(np.asarray(y)[[0, 2]], [-1e6, 1e6])  # identity tails
+
+
+def test_spline_is_identity_at_zero_parameters_and_monotone():
+    spline = RationalQuadraticSpline(knots=8, bound=4.0)
+    x = jnp.linspace(-5, 5, 1001)
+    y, ld = spline.forward(x, jnp.zeros((x.size, spline.num_params)))
+    np.testing.assert_allclose(y, x, atol=1e-5)
+    params = jax.random.normal(jax.random.key(0), (1, spline.num_params)) * 2
+    ys, lds = jax.vmap(lambda v: spline.forward(v[None], params))(x)
+    assert np.all(np.diff(np.asarray(ys[:, 0])) >= 0)
+    assert np.all(np.isfinite(np.asarray(lds)))  # log-derivative finite: strictly increasing
+
+
+def test_stack_compiles_one_layer_regardless_of_depth():
+    """The scanned stack traces its layer once: the jaxpr size does not grow with depth."""
+    def size(n):
+        def layer(k):
+            return Coupling(k, transformer=SPLINE, dim=DIM, width=8)
+        stack = Stack.from_init(layer, jax.random.split(jax.random.key(0), n))
+        return len(str(jax.make_jaxpr(stack.forward)(jnp.ones(DIM))))
+
+    assert size(16) <= size(2) * 1.05
+
+
+def test_permute_rejects_non_permutation():
+    with pytest.raises(ValueError, match="permutation of 0..2"):
+        Permute(jnp.array([0, 0, 1]))
+
+
+def test_chain_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same event shape"):
+        Chain([Reverse(2), Reverse(3)])
