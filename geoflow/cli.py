@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", type=_choice(DATASETS, "data set"), default="checkerboard",
                    help=f"one of {', '.join(DATASETS)}")
     f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
-    f.add_argument("--steps", type=int, default=3000)
+    f.add_argument("--steps", type=int, default=6000)
     f.add_argument("--batch-size", type=int, default=256)
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--layers", type=int, help="number of flow layers (model default if omitted)")

@@ -76,20 +76,21 @@ class MLP(eqx.Module):
         return self.weights[-1] @ x + self.biases[-1]
 
 
-def made_degrees(dim: int, order: str | np.ndarray, key=None) -> np.ndarray:
-    """Autoregressive degrees 1..dim of the inputs: ``"sequential"``, ``"random"`` or an explicit order."""
+def made_degrees(dim: int, order: str | np.ndarray, key=None) -> Array:
+    """Autoregressive degrees 1..dim of the inputs: ``"sequential"``, ``"random"`` or an explicit
+    order. JAX arrays, so random orders also work inside ``filter_vmap`` (stacked layers)."""
     if isinstance(order, str):
         if order == "sequential":
-            return np.arange(1, dim + 1)
+            return jnp.arange(1, dim + 1)
         if order == "random":
             if key is None:
                 raise ValueError("a random MADE order needs a key")
-            return np.asarray(jax.random.permutation(key, dim)) + 1
+            return jax.random.permutation(key, dim) + 1
         raise ValueError(f"unknown MADE order {order!r}; expected 'sequential', 'random' or an array")
     order = np.asarray(order)
     if sorted(order.tolist()) != list(range(1, dim + 1)):
         raise ValueError(f"a MADE order must be a permutation of 1..{dim}, got {order}")
-    return order
+    return jnp.asarray(order)
 
 
 class MaskedMLP(eqx.Module):
@@ -115,10 +116,10 @@ class MaskedMLP(eqx.Module):
         order_key, key = jax.random.split(key)
         in_deg = made_degrees(dim, order, order_key)
         # context inputs have degree 0: every hidden unit may see them
-        degs = [np.concatenate([in_deg, np.zeros(cond_dim, int)])]
+        degs = [jnp.concatenate([in_deg, jnp.zeros(cond_dim, in_deg.dtype)])]
         for _ in range(depth):
-            degs.append(np.arange(width) % max(dim - 1, 1) + 1)
-        out_deg = np.repeat(in_deg, params_per_dim)
+            degs.append(jnp.arange(width) % max(dim - 1, 1) + 1)
+        out_deg = jnp.repeat(in_deg, params_per_dim)
         masks = [degs[i + 1][:, None] >= degs[i][None, :] for i in range(depth)]
         masks.append(out_deg[:, None] > degs[-1][None, :])
         sizes = [dim + cond_dim] + [width] * depth + [dim * params_per_dim]
@@ -129,7 +130,7 @@ class MaskedMLP(eqx.Module):
         ]
         self.weights = tuple(w for w, _ in layers)
         self.biases = tuple(b for _, b in layers)
-        self.masks = tuple(jnp.asarray(m) for m in masks)
+        self.masks = tuple(masks)
         self.dim = dim
         self.params_per_dim = params_per_dim
         self.activation = activation

@@ -197,7 +197,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         weight_decay: float = 0.0, val_data=None, val_fraction: float = 0.1,
         eval_every: int = 100, patience: int | None = None, restore_best: bool = True,
         progress: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
-        devices=None, eval_batch_size: int = 4096):
+        devices=None, eval_batch_size: int = 4096, callback=None):
     """Train ``model`` on ``data``; returns ``(trained_model, History)``.
 
     **Arguments:**
@@ -218,6 +218,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     - `devices`: ``None`` (default device), ``"all"``, a count, or a list of devices for data
       parallelism: the batch is sharded over a one-axis ``Mesh``, parameters are replicated.
       After ``jax.distributed.initialize()`` the mesh spans every host's devices.
+    - `callback`: ``callback(step, model, history)`` after every chunk (after the checkpoint
+      is written); returning ``True`` stops training (``history.stop_reason == "callback"``).
 
     A non-finite loss or gradient stops training with a warning; the model returned is the
     last one with finite loss (``history.stop_reason == "nan"``).
@@ -318,6 +320,9 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
                               "history": history, "best_model": best_model})
         if patience is not None and stale >= patience:
             history.stop_reason = "early_stopping"
+            break
+        if callback is not None and callback(step, model_now, history):
+            history.stop_reason = "callback"
             break
     if bar is not None:
         bar.close()

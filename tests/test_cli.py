@@ -1,0 +1,64 @@
+"""The geoflow command end to end, and its one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from geoflow.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["fit", "--model", "maf", "--data", "8gaussians", "--steps", "200", "--layers", "2",
+                 "--width", "16", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_fit_writes_metrics_model_and_plot(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train_nll", "val_nll", "test_nll", "kl", "entropy", "fit_seconds", "steps_per_second", "parameters", "wall_seconds"):
+        assert key in m, key
+    assert m["kl"] == pytest.approx(m["test_nll"] - m["entropy"])
+    assert (run_dir / "model.eqx").is_file() and (run_dir / "samples.png").is_file()
+
+
+def test_sample_and_eval(run_dir, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    assert main(["sample", "--run", str(run_dir), "-n", "50", "--out", str(out)]) == 0
+    assert np.load(out).shape == (50, 2)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run_dir), "--data-path", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 50 and np.isfinite(res["nll"])
+
+
+def test_fit_on_digits_reports_bits_per_dim(tmp_path):
+    assert main(["fit", "--model", "realnvp", "--data", "digits", "--steps", "50", "--layers", "2",
+                 "--width", "32", "--out", str(tmp_path), "--quiet"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 < m["test_bits_per_dim"] < 8 and (tmp_path / "samples.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--model", "glow9"], "unknown model 'glow9'; expected one of nice, realnvp, maf, iaf, nsf, nsf-ar"),
+    (["fit", "--data", "spiral"], "unknown data set 'spiral'; expected one of moons"),
+    (["sample", "--run", "/nonexistent/run", "--out", "x.npy"], "has no model.eqx"),
+    (["eval", "--run", "/nonexistent/run", "--data", "moons"], "has no model.eqx"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("geoflow: error:") and message in err[0], err
+
+
+def test_nan_data_and_wrong_dimension(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.array([[0.0, np.nan], [1.0, 2.0]]))
+    assert main(["fit", "--data-path", str(bad), "--steps", "5", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "NaN or inf in 1 row" in capsys.readouterr().err
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((4, 3)))
+    assert main(["eval", "--run", str(run_dir), "--data-path", str(wide)]) == 2
+    assert "dimension 3 but the model" in capsys.readouterr().err

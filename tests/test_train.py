@@ -1,0 +1,143 @@
+"""fit: learning, NaN stopping, determinism, checkpoints, save/load, data parallelism."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import geoflow as gf
+from geoflow.datasets import load_dataset
+from geoflow.metrics import nll
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return load_dataset("moons", n_train=4000, n_val=1000, n_test=2000)
+
+
+def _small():
+    return gf.nsf(jax.random.key(0), 2, layers=4, width=32)
+
+
+def test_fit_lowers_validation_nll(moons):
+    model = _small()
+    before = nll(model, moons.val)
+    trained, hist = gf.fit(model, moons.train, key=jax.random.key(1), steps=600, val_data=moons.val,
+                           progress=False)
+    after = nll(trained, moons.val)
+    assert after < before - 0.8, (before, after)
+    assert hist.val_loss[-1] < hist.val_loss[0]
+    assert hist.best_val_loss == pytest.approx(min(hist.val_loss))
+    assert after == pytest.approx(hist.best_val_loss, abs=1e-4)  # best model restored
+
+
+def test_fit_is_deterministic(moons):
+    a, _ = gf.fit(_small(), moons.train, key=jax.random.key(3), steps=200, progress=False)
+    b, _ = gf.fit(_small(), moons.train, key=jax.random.key(3), steps=200, progress=False)
+    assert eqx.tree_equal(a, b)
+
+
+def test_nan_stops_training_and_returns_last_good_model(moons):
+    def flaky(model, x, c, key):  # NaN on a few per cent of steps, decided by the step's key
+        ml = gf.maximum_likelihood(model, x, c, key)
+        return jnp.where(jax.random.uniform(key) < 0.03, jnp.nan, ml)
+
+    with pytest.warns(RuntimeWarning, match="NaN/inf at step"):
+        model, hist = gf.fit(_small(), moons.train, key=jax.random.key(4), loss=flaky, steps=2000,
+                             val_data=moons.val, progress=False, eval_every=50)
+    assert hist.stop_reason == "nan"
+    assert 0 < hist.steps[-1] < 2000
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+    assert np.isfinite(nll(model, moons.val))
+
+
+def test_nan_stop_keeps_exactly_the_last_good_parameters(moons):
+    def flaky(model, x, c, key):
+        ml = gf.maximum_likelihood(model, x, c, key)
+        return jnp.where(jax.random.uniform(key) < 0.03, jnp.nan, ml)
+
+    kw = dict(key=jax.random.key(4), loss=flaky, val_fraction=0.0, progress=False, eval_every=50,
+              schedule="constant", warmup_steps=0)
+    with pytest.warns(RuntimeWarning):
+        model, hist = gf.fit(_small(), moons.train, steps=2000, **kw)
+    bad = hist.steps[-1]
+    # training for exactly `bad` steps (all good) reaches the same parameters
+    ref, ref_hist = gf.fit(_small(), moons.train, steps=bad, **kw)
+    assert ref_hist.stop_reason == "completed"
+    assert eqx.tree_equal(model, ref)
+
+
+def test_save_load_round_trip_exactly(tmp_path):
+    model = gf.maf(jax.random.key(0), 3, cond_dim=2, layers=2, width=8, order="random")
+    model = jax.tree.map(lambda a: a + 0.1 if eqx.is_inexact_array(a) else a, model)
+    path = gf.save(tmp_path / "m.eqx", model)
+    loaded = gf.load(path)
+    assert eqx.tree_equal(model, loaded)
+    x, c = jnp.ones((4, 3)), jnp.zeros((4, 2))
+    np.testing.assert_array_equal(model.log_prob(x, c), loaded.log_prob(x, c))
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        gf.load(tmp_path / "missing.eqx")
+    (tmp_path / "junk.eqx").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="not a geoflow save file"):
+        gf.load(tmp_path / "junk.eqx")
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, moons):
+    kw = dict(key=jax.random.key(5), steps=400, val_data=moons.val, progress=False, eval_every=100)
+    full, full_hist = gf.fit(_small(), moons.train, **kw)
+    ckpt = tmp_path / "ckpt.pkl"
+    _, part = gf.fit(_small(), moons.train, checkpoint=ckpt, callback=lambda step, m, h: step >= 200, **kw)
+    assert part.stop_reason == "callback" and int(gf.load(ckpt)["step"]) == 200
+    resumed, hist = gf.fit(_small(), moons.train, checkpoint=ckpt, resume=True, **kw)
+    assert hist.steps == full_hist.steps
+    assert eqx.tree_equal(resumed, full)
+
+
+def test_bad_training_data_is_rejected():
+    model = _small()
+    with pytest.raises(ValueError, match="NaN or inf in 1 example"):
+        gf.fit(model, np.array([[0.0, 1.0], [np.nan, 0.0]]), key=jax.random.key(0), steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"expected \(\.\.\., 2\)"):
+        gf.fit(model, np.ones((10, 3)), key=jax.random.key(0), steps=1, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        gf.fit(model, np.ones((0, 2)), key=jax.random.key(0), steps=1, progress=False)
+
+
+def test_conditional_fit_learns_the_condition():
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 2, (4000, 1)).astype(np.float32)
+    x = rng.standard_normal((4000, 2)).astype(np.float32) * 0.3 + 3 * (2 * c - 1)
+    model = gf.nsf(jax.random.key(0), 2, cond_dim=1, layers=3, width=32, bound=6.0)
+    model, _ = gf.fit(model, (x, c), key=jax.random.key(1), steps=600, progress=False)
+    pt = jnp.array([3.0, 3.0])
+    assert float(model.log_prob(pt, jnp.array([1.0]))) > float(model.log_prob(pt, jnp.array([0.0]))) + 5
+
+
+MULTI_DEVICE = textwrap.dedent("""
+    import json, jax, numpy as np, geoflow as gf
+    from geoflow.datasets import sample_toy
+    assert len(jax.devices()) == 4, jax.devices()
+    x = sample_toy("moons", 4000, seed=0)
+    model = gf.nsf(jax.random.key(0), 2, layers=3, width=32)
+    kw = dict(key=jax.random.key(1), steps=300, batch_size=256, eval_every=50, progress=False)
+    _, single = gf.fit(model, x, **kw)
+    _, multi = gf.fit(model, x, devices=4, **kw)
+    print(json.dumps({"single": single.train_loss, "multi": multi.train_loss,
+                      "vs": single.val_loss, "vm": multi.val_loss}))
+""")
+
+
+def test_data_parallel_training_matches_single_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(res["vm"], res["vs"], rtol=2e-3, atol=2e-3)
