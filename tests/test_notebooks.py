@@ -1,0 +1,24 @@
+"""Every notebook runs top to bottom at a small size: its ``parameters`` cell is replaced by
+the values below (papermill's convention, without the dependency)."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+SMALL = {
+    "01-classic-flows.ipynb": "STEPS_2D = 100\nSTEPS_DIGITS = 30\nDATA_2D = 'moons'\nN_TEST = 2000",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_executes(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert params, f"{path.name} needs a cell tagged 'parameters'"
+    assert path.name in SMALL, f"add small parameters for {path.name}"
+    params[0].source = SMALL[path.name]
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
