@@ -43,6 +43,16 @@ def _init_linear(key, fan_in: int, fan_out: int, zero: bool = False):
     return weight, bias
 
 
+def _init_layers(key, sizes: list[int], zero_last: bool):
+    """Weights and biases of a stack of linear layers ``sizes[0] → … → sizes[-1]``."""
+    keys = jax.random.split(key, len(sizes) - 1)
+    layers = [
+        _init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
+        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+    ]
+    return tuple(w for w, _ in layers), tuple(b for _, b in layers)
+
+
 class MLP(eqx.Module):
     """Fully connected network ``in_size → width (× depth) → out_size`` for one example.
 
@@ -59,14 +69,7 @@ class MLP(eqx.Module):
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, *, key,
                  activation: str = "relu", zero_last: bool = False):
         get_activation(activation)
-        sizes = [in_size] + [width] * depth + [out_size]
-        keys = jax.random.split(key, len(sizes) - 1)
-        layers = [
-            _init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
-            for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
-        ]
-        self.weights = tuple(w for w, _ in layers)
-        self.biases = tuple(b for _, b in layers)
+        self.weights, self.biases = _init_layers(key, [in_size] + [width] * depth + [out_size], zero_last)
         self.activation = activation
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
@@ -123,13 +126,7 @@ class MaskedMLP(eqx.Module):
         masks = [degs[i + 1][:, None] >= degs[i][None, :] for i in range(depth)]
         masks.append(out_deg[:, None] > degs[-1][None, :])
         sizes = [dim + cond_dim] + [width] * depth + [dim * params_per_dim]
-        keys = jax.random.split(key, len(sizes) - 1)
-        layers = [
-            _init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
-            for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
-        ]
-        self.weights = tuple(w for w, _ in layers)
-        self.biases = tuple(b for _, b in layers)
+        self.weights, self.biases = _init_layers(key, sizes, zero_last)
         self.masks = tuple(masks)
         self.dim = dim
         self.params_per_dim = params_per_dim

@@ -9,7 +9,6 @@ NaN gradients from the unused branch).
 
 from __future__ import annotations
 
-import math
 
 import equinox as eqx
 import jax
@@ -87,18 +86,20 @@ class RationalQuadraticSpline(Transformer):
         idx = jnp.sum(v[:, None] >= edges[:, 1:-1], axis=-1)
         return (idx[:, None] == jnp.arange(edges.shape[1] - 1)).astype(v.dtype)
 
-    @staticmethod
-    def _gather(arrays, onehot):
-        return [jnp.sum(a * onehot, axis=-1) for a in arrays]
+    def _bin_of(self, v, params, in_y: bool):
+        """Clip ``v`` into the interval and return it with its bin's knots: ``x0, y0`` (left
+        knot), ``w, h`` (bin width and height), ``d0, d1`` (derivatives at both knots)."""
+        xs, ys, ds = self._knots(params)
+        vc = jnp.clip(v, -self.bound, self.bound)
+        onehot = self._bin(ys if in_y else xs, vc)
+        pick = lambda a: jnp.sum(a * onehot, axis=-1)
+        x0, y0 = pick(xs[:, :-1]), pick(ys[:, :-1])
+        w, h = pick(xs[:, 1:]) - x0, pick(ys[:, 1:]) - y0
+        return vc, x0, y0, w, h, pick(ds[:, :-1]), pick(ds[:, 1:])
 
     def forward(self, x, params):
-        xs, ys, ds = self._knots(params)
         inside = jnp.abs(x) < self.bound
-        xc = jnp.clip(x, -self.bound, self.bound)
-        idx = self._bin(xs, xc)
-        x0, x1, y0, y1, d0 = self._gather([xs[:, :-1], xs[:, 1:], ys[:, :-1], ys[:, 1:], ds[:, :-1]], idx)
-        (d1,) = self._gather([ds[:, 1:]], idx)
-        w, h = x1 - x0, y1 - y0
+        xc, x0, y0, w, h, d0, d1 = self._bin_of(x, params, in_y=False)
         s = h / w
         xi = (xc - x0) / w
         xi1m = xi * (1 - xi)
@@ -110,13 +111,8 @@ class RationalQuadraticSpline(Transformer):
         return y, jnp.sum(logdet)
 
     def inverse(self, y, params):
-        xs, ys, ds = self._knots(params)
         inside = jnp.abs(y) < self.bound
-        yc = jnp.clip(y, -self.bound, self.bound)
-        idx = self._bin(ys, yc)
-        x0, x1, y0, y1, d0 = self._gather([xs[:, :-1], xs[:, 1:], ys[:, :-1], ys[:, 1:], ds[:, :-1]], idx)
-        (d1,) = self._gather([ds[:, 1:]], idx)
-        w, h = x1 - x0, y1 - y0
+        yc, x0, y0, w, h, d0, d1 = self._bin_of(y, params, in_y=True)
         s = h / w
         dy = yc - y0
         c2 = d1 + d0 - 2 * s
