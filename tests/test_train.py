@@ -141,3 +141,20 @@ def test_data_parallel_training_matches_single_device():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(res["vm"], res["vs"], rtol=2e-3, atol=2e-3)
+
+
+def test_second_fit_with_same_shapes_does_not_recompile(moons):
+    compiles = []
+
+    def listener(event, duration, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    kw = dict(key=jax.random.key(6), steps=200, val_data=moons.val, progress=False)
+    gf.fit(_small(), moons.train, **kw)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        gf.fit(gf.nsf(jax.random.key(9), 2, layers=4, width=32), moons.train, **kw)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
