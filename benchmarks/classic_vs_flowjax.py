@@ -108,7 +108,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    reps, epochs, big = (30, 30, 20_000) if args.quick else (200, 300, 100_000)
+    reps, epochs, big = (30, 30, 20_000) if args.quick else (200, 100, 100_000)
     x = jnp.asarray(sample_toy("moons", 2000, seed=0))
     test = sample_toy("moons", 20_000, seed=99)
     pts = jax.random.normal(jax.random.key(7), (big, 2))
