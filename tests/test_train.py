@@ -22,6 +22,12 @@ def moons():
     return load_dataset("moons", n_train=4000, n_val=1000, n_test=2000)
 
 
+def flaky(model, x, c, key):
+    """Maximum likelihood, but NaN on a few per cent of steps, decided by the step's key."""
+    ml = gf.maximum_likelihood(model, x, c, key)
+    return jnp.where(jax.random.uniform(key) < 0.03, jnp.nan, ml)
+
+
 def _small():
     return gf.nsf(jax.random.key(0), 2, layers=4, width=32)
 
@@ -45,10 +51,6 @@ def test_fit_is_deterministic(moons):
 
 
 def test_nan_stops_training_and_returns_last_good_model(moons):
-    def flaky(model, x, c, key):  # NaN on a few per cent of steps, decided by the step's key
-        ml = gf.maximum_likelihood(model, x, c, key)
-        return jnp.where(jax.random.uniform(key) < 0.03, jnp.nan, ml)
-
     with pytest.warns(RuntimeWarning, match="NaN/inf at step"):
         model, hist = gf.fit(_small(), moons.train, key=jax.random.key(4), loss=flaky, steps=2000,
                              val_data=moons.val, progress=False, eval_every=50)
@@ -59,10 +61,6 @@ def test_nan_stops_training_and_returns_last_good_model(moons):
 
 
 def test_nan_stop_keeps_exactly_the_last_good_parameters(moons):
-    def flaky(model, x, c, key):
-        ml = gf.maximum_likelihood(model, x, c, key)
-        return jnp.where(jax.random.uniform(key) < 0.03, jnp.nan, ml)
-
     kw = dict(key=jax.random.key(4), loss=flaky, val_fraction=0.0, progress=False, eval_every=50,
               schedule="constant", warmup_steps=0)
     with pytest.warns(RuntimeWarning):

@@ -9,7 +9,6 @@ NaN gradients from the unused branch).
 
 from __future__ import annotations
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
