@@ -4,6 +4,10 @@
 Subclasses implement the single-example methods ``_log_prob``, ``_sample`` (and optionally
 ``_sample_and_log_prob``); the public methods check input, broadcast leading batch axes of
 ``x`` and ``condition`` against each other and ``vmap``.
+
+A distribution whose density is a randomised estimate (a continuous flow with a Hutchinson
+trace) has ``needs_key = True``: ``log_prob`` then takes ``key=`` and its ``_log_prob`` a
+per-example ``key``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .bijections import Bijection
+from .bijections.base import call_with_key
 from .checks import check_condition, check_event, check_finite
 
 
@@ -27,6 +32,11 @@ class Distribution(eqx.Module):
 
     shape: eqx.AbstractVar[tuple[int, ...]]
     cond_shape: eqx.AbstractVar[tuple[int, ...] | None]
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether ``log_prob`` is a randomised estimate that needs ``key=``."""
+        return False
 
     @abc.abstractmethod
     def _log_prob(self, x: Array, condition: Array | None) -> Array:
@@ -41,8 +51,11 @@ class Distribution(eqx.Module):
         return x, self._log_prob(x, condition)
 
     # ---- public, batched -------------------------------------------------------------
-    def log_prob(self, x: Float[Array, "*batch ..."], condition: Array | None = None) -> Array:
-        """Exact log-density of ``x`` (shape ``(*batch, *self.shape)``); returns ``(*batch,)``."""
+    def log_prob(self, x: Float[Array, "*batch ..."], condition: Array | None = None, *, key=None) -> Array:
+        """Log-density of ``x`` (shape ``(*batch, *self.shape)``); returns ``(*batch,)``.
+
+        Exact, except for a model with ``needs_key`` (Hutchinson trace), where it is an
+        unbiased estimate drawn with ``key`` (independent probes for every example)."""
         x = check_finite(check_event(x, self.shape, "x"), "x")
         condition = check_condition(condition, self.cond_shape)
         batch = x.shape[: x.ndim - len(self.shape)]
@@ -51,7 +64,14 @@ class Distribution(eqx.Module):
             batch = jnp.broadcast_shapes(batch, cbatch)
             condition = jnp.broadcast_to(condition, batch + self.cond_shape).reshape(-1, *self.cond_shape)
         x = jnp.broadcast_to(x, batch + self.shape).reshape(-1, *self.shape)
-        lp = jax.vmap(self._log_prob)(x, condition)
+        if self.needs_key:
+            if key is None:
+                raise ValueError(f"{type(self).__name__}.log_prob is a Hutchinson estimate here; pass key= "
+                                 "(or build the model with trace='exact')")
+            keys = jax.random.split(key, x.shape[0])
+            lp = jax.vmap(lambda xi, ci, ki: self._log_prob(xi, ci, key=ki))(x, condition, keys)
+        else:
+            lp = jax.vmap(self._log_prob)(x, condition)
         return lp.reshape(batch)
 
     def _batched_sample(self, fn, key, sample_shape, condition):
@@ -165,14 +185,23 @@ class Transformed(Distribution):
         self.shape = bijection.shape
         self.cond_shape = bijection.cond_shape
 
-    def _log_prob(self, y, condition=None):
-        x, logdet = self.bijection.inverse_and_log_det(y, condition)
+    @property
+    def needs_key(self) -> bool:
+        return self.bijection.needs_key
+
+    def _log_prob(self, y, condition=None, key=None):
+        x, logdet = call_with_key(self.bijection, "inverse_and_log_det", y, condition, key)
         return self.base._log_prob(x, None) + logdet
 
+    def _probe_key(self, key):
+        """The key for a randomised log-determinant, independent of the base sample's."""
+        return jax.random.fold_in(key, 1) if self.needs_key else None
+
     def _sample(self, key, condition=None):
-        return self.bijection.forward(self.base._sample(key, None), condition)
+        x = self.base._sample(key, None)
+        return self.bijection.forward(x, condition, key=self._probe_key(key))
 
     def _sample_and_log_prob(self, key, condition=None):
         x, lp = self.base._sample_and_log_prob(key, None)
-        y, logdet = self.bijection.forward_and_log_det(x, condition)
+        y, logdet = call_with_key(self.bijection, "forward_and_log_det", x, condition, self._probe_key(key))
         return y, lp - logdet

@@ -21,7 +21,21 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "softplus": jax.nn.softplus,
     "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
 }
+
+
+class Frozen(eqx.Module):
+    """An array that is part of a model but never trained (e.g. the sample set of an empirical
+    source distribution). :func:`geoflow.fit` leaves it alone; read it as ``frozen.value``."""
+
+    value: Array
+
+
+def trainable(model):
+    """Filter spec for ``eqx.partition``: the floating-point arrays outside :class:`Frozen`."""
+    return jax.tree.map(lambda leaf: False if isinstance(leaf, Frozen) else eqx.is_inexact_array(leaf),
+                        model, is_leaf=lambda node: isinstance(node, Frozen))
 
 
 def get_activation(name: str):

@@ -28,12 +28,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .checks import check_event
+from .nn import trainable
 from .serialization import load, save
 
 
 def maximum_likelihood(model, x, condition, key):
-    """Mean negative log-likelihood of a batch (nats per example)."""
-    return -jnp.mean(model.log_prob(x, condition))
+    """Mean negative log-likelihood of a batch (nats per example); a model whose density is a
+    Hutchinson estimate gets ``key`` for its probes."""
+    return -jnp.mean(model.log_prob(x, condition, key=key if model.needs_key else None))
 
 
 @dataclasses.dataclass
@@ -78,11 +80,12 @@ def make_optimizer(learning_rate: float, steps: int, warmup_steps: int, schedule
     return optax.chain(*parts)
 
 
-def _as_arrays(data, model):
-    """``data`` → ``(x, condition or None)`` as float32 NumPy arrays, checked against the model."""
+def _as_arrays(data, model, shape=None):
+    """``data`` → ``(x, condition or None)`` as float32 NumPy arrays, checked against the model
+    (or against ``shape``, the example shape a loss declares)."""
     x, condition = (data if isinstance(data, tuple) else (data, None))
     x = np.asarray(x, dtype=np.float32)
-    shape = getattr(model, "shape", x.shape[1:])
+    shape = getattr(model, "shape", x.shape[1:]) if shape is None else shape
     check_event(x, shape, "training data")
     if x.ndim != len(shape) + 1:
         raise ValueError(f"training data has shape {x.shape}; expected (n, {', '.join(map(str, shape))})")
@@ -225,10 +228,12 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     last one with finite loss (``history.stop_reason == "nan"``).
     """
     loss = maximum_likelihood if loss is None else loss
-    x, condition = _as_arrays(data, model)
+    # a loss may train on other examples than the model's events (reflow trains on pairs)
+    data_shape = loss.data_shape(model) if hasattr(loss, "data_shape") else None
+    x, condition = _as_arrays(data, model, data_shape)
     split_key, train_key, eval_key = jax.random.split(key, 3)
     if val_data is not None:
-        train, val = (x, condition), _as_arrays(val_data, model)
+        train, val = (x, condition), _as_arrays(val_data, model, data_shape)
     elif val_fraction > 0:
         train, val = _split(x, condition, val_fraction, split_key)
     else:
@@ -244,16 +249,16 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         warm = min(500, steps // 20) if warmup_steps is None else warmup_steps
         optimizer = make_optimizer(float(learning_rate), int(steps), int(warm), schedule,
                                    None if clip_norm is None else float(clip_norm), float(weight_decay))
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params, static = eqx.partition(model, trainable(model))
     opt_state = optimizer.init(params)
     history = History()
     step, best_params, best_val = 0, None, math.inf
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if resume and checkpoint is not None and checkpoint.exists():
         saved = load(checkpoint)
-        params, _ = eqx.partition(saved["model"], eqx.is_inexact_array)
+        params, _ = eqx.partition(saved["model"], trainable(saved["model"]))
         opt_state, step, history = saved["opt_state"], int(saved["step"]), saved["history"]
-        best_params = None if saved["best_model"] is None else eqx.partition(saved["best_model"], eqx.is_inexact_array)[0]
+        best_params = None if saved["best_model"] is None else eqx.partition(saved["best_model"], trainable(saved["best_model"]))[0]
         best_val = math.inf if history.best_val_loss is None else history.best_val_loss
 
     tx, tc = _put(train[0], mesh), _put(train[1], mesh)

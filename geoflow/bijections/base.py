@@ -7,6 +7,10 @@ is therefore evaluated with ``inverse_and_log_det`` and sampled with ``forward_a
 
 Every bijection is written for a single example of shape ``shape``; batching is done with
 ``vmap`` by the distributions.
+
+Stochastic bijections (a continuous flow whose log-determinant is a Hutchinson estimate) set
+``needs_key = True`` and take a ``key=`` keyword in both methods; containers pass split keys
+to the children that need one, so every other bijection keeps the plain signature.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ class Bijection(eqx.Module):
     shape: eqx.AbstractVar[tuple[int, ...]]
     cond_shape: eqx.AbstractVar[tuple[int, ...] | None]
 
+    @property
+    def needs_key(self) -> bool:
+        """Whether the methods take a ``key=`` (a randomised log-determinant estimate)."""
+        return False
+
     @abc.abstractmethod
     def forward_and_log_det(self, x: Array, condition: Array | None = None) -> tuple[Array, Array]:
         """Latent ``x`` → data ``y``; returns ``(y, log|det dy/dx|)``."""
@@ -39,11 +48,23 @@ class Bijection(eqx.Module):
     def inverse_and_log_det(self, y: Array, condition: Array | None = None) -> tuple[Array, Array]:
         """Data ``y`` → latent ``x``; returns ``(x, log|det dx/dy|)``."""
 
-    def forward(self, x: Array, condition: Array | None = None) -> Array:
-        return self.forward_and_log_det(x, condition)[0]
+    def forward(self, x: Array, condition: Array | None = None, *, key=None) -> Array:
+        return call_with_key(self, "forward_and_log_det", x, condition, key)[0]
 
-    def inverse(self, y: Array, condition: Array | None = None) -> Array:
-        return self.inverse_and_log_det(y, condition)[0]
+    def inverse(self, y: Array, condition: Array | None = None, *, key=None) -> Array:
+        return call_with_key(self, "inverse_and_log_det", y, condition, key)[0]
+
+
+def call_with_key(bijection: Bijection, method: str, x, condition, key):
+    """``bijection.<method>(x, condition)``, passing ``key`` only to a bijection that needs one."""
+    if bijection.needs_key:
+        if key is None:
+            raise ValueError(
+                f"{type(bijection).__name__} estimates its log-determinant with random probes; "
+                "pass key= (or build it with an exact trace)"
+            )
+        return getattr(bijection, method)(x, condition, key=key)
+    return getattr(bijection, method)(x, condition)
 
 
 def _merge_cond_shapes(bijections: Sequence[Bijection]) -> tuple[int, ...] | None:
@@ -74,19 +95,23 @@ class Chain(Bijection):
         self.shape = bijections[0].shape
         self.cond_shape = _merge_cond_shapes(bijections)
 
-    def forward_and_log_det(self, x, condition=None):
+    @property
+    def needs_key(self) -> bool:
+        return any(b.needs_key for b in self.bijections)
+
+    def _run(self, method, layers, x, condition, key):
+        keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
         total = jnp.zeros((), x.dtype)
-        for b in self.bijections:
-            x, ld = b.forward_and_log_det(x, condition)
+        for b, k in zip(layers, keys):
+            x, ld = call_with_key(b, method, x, condition, k)
             total = total + ld
         return x, total
 
-    def inverse_and_log_det(self, y, condition=None):
-        total = jnp.zeros((), y.dtype)
-        for b in reversed(self.bijections):
-            y, ld = b.inverse_and_log_det(y, condition)
-            total = total + ld
-        return y, total
+    def forward_and_log_det(self, x, condition=None, *, key=None):
+        return self._run("forward_and_log_det", self.bijections, x, condition, key)
+
+    def inverse_and_log_det(self, y, condition=None, *, key=None):
+        return self._run("inverse_and_log_det", self.bijections[::-1], y, condition, key)
 
 
 class Invert(Bijection):
@@ -101,11 +126,15 @@ class Invert(Bijection):
         self.shape = bijection.shape
         self.cond_shape = bijection.cond_shape
 
-    def forward_and_log_det(self, x, condition=None):
-        return self.bijection.inverse_and_log_det(x, condition)
+    @property
+    def needs_key(self) -> bool:
+        return self.bijection.needs_key
 
-    def inverse_and_log_det(self, y, condition=None):
-        return self.bijection.forward_and_log_det(y, condition)
+    def forward_and_log_det(self, x, condition=None, *, key=None):
+        return call_with_key(self.bijection, "inverse_and_log_det", x, condition, key)
+
+    def inverse_and_log_det(self, y, condition=None, *, key=None):
+        return call_with_key(self.bijection, "forward_and_log_det", y, condition, key)
 
 
 class Permute(Bijection):
@@ -204,20 +233,26 @@ class Stack(Bijection):
         layers = eqx.filter_vmap(make_layer)(keys)
         return cls(layers, keys.shape[0])
 
-    def _scan(self, method: str, x, condition, reverse: bool):
-        params, static = eqx.partition(self.layers, eqx.is_array)
+    @property
+    def needs_key(self) -> bool:
+        return self.layers.needs_key
 
-        def step(carry, layer_params):
+    def _scan(self, method: str, x, condition, key, reverse: bool):
+        params, static = eqx.partition(self.layers, eqx.is_array)
+        keys = None if key is None else jax.random.split(key, self.n)
+
+        def step(carry, inputs):
             z, total = carry
+            layer_params, k = inputs
             layer = eqx.combine(layer_params, static)
-            z, ld = getattr(layer, method)(z, condition)
+            z, ld = call_with_key(layer, method, z, condition, k)
             return (z, total + ld), None
 
-        (x, total), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)), params, reverse=reverse)
+        (x, total), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)), (params, keys), reverse=reverse)
         return x, total
 
-    def forward_and_log_det(self, x, condition=None):
-        return self._scan("forward_and_log_det", x, condition, reverse=False)
+    def forward_and_log_det(self, x, condition=None, *, key=None):
+        return self._scan("forward_and_log_det", x, condition, key, reverse=False)
 
-    def inverse_and_log_det(self, y, condition=None):
-        return self._scan("inverse_and_log_det", y, condition, reverse=True)
+    def inverse_and_log_det(self, y, condition=None, *, key=None):
+        return self._scan("inverse_and_log_det", y, condition, key, reverse=True)
