@@ -53,3 +53,16 @@ def sliced_wasserstein(x, y, key, num_projections: int = 256, p: int = 2) -> flo
     dirs = dirs / jnp.linalg.norm(dirs, axis=1, keepdims=True)
     px, py = jnp.sort(x @ dirs.T, axis=0), jnp.sort(y @ dirs.T, axis=0)
     return float(jnp.mean(jnp.abs(px - py) ** p) ** (1 / p))
+
+
+def wasserstein(x, y, p: int = 2) -> float:
+    """Exact p-Wasserstein distance between two empirical sets ``(n, d)`` and ``(m, d)`` with
+    uniform weights (POT's network simplex on the full cost matrix: memory ``n·m``)."""
+    import ot
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"wasserstein expects two sample sets (n, d) and (m, d), got {x.shape} and {y.shape}")
+    cost = ot.dist(x, y, metric="sqeuclidean") ** (p / 2)
+    plan_cost = ot.emd2(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), cost, numItermax=10_000_000)
+    return float(plan_cost ** (1 / p))

@@ -1,0 +1,160 @@
+"""Flow matching: paths and their targets, parameterisation conversions, couplings, the loss
+in ``fit``, guidance, data-to-data transport, likelihoods, reflow and distillation."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import geoflow as gf
+from geoflow.continuous import (AffinePath, BridgePath, CondOT, Cosine, FlowMatching, Guided, Polynomial,
+                                VariancePreserving, cfm, couple, distill, fixed, flow_matching, reflow,
+                                sinkhorn_log_plan, squared_distances, straightness, with_solver)
+from geoflow.datasets.toy2d import sample_toy
+from geoflow.metrics import sliced_wasserstein
+
+
+def sw(a, b):
+    return sliced_wasserstein(a, b, jax.random.key(0))
+
+PATHS = [AffinePath(CondOT()), AffinePath(CondOT(sigma_min=0.1)), AffinePath(Polynomial(3.0)),
+         AffinePath(VariancePreserving()), AffinePath(Cosine()), AffinePath(CondOT(), sigma=0.1),
+         BridgePath(0.5)]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: type(p).__name__ + type(getattr(p, "scheduler", p)).__name__)
+def test_target_is_the_time_derivative_of_the_interpolant(path):
+    k0, k1, ke = jax.random.split(jax.random.key(0), 3)
+    x0, x1, eps = (jax.random.normal(k, (3,)) for k in (k0, k1, ke))
+    for t in (0.1, 0.37, 0.8):
+        xt, dxt = jax.jvp(lambda s: path.sample(s, x0, x1, eps)[0], (jnp.float32(t),), (jnp.float32(1.0),))
+        np.testing.assert_allclose(path.sample(t, x0, x1, eps)[1], dxt, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("scheduler", [CondOT(), Polynomial(2.0), VariancePreserving(), Cosine()],
+                         ids=lambda s: type(s).__name__)
+def test_parameterisation_conversions_round_trip(scheduler):
+    path = AffinePath(scheduler)
+    x0, x1 = jax.random.normal(jax.random.key(1), (2, 4))
+    t = 0.6
+    xt, v = path.sample(t, x0, x1, jnp.zeros(4))
+    np.testing.assert_allclose(path.x1_from_velocity(t, xt, v), x1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(path.noise_from_velocity(t, xt, v), x0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(path.velocity_from_x1(t, xt, x1), v, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(path.velocity_from_noise(t, xt, x0), v, rtol=1e-4, atol=1e-4)
+
+
+def test_minibatch_ot_lowers_the_transport_cost():
+    x0 = jax.random.normal(jax.random.key(0), (256, 2))
+    x1 = jnp.asarray(sample_toy("8gaussians", 256, seed=1))
+    cost = lambda pairs: float(jnp.mean(jnp.sum((pairs - x1) ** 2, -1)))
+    independent = cost(couple("independent", x0, x1, jax.random.key(2)))
+    exact = cost(jax.jit(lambda a, b: couple("exact", a, b, jax.random.key(2)))(x0, x1))
+    entropic = cost(couple("sinkhorn", x0, x1, jax.random.key(2)))
+    assert exact < entropic < independent
+    assert exact < 0.5 * independent
+    # the exact coupling is a permutation: every source point used once
+    paired = couple("exact", x0, x1, jax.random.key(2))
+    assert len(np.unique(np.asarray(paired), axis=0)) == 256
+
+
+def test_sinkhorn_plan_has_uniform_marginals():
+    cost = squared_distances(jax.random.normal(jax.random.key(0), (50, 2)), jax.random.normal(jax.random.key(1), (50, 2)))
+    plan = jnp.exp(sinkhorn_log_plan(cost, 0.5, tol=1e-5))
+    np.testing.assert_allclose(plan.sum(0), 1 / 50, rtol=1e-4)
+    np.testing.assert_allclose(plan.sum(1), 1 / 50, rtol=1e-3)
+
+
+def _train(loss, steps=600, source=None, data="8gaussians", seed=0):
+    x = sample_toy(data, 5000, seed=seed)
+    src = None if source is None else sample_toy(source, 5000, seed=seed + 1)
+    model = flow_matching(jax.random.key(seed), 2, width=64, depth=3, source=src, solver=fixed(20, "midpoint"))
+    model, _ = gf.fit(model, x, key=jax.random.key(seed + 1), loss=loss, steps=steps, batch_size=256,
+                      learning_rate=3e-3, eval_every=200, val_fraction=0.05, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ot_model():
+    return _train(cfm("ot-cfm", sigma=0.05), steps=1000)
+
+
+def test_flow_matching_density_integrates_to_one(ot_model):
+    lim, m = 8.0, 120
+    g = jnp.linspace(-lim, lim, m)
+    pts = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
+    mass = jnp.sum(jnp.exp(ot_model.log_prob(pts))) * (g[1] - g[0]) ** 2
+    assert abs(float(mass) - 1.0) < 0.02
+
+
+def test_flow_matching_learns_and_its_likelihood_is_finite(ot_model):
+    test = sample_toy("8gaussians", 2000, seed=9)
+    samples = ot_model.sample(jax.random.key(3), 2000)
+    noise = jax.random.normal(jax.random.key(4), (2000, 2)) * 2
+    assert sw(samples, test) < 0.4 * sw(noise, test)  # two data samples are 0.12 apart
+    nll = -float(ot_model.log_prob(test[:500]).mean())
+    assert nll < 3.6  # the data's entropy is 2.83; a standard normal scores far worse (> 8)
+
+
+def test_reflow_straightens_and_distillation_stays_close(ot_model):
+    base = _train(cfm("i-cfm", sigma=0.0), steps=600)
+    x0 = jax.random.normal(jax.random.key(7), (500, 2))
+    before = float(straightness(base, x0))
+    straighter, _ = reflow(base, jax.random.key(8), pairs=5000, steps=400, batch_size=256, progress=False,
+                           val_fraction=0.0)
+    after = float(straightness(straighter, x0))
+    assert after < 0.7 * before
+    one_step, _ = distill(straighter, jax.random.key(9), pairs=5000, steps=400, batch_size=256,
+                          progress=False, val_fraction=0.0)
+    assert one_step.bijection.solver.steps == 1
+    test = sample_toy("8gaussians", 3000, seed=11)
+    many = sw(straighter.sample(jax.random.key(1), 3000), test)
+    one = sw(one_step.sample(jax.random.key(1), 3000), test)
+    assert one < 3.0 * many + 0.05
+
+
+def test_data_to_data_transport_moves_the_source_onto_the_target():
+    model = _train(cfm("ot-cfm", sigma=0.05), steps=800, source="8gaussians", data="moons")
+    test = sample_toy("moons", 2000, seed=5)
+    moved = model.sample(jax.random.key(0), 2000)
+    source = sample_toy("8gaussians", 2000, seed=6)
+    assert sw(moved, test) < 0.3 * sw(source, test)
+    with pytest.raises(ValueError, match="no density"):
+        model.log_prob(test[:3])
+
+
+def test_frozen_source_samples_are_not_trained():
+    src = sample_toy("8gaussians", 500, seed=0)
+    model = flow_matching(jax.random.key(0), 2, width=8, depth=1, source=src)
+    trained, _ = gf.fit(model, sample_toy("moons", 500, seed=1), key=jax.random.key(1), loss=cfm("i-cfm"),
+                        steps=20, batch_size=64, weight_decay=0.1, progress=False)
+    np.testing.assert_array_equal(trained.base.samples.value, model.base.samples.value)
+
+
+def test_conditional_flow_matching_with_guidance():
+    x = sample_toy("8gaussians", 4000, seed=0)
+    labels = (x[:, 0] > 0).astype(np.float32)[:, None]
+    model = flow_matching(jax.random.key(0), 2, width=32, depth=2, cond_dim=1, solver=fixed(20, "midpoint"))
+    model, _ = gf.fit(model, (x, labels), key=jax.random.key(1), loss=FlowMatching(condition_dropout=0.2),
+                      steps=600, batch_size=256, progress=False)
+    right = model.sample(jax.random.key(2), (), condition=jnp.ones((1000, 1)))
+    assert float(jnp.mean(right[:, 0] > 0)) > 0.8
+    guided = eqx.tree_at(lambda m: m.bijection.field, model, Guided(model.bijection.field, 2.0))
+    right_guided = guided.sample(jax.random.key(2), (), condition=jnp.ones((1000, 1)))
+    assert float(jnp.mean(right_guided[:, 0] > 0)) >= float(jnp.mean(right[:, 0] > 0))
+    plain = eqx.tree_at(lambda m: m.bijection.field, model, Guided(model.bijection.field, 0.0))
+    np.testing.assert_allclose(plain.sample(jax.random.key(2), (), condition=jnp.ones((5, 1))),
+                               model.sample(jax.random.key(2), (), condition=jnp.ones((5, 1))), atol=1e-6)
+
+
+def test_flow_matching_errors_are_clear():
+    model = flow_matching(jax.random.key(0), 2, width=8, depth=1, cond_dim=2)
+    with pytest.raises(ValueError, match="condition"):
+        cfm("i-cfm")(model, jnp.ones((4, 2)), jnp.ones((4, 3)), jax.random.key(0))
+    with pytest.raises(ValueError, match="ODEFlow"):
+        cfm("i-cfm")(gf.nsf(jax.random.key(0), 2), jnp.ones((4, 2)), None, jax.random.key(0))
+    with pytest.raises(ValueError, match="coupling"):
+        FlowMatching(coupling="hungarian")
+    with pytest.raises(ValueError, match="variant"):
+        cfm("ddpm")
