@@ -1,6 +1,6 @@
 """geoflow: normalizing flows and flow matching in JAX, as Equinox modules."""
 
-from . import bijections
+from . import bijections, continuous
 from .distributions import DiagonalNormal, Distribution, StandardNormal, Transformed, Uniform
 from .flows import coupling_flow, iaf, maf, make_flow, masked_autoregressive_flow, nice, nsf, nsf_ar, realnvp
 

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import DATASETS
-from .flows import MODELS
+from .flows import MODELS as DISCRETE_TIME_MODELS
+
+# continuous-time models: a CNF trained by likelihood and flow matching in four flavours
+CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
+MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", type=_choice(DATASETS, "data set"), default="checkerboard",
                    help=f"one of {', '.join(DATASETS)}")
     f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
+    f.add_argument("--source", type=_choice(DATASETS, "source data set"),
+                   help="flow-matching models only: transport this data set onto --data instead of noise")
+    f.add_argument("--sigma", type=float, help="flow-matching smoothing σ (default 0; 0.1 for sb-fm)")
+    f.add_argument("--eval-points", type=int,
+                   help="NLL on at most this many points per split (default: all; 10,000 for continuous models)")
     f.add_argument("--steps", type=int, default=6000)
     f.add_argument("--batch-size", type=int, default=256)
     f.add_argument("--lr", type=float, default=1e-3)
@@ -92,23 +101,59 @@ def _dataset(args):
     return load_dataset(args.data, seed=args.seed)
 
 
+def _build_continuous(name, data, args, key):
+    """A continuous-time model and its loss (``None``: maximum likelihood)."""
+    from . import continuous as ct
+
+    if name == "cnf":
+        if args.source is not None:
+            raise ValueError("--source (data-to-data transport) needs a flow-matching model, not cnf")
+        trace = "exact" if data.dim <= 16 else "hutchinson"
+        return ct.cnf(key, data.dim, width=args.width, trace=trace), None
+    source = None
+    if args.source is not None:
+        from .datasets import load_dataset
+
+        source = load_dataset(args.source, seed=args.seed + 1).train
+        if source.shape[1:] != (data.dim,):
+            raise ValueError(f"source {args.source} has dimension {source.shape[1]}; --data has {data.dim}")
+    model = ct.flow_matching(key, data.dim, source=source, width=args.width)
+    sigma = args.sigma if args.sigma is not None else (0.1 if name == "sb-fm" else 0.0)
+    variant = {"fm": "i-cfm", "rectified": "i-cfm", "ot-fm": "ot-cfm", "sb-fm": "sb-cfm"}[name]
+    return model, ct.cfm(variant, sigma=sigma)
+
+
 def _build_model(name, data, args, key):
     from .bijections import Chain, Logit, Standardize
     from .flows import make_flow
 
+    if name in CONTINUOUS_MODELS:
+        return _build_continuous(name, data, args, key)
+    if args.source is not None:
+        raise ValueError("--source (data-to-data transport) needs a flow-matching model: fm, ot-fm, sb-fm or rectified")
     kw = {"width": args.width}
     if args.layers is not None:
         kw["layers"] = args.layers
     if data.levels is not None:  # dequantised images in [0, 1): logit, then standardise
         logit = Logit(data.dim, alpha=1e-6)
         kw["preprocess"] = Chain([Standardize.fit(logit.inverse(np.asarray(data.train).T).T), logit])
-    return make_flow(name, key, data.dim, **kw)
+    return make_flow(name, key, data.dim, **kw), None
 
 
 def _run_dir(path: Path) -> Path:
     if not (path / "model.eqx").is_file():
         raise FileNotFoundError(f"run directory {path} has no model.eqx; expected the --out of a 'geoflow fit'")
     return path
+
+
+def count_parameters(model) -> int:
+    """Trainable scalars (frozen arrays such as an empirical source's samples excluded)."""
+    import equinox as eqx
+    import jax
+
+    from .nn import trainable
+
+    return int(sum(a.size for a in jax.tree.leaves(eqx.filter(model, trainable(model)))))
 
 
 def cmd_fit(args) -> dict:
@@ -124,28 +169,43 @@ def cmd_fit(args) -> dict:
     out = args.out or Path("runs") / f"{args.model}-{data.name}"
     out.mkdir(parents=True, exist_ok=True)
     key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
-    model = _build_model(args.model, data, args, key_model)
-    model, history = fit(model, data.train, key=key_fit, val_data=data.val, steps=args.steps,
-                         batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+    model, loss = _build_model(args.model, data, args, key_model)
+    train_kw = dict(val_data=data.val, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                    progress=not args.quiet)
+    model, history = fit(model, data.train, key=key_fit, loss=loss, **train_kw)
     res = {"model": args.model, "data": data.name, "dim": data.dim, "seed": args.seed, "steps": history.steps[-1] if history.steps else 0,
            "stop_reason": history.stop_reason,
-           "parameters": int(sum(a.size for a in jax.tree.leaves(model) if isinstance(a, jax.Array) and a.dtype.kind == "f"))}
-    for split in ("train", "val", "test"):
-        res[f"{split}_nll"] = metrics.nll(model, getattr(data, split))
-    if data.levels is not None:
-        res["test_bits_per_dim"] = metrics.bits_per_dim(res["test_nll"], data.dim, data.levels)
-    if data.entropy is not None:
-        res["entropy"] = data.entropy
-        res["kl"] = metrics.kl_from_truth(res["test_nll"], data.entropy)
+           "parameters": count_parameters(model)}
     res["fit_seconds"] = history.wall_time
     res["steps_per_second"] = history.steps_per_second
+    if args.model == "rectified":
+        res.update(_reflow(model, data, key_fit, train_kw))
+        model = res.pop("model_after_reflow")
+    density = args.source is None
+    # an ODE solve per point makes continuous likelihoods costly: evaluate them on 10,000 points
+    cap = args.eval_points or (10_000 if args.model in CONTINUOUS_MODELS else None)
+    if density:
+        for split in ("train", "val", "test"):
+            res[f"{split}_nll"] = metrics.nll(model, getattr(data, split)[:cap])
+        if cap is not None:
+            res["nll_points"] = min(cap, len(data.test))
+        if data.levels is not None:
+            res["test_bits_per_dim"] = metrics.bits_per_dim(res["test_nll"], data.dim, data.levels)
+        if data.entropy is not None:
+            res["entropy"] = data.entropy
+            res["kl"] = metrics.kl_from_truth(res["test_nll"], data.entropy)
     save(out / "model.eqx", model)
     (out / "run.json").write_text(json.dumps({"model": args.model, "data": data.name, "dim": data.dim,
                                                "levels": data.levels, "seed": args.seed}, indent=2))
     samples = np.asarray(model.sample(key_sample, (min(len(data.test), 20_000),)))
+    if not density:
+        n = min(len(samples), 5_000)
+        res["test_w2"] = metrics.wasserstein(samples[:n], data.test[:n])
     if data.dim == 2:
         plot_2d(out / "samples.png", data.test[:20_000], samples,
-                lambda pts: metrics.log_prob_batched(model, pts), f"{args.model} on {data.name}")
+                (lambda pts: metrics.log_prob_batched(model, pts)) if density else None,
+                f"{args.model} on {data.name}" + ("" if density else f" from {args.source}"),
+                grid=100 if args.model in CONTINUOUS_MODELS else 200)
     elif data.levels is not None:
         plot_images(out / "samples.png", samples[:64], int(np.sqrt(data.dim)), f"{args.model} samples")
     res["wall_seconds"] = time.perf_counter() - t_start
@@ -154,6 +214,20 @@ def cmd_fit(args) -> dict:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
     print(json.dumps(shown))
     return res
+
+
+def _reflow(model, data, key, train_kw):
+    """One reflow round after the first training (``--model rectified``)."""
+    import jax
+
+    from .continuous import reflow, straightness
+
+    x0 = model.base.sample(jax.random.key(7), 2_000)
+    before = float(straightness(model, x0))
+    train_kw = {k: v for k, v in train_kw.items() if k != "val_data"}
+    model, _ = reflow(model, key, pairs=20_000, val_fraction=0.0, **train_kw)
+    return {"straightness_before_reflow": before, "straightness_after_reflow": float(straightness(model, x0)),
+            "model_after_reflow": model}
 
 
 def cmd_sample(args):

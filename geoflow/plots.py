@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str = "") -> Path:
+def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str = "", grid: int = 200) -> Path:
     """Three panels — data, model samples, model density — on one shared square window.
 
-    ``log_density(points (m, 2)) -> (m,)`` evaluates the model on a grid.
+    ``log_density(points (m, 2)) -> (m,)`` evaluates the model on a ``grid × grid`` grid;
+    ``None`` (a model without a density, e.g. data-to-data transport) leaves that panel out.
     """
     import matplotlib
 
@@ -19,16 +20,17 @@ def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str
 
     lim = float(np.quantile(np.abs(data), 0.995)) * 1.15
     bins = np.linspace(-lim, lim, 150)
-    g = np.linspace(-lim, lim, 200)
-    xx, yy = np.meshgrid(g, g)
-    dens = np.exp(np.asarray(log_density(np.stack([xx.ravel(), yy.ravel()], 1)))).reshape(xx.shape)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3 if log_density is not None else 2, figsize=(12 if log_density is not None else 8, 4))
     axes[0].hist2d(data[:, 0], data[:, 1], bins=bins, cmap="viridis")
     axes[0].set_title("data")
     axes[1].hist2d(samples[:, 0], samples[:, 1], bins=bins, cmap="viridis")
     axes[1].set_title("model samples")
-    axes[2].imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
-    axes[2].set_title("model density")
+    if log_density is not None:
+        g = np.linspace(-lim, lim, grid)
+        xx, yy = np.meshgrid(g, g)
+        dens = np.exp(np.asarray(log_density(np.stack([xx.ravel(), yy.ravel()], 1)))).reshape(xx.shape)
+        axes[2].imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
+        axes[2].set_title("model density")
     for ax in axes:
         ax.set_aspect("equal")
         ax.set_xticks([])

@@ -62,3 +62,21 @@ def test_nan_data_and_wrong_dimension(run_dir, tmp_path, capsys):
     np.save(wide, np.zeros((4, 3)))
     assert main(["eval", "--run", str(run_dir), "--data-path", str(wide)]) == 2
     assert "dimension 3 but the model" in capsys.readouterr().err
+
+
+def test_continuous_models_from_the_command_line(tmp_path, capsys):
+    small = ["--steps", "100", "--width", "16", "--eval-points", "200", "--quiet"]
+    assert main(["fit", "--model", "ot-fm", "--data", "8gaussians", "--out", str(tmp_path / "ot"), *small]) == 0
+    m = json.loads((tmp_path / "ot" / "metrics.json").read_text())
+    assert np.isfinite(m["kl"]) and m["nll_points"] == 200 and (tmp_path / "ot" / "samples.png").is_file()
+    assert main(["fit", "--model", "rectified", "--data", "moons", "--out", str(tmp_path / "rf"), *small]) == 0
+    m = json.loads((tmp_path / "rf" / "metrics.json").read_text())
+    assert m["straightness_after_reflow"] < m["straightness_before_reflow"]
+    assert main(["fit", "--model", "fm", "--source", "8gaussians", "--data", "moons", "--out", str(tmp_path / "d2d"), *small]) == 0
+    m = json.loads((tmp_path / "d2d" / "metrics.json").read_text())
+    assert "test_w2" in m and "test_nll" not in m and m["parameters"] < 10_000  # source samples are not parameters
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "d2d"), "--data", "moons"]) == 2
+    assert "no density" in capsys.readouterr().err
+    assert main(["fit", "--model", "maf", "--source", "moons", "--out", str(tmp_path / "x"), *small]) == 2
+    assert "needs a flow-matching model" in capsys.readouterr().err
