@@ -35,17 +35,23 @@ class ODEResult(NamedTuple):
     nfe: Array
 
 
-# The dynamics are module-level functions of ``args = (field, condition[, probe])`` rather
+# The dynamics are module-level functions of ``args = (flow, condition[, probe])`` rather
 # than closures: diffrax's back-solve adjoint differentiates only through ``args``.
 def _velocity(t, z, args):
-    field, condition = args
-    return field(t, z, condition)
+    flow, condition = args
+    return flow.velocity(t, z, condition)
 
 
 def _divergence(t, z, args):
-    field, condition, eps = args
-    f = lambda v: field(t, v, condition)
-    return exact_divergence(f, z) if eps is None else hutchinson_divergence(f, z, eps)
+    flow, condition, eps = args
+    f = lambda v: flow.velocity(t, v, condition)
+    if flow.manifold is None:
+        return exact_divergence(f, z) if eps is None else hutchinson_divergence(f, z, eps)
+    # on an embedded manifold div v = tr(P ∂v/∂x) with P the tangent projection at z; a
+    # Hutchinson probe projected to the tangent space has E[εεᵀ] = P and estimates the same
+    if eps is None:
+        return exact_divergence(f, z, flow.manifold.divergence_projector(z))
+    return hutchinson_divergence(f, z, flow.manifold.to_tangent(z, eps))
 
 
 def _augmented(t, state, args):
@@ -70,21 +76,35 @@ class ODEFlow(Bijection):
     - `trace`: ``"exact"`` (Jacobian trace, for small dimension), ``"hutchinson"`` /
       ``"hutchinson-gaussian"`` or ``"hutchinson-rademacher"`` (one probe per solve, held
       fixed along it; the methods then need ``key=``).
+    - `manifold`: ``None`` for ℝⁿ, or an embedded manifold (``to_tangent``, ``proj``,
+      ``divergence_projector``; see the ``manifolds`` package): the velocity is projected to the
+      tangent space, the divergence is the Riemannian one and the end point is projected back
+      onto the manifold. ℝⁿ is the flat special case of the same code.
     """
 
     field: eqx.Module
     solver: ODESolver
+    manifold: eqx.Module | None
     trace: str = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True)
 
-    def __init__(self, field, solver: ODESolver | None = None, trace: str = "exact"):
+    def __init__(self, field, solver: ODESolver | None = None, trace: str = "exact", manifold=None):
         probe_kind(trace)  # validates the name
         self.field = field
         self.solver = ODESolver() if solver is None else solver
         self.trace = trace
+        self.manifold = manifold
         self.shape = tuple(field.shape)
         self.cond_shape = field.cond_shape
+
+    def velocity(self, t, x, condition=None):
+        """The field at ``(t, x)``, projected to the tangent space on a manifold."""
+        v = self.field(t, x, condition)
+        return v if self.manifold is None else self.manifold.to_tangent(x, v)
+
+    def _on_manifold(self, y):
+        return y if self.manifold is None else self.manifold.proj(y)
 
     @property
     def needs_key(self) -> bool:
@@ -92,7 +112,7 @@ class ODEFlow(Bijection):
 
     def with_trace(self, trace: str) -> ODEFlow:
         """The same flow with another divergence (e.g. exact for evaluation after Hutchinson training)."""
-        return ODEFlow(self.field, self.solver, trace)
+        return ODEFlow(self.field, self.solver, trace, self.manifold)
 
     def integrate(self, x, condition=None, *, key=None, reverse: bool = False, log_det: bool = True,
                   penalties: bool = False) -> ODEResult:
@@ -103,23 +123,26 @@ class ODEFlow(Bijection):
         """
         t0, t1 = (1.0, 0.0) if reverse else (0.0, 1.0)
         zero = jnp.zeros((), x.dtype)
+        if self.manifold is not None:
+            x = self.manifold.check(x, "x")
         if not (log_det or penalties):
-            y, steps = self.solver.solve(_velocity, x, t0, t1, (self.field, condition))
-            return ODEResult(y, zero, zero, zero, steps, self.solver.nfe(steps))
+            y, steps = self.solver.solve(_velocity, x, t0, t1, (self, condition))
+            return ODEResult(self._on_manifold(y), zero, zero, zero, steps, self.solver.nfe(steps))
         kind = probe_kind(self.trace)
         if kind is not None and key is None:
             raise ValueError("this ODEFlow uses a Hutchinson trace; pass key=")
         eps = None if kind is None else probe(key, x.shape, kind)
         dynamics = _augmented_with_penalties if penalties else _augmented
         (y, logdet, kinetic, frob), steps = self.solver.solve(
-            dynamics, (x, zero, zero, zero), t0, t1, (self.field, condition, eps))
+            dynamics, (x, zero, zero, zero), t0, t1, (self, condition, eps))
         # integrating backwards accumulates -∫; the penalties are integrals over [0, 1] either way
-        return ODEResult(y, logdet, jnp.abs(kinetic), jnp.abs(frob), steps, self.solver.nfe(steps))
+        return ODEResult(self._on_manifold(y), logdet, jnp.abs(kinetic), jnp.abs(frob), steps,
+                         self.solver.nfe(steps))
 
     def trajectory(self, x, ts, condition=None) -> Array:
         """States at times ``ts`` (1-D, increasing or decreasing) for one example: ``(len(ts), *shape)``."""
-        ys, _ = self.solver.solve(_velocity, x, ts[0], ts[-1], (self.field, condition), save_ts=ts)
-        return ys
+        ys, _ = self.solver.solve(_velocity, x, ts[0], ts[-1], (self, condition), save_ts=ts)
+        return ys if self.manifold is None else jax.vmap(self.manifold.proj)(ys)
 
     def forward_and_log_det(self, x, condition=None, *, key=None):
         r = self.integrate(x, condition, key=key)

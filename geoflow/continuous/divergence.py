@@ -23,12 +23,19 @@ def probe(key, shape, kind: str):
     raise ValueError(f"unknown probe {kind!r}; expected 'gaussian' or 'rademacher'")
 
 
-def exact_divergence(f, x):
-    """``(f(x), tr ∂f/∂x, ‖∂f/∂x‖²_F)`` by forward-mode columns of the Jacobian. ``x`` any shape."""
+def exact_divergence(f, x, projector=None):
+    """``(f(x), tr ∂f/∂x, ‖∂f/∂x‖²_F)`` by forward-mode columns of the Jacobian. ``x`` any shape.
+
+    With ``projector`` (the matrix ``P`` of the tangent projection on the flattened ambient
+    space) the trace and norm are those of ``P ∂f/∂x``: the Riemannian divergence of a tangent
+    field on an embedded manifold.
+    """
     flat = x.reshape(-1)
     fn = lambda v: f(v.reshape(x.shape)).reshape(-1)
     value, jvp = jax.linearize(fn, flat)
-    jac = jax.vmap(jvp)(jnp.eye(flat.size, dtype=flat.dtype))  # row i = J e_i = column i of J
+    jac = jax.vmap(jvp)(jnp.eye(flat.size, dtype=flat.dtype)).T  # column i = J e_i
+    if projector is not None:
+        jac = projector @ jac
     return value.reshape(x.shape), jnp.trace(jac), jnp.sum(jac**2)
 
 

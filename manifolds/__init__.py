@@ -1,0 +1,17 @@
+"""Riemannian geometry in pure JAX (spheres, tori, SO(3)) and Riemannian flow matching on top
+of the core's continuous flows."""
+
+from .base import Manifold
+from .distributions import UniformOn
+from .euclidean import Euclidean, Torus, wrap
+from .fields import ManifoldMLP, features
+from .matching import GeodesicFlowMatching, rfm
+from .so3 import (SO3, hat, matrix_to_quaternion, matrix_to_rotvec, quaternion_to_matrix, quaternion_to_rotvec,
+                  rotvec_to_matrix, rotvec_to_quaternion, vee)
+from .sphere import Sphere
+
+__all__ = [
+    "Euclidean", "GeodesicFlowMatching", "Manifold", "ManifoldMLP", "SO3", "Sphere", "Torus", "UniformOn",
+    "features", "hat", "matrix_to_quaternion", "matrix_to_rotvec", "quaternion_to_matrix", "quaternion_to_rotvec",
+    "rfm", "rotvec_to_matrix", "rotvec_to_quaternion", "vee", "wrap",
+]

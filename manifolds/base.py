@@ -1,0 +1,97 @@
+"""The :class:`Manifold` interface: Riemannian geometry of a manifold embedded in ℝⁿ, for one
+point at a time (``vmap`` for batches), pure JAX and safe under ``jit``, ``vmap`` and ``grad``.
+
+Points and tangent vectors are arrays of the ambient ``shape`` (``(3,)`` for S², ``(3, 3)`` for
+SO(3) matrices). A manifold holds no arrays, only static sizes, so it can sit inside any model.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+class Manifold(eqx.Module):
+    """A Riemannian manifold in an ambient Euclidean space.
+
+    Subclasses set ``shape`` (ambient event shape) and ``dim`` (intrinsic dimension) and
+    implement ``exp``, ``log``, ``proj``, ``to_tangent`` and ``belongs``; the rest has defaults
+    in terms of those. ``inner`` defaults to the ambient dot product.
+    """
+
+    shape: eqx.AbstractVar[tuple[int, ...]]
+    dim: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def exp(self, x, v):
+        """The point reached at time 1 along the geodesic from ``x`` with velocity ``v``."""
+
+    @abc.abstractmethod
+    def log(self, x, y):
+        """The tangent vector at ``x`` whose exponential is ``y`` (the shortest one)."""
+
+    @abc.abstractmethod
+    def proj(self, x):
+        """The nearest point of the manifold to an ambient point ``x`` (a retraction's last step)."""
+
+    @abc.abstractmethod
+    def to_tangent(self, x, v):
+        """Orthogonal projection of an ambient vector ``v`` onto the tangent space at ``x``."""
+
+    @abc.abstractmethod
+    def belongs(self, x, atol: float = 1e-5):
+        """Whether ``x`` lies on the manifold within ``atol``."""
+
+    def inner(self, x, u, v):
+        """Riemannian inner product of tangent vectors ``u, v`` at ``x``."""
+        return jnp.sum(u * v)
+
+    def norm(self, x, v):
+        return jnp.sqrt(jnp.maximum(self.inner(x, v, v), 1e-30))
+
+    def dist(self, x, y):
+        """Geodesic distance."""
+        v = self.log(x, y)
+        return jnp.sqrt(self.inner(x, v, v))
+
+    def geodesic(self, x, y, t):
+        """The point at time ``t`` on the shortest geodesic from ``x`` (``t = 0``) to ``y`` (``t = 1``)."""
+        return self.exp(x, t * self.log(x, y))
+
+    @property
+    def compact(self) -> bool:
+        return False
+
+    def random_uniform(self, key, shape=()):
+        """Uniform samples ``(*shape, *self.shape)`` (compact manifolds only)."""
+        raise TypeError(f"{type(self).__name__} is not compact: it has no uniform distribution")
+
+    def log_volume(self):
+        """Log of the Riemannian volume (compact manifolds only)."""
+        raise TypeError(f"{type(self).__name__} is not compact: it has no finite volume")
+
+    def uniform_log_prob(self):
+        """Log-density of the uniform distribution: ``−log volume``."""
+        return -self.log_volume()
+
+    def divergence_projector(self, x):
+        """``P(x)`` as a matrix on the flattened ambient space: the Riemannian divergence of a
+        tangent field ``v`` is ``tr(P ∂v/∂x)`` with the ambient Jacobian."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        basis = jnp.eye(n, dtype=x.dtype).reshape(n, *self.shape)
+        return jax.vmap(lambda e: self.to_tangent(x, e).reshape(-1))(basis).T
+
+    def check(self, x, name: str = "x", atol: float = 1e-4):
+        """``x`` (any leading batch axes) with a clear error if it is off the manifold."""
+        from geoflow.checks import check_event
+
+        x = check_event(x, self.shape, name)
+        flat = x.reshape(-1, *self.shape)
+        on = jnp.all(jax.vmap(lambda p: self.belongs(p, atol))(flat))
+        return eqx.error_if(x, ~on, f"{name} has points off the {self!r} manifold (tolerance {atol}); "
+                                    f"expected points of {type(self).__name__} (use manifold.proj to project)")
