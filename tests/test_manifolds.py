@@ -1,0 +1,141 @@
+"""Manifolds: geometry against geomstats (the oracle), round trips, rotation conversions near
+0 and π, priors, and Riemannian flow matching (normalisation, samples on the manifold, errors)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from geomstats.geometry.hypersphere import Hypersphere
+from geomstats.geometry.special_orthogonal import SpecialOrthogonal
+
+import geoflow as gf
+from geoflow.continuous import fixed
+from manifolds import (SO3, GeodesicFlowMatching, Sphere, Torus, UniformOn, matrix_to_quaternion,
+                       matrix_to_rotvec, quaternion_to_matrix, rfm, rotvec_to_matrix)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _pairs(manifold, n=20, seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return manifold.random_uniform(k1, (n,)), manifold.random_uniform(k2, (n,))
+
+
+def test_sphere_matches_geomstats():
+    gs_sphere, s = Hypersphere(2), Sphere(2)
+    x, y = _pairs(s)
+    xn, yn = np.asarray(x), np.asarray(y)
+    np.testing.assert_allclose(jax.vmap(s.log)(x, y), gs_sphere.metric.log(yn, xn), atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(s.dist)(x, y), gs_sphere.metric.dist(xn, yn), atol=1e-5)
+    v = jax.vmap(s.to_tangent)(x, jax.random.normal(jax.random.key(1), x.shape))
+    np.testing.assert_allclose(jax.vmap(s.exp)(x, v), gs_sphere.metric.exp(np.asarray(v), xn), atol=1e-5)
+    geo = gs_sphere.metric.geodesic(initial_point=xn[0], end_point=yn[0])(np.array([0.3]))
+    np.testing.assert_allclose(s.geodesic(x[0], y[0], 0.3), np.reshape(geo, -1), atol=1e-5)
+
+
+def _near_pi_rotations(n=10):
+    axes = jax.random.normal(jax.random.key(3), (n, 3))
+    axes = axes / jnp.linalg.norm(axes, axis=1, keepdims=True)
+    angles = jnp.pi - jnp.logspace(-7, -1, n)
+    return jax.vmap(rotvec_to_matrix)(axes * angles[:, None])
+
+
+def test_so3_matches_geomstats_including_near_pi():
+    gs_so3, so3 = SpecialOrthogonal(3), SO3()
+    r, s = _pairs(so3)
+    s = jnp.concatenate([s, jnp.einsum("nij,njk->nik", r[:10], _near_pi_rotations())])
+    r = jnp.concatenate([r, r[:10]])
+    rn, sn = np.asarray(r), np.asarray(s)
+    np.testing.assert_allclose(jax.vmap(so3.dist)(r, s), gs_so3.metric.dist(rn, sn), atol=1e-5)
+    logs = jax.vmap(so3.log)(r[:20], s[:20])  # the logarithm is unique away from π
+    np.testing.assert_allclose(logs, gs_so3.metric.log(sn[:20], rn[:20]), atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(so3.exp)(r[:20], logs), gs_so3.metric.exp(np.asarray(logs), rn[:20]), atol=1e-5)
+    near = jax.vmap(so3.exp)(r[20:], jax.vmap(so3.log)(r[20:], s[20:]))
+    np.testing.assert_allclose(near, s[20:], atol=1e-6)  # exp∘log recovers the point even at angle ≈ π
+
+
+@pytest.mark.parametrize("manifold", [Sphere(2), Sphere(4), Torus(3), SO3()], ids=repr)
+def test_exp_log_round_trip_and_idempotent_projections(manifold):
+    x, y = _pairs(manifold, seed=4)
+    v = jax.vmap(manifold.log)(x, y)
+    np.testing.assert_allclose(jax.vmap(manifold.exp)(x, v), y, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(manifold.to_tangent)(x, v), v, atol=1e-10)
+    np.testing.assert_allclose(jax.vmap(manifold.proj)(y), y, atol=1e-10)
+    assert bool(jnp.all(jax.vmap(manifold.belongs)(y)))
+    np.testing.assert_allclose(jax.vmap(manifold.dist)(x, y), jax.vmap(manifold.norm)(x, v), rtol=1e-8)
+
+
+def test_rotation_conversions_and_their_gradients_near_zero_and_pi():
+    rots = jnp.concatenate([_near_pi_rotations(), jax.vmap(rotvec_to_matrix)(jnp.logspace(-9, -2, 5)[:, None] * jnp.ones(3))])
+    w = jax.vmap(matrix_to_rotvec)(rots)
+    np.testing.assert_allclose(jax.vmap(rotvec_to_matrix)(w), rots, atol=1e-9)
+    np.testing.assert_allclose(jax.vmap(quaternion_to_matrix)(jax.vmap(matrix_to_quaternion)(rots)), rots, atol=1e-12)
+    grads = jax.vmap(jax.grad(lambda r: jnp.sum(matrix_to_rotvec(r) ** 2)))(rots)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+    assert bool(jnp.all(jnp.isfinite(jax.grad(lambda v: jnp.sum(rotvec_to_matrix(v)))(jnp.zeros(3)))))
+
+
+def test_uniform_priors_are_normalised_and_haar():
+    assert math.exp(Sphere(2).log_volume()) == pytest.approx(4 * math.pi)
+    assert math.exp(SO3().log_volume()) == pytest.approx(8 * math.pi**2)
+    # Haar measure on SO(3): the rotation angle has density (1 − cos θ)/π on [0, π]
+    angles = jax.vmap(lambda r: jnp.linalg.norm(matrix_to_rotvec(r)))(SO3().random_uniform(jax.random.key(0), (40_000,)))
+    hist, edges = np.histogram(np.asarray(angles), bins=10, range=(0, np.pi), density=True)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    np.testing.assert_allclose(hist, (1 - np.cos(centres)) / np.pi, atol=0.03)
+    with pytest.raises(ValueError, match="not compact"):
+        from manifolds import Euclidean
+
+        UniformOn(Euclidean(2))
+
+
+def fibonacci_sphere(n):
+    i = jnp.arange(n) + 0.5
+    polar, azimuth = jnp.arccos(1 - 2 * i / n), jnp.pi * (1 + 5**0.5) * i
+    return jnp.stack([jnp.cos(azimuth) * jnp.sin(polar), jnp.sin(azimuth) * jnp.sin(polar), jnp.cos(polar)], -1)
+
+
+@pytest.fixture(scope="module")
+def sphere_model():
+    with jax.enable_x64(False):
+        s = Sphere(2)
+        x = jax.vmap(s.proj)(0.4 * s.random_uniform(jax.random.key(0), (4000,)) + jnp.array([0.0, 0.0, 1.0]))
+        model = rfm(jax.random.key(1), s, width=64, depth=3, solver=fixed(20, "midpoint"))
+        model, _ = gf.fit(model, np.asarray(x), key=jax.random.key(2), loss=GeodesicFlowMatching(), steps=600,
+                          batch_size=256, learning_rate=3e-3, progress=False)
+        return model
+
+
+def test_rfm_on_the_sphere_integrates_to_one_and_samples_stay_on_it(sphere_model):
+    with jax.enable_x64(False):
+        mass = jnp.mean(jnp.exp(sphere_model.log_prob(fibonacci_sphere(20_000)))) * 4 * jnp.pi
+        assert abs(float(mass) - 1.0) < 0.02
+        samples = sphere_model.sample(jax.random.key(3), 500)
+        assert bool(jnp.all(jax.vmap(lambda p: Sphere(2).belongs(p, 1e-5))(samples)))
+        assert float(samples[:, 2].mean()) > 0.8  # the data sit around the north pole
+        with pytest.raises(Exception, match="off the"):
+            jax.block_until_ready(sphere_model.log_prob(jnp.array([[1.0, 1.0, 0.0]])))
+
+
+def test_rfm_on_so3_integrates_to_one_against_the_uniform_measure():
+    with jax.enable_x64(False):
+        so3 = SO3()
+        centre = rotvec_to_matrix(jnp.array([0.3, -0.2, 0.5]))
+        noise = jax.vmap(rotvec_to_matrix)(0.3 * jax.random.normal(jax.random.key(0), (3000, 3)))
+        data = jnp.einsum("ij,njk->nik", centre, noise)
+        model = rfm(jax.random.key(1), so3, width=64, depth=3, solver=fixed(20, "midpoint"))
+        model, _ = gf.fit(model, np.asarray(data), key=jax.random.key(2), loss=GeodesicFlowMatching(), steps=400,
+                          batch_size=256, learning_rate=3e-3, progress=False)
+        uniform = so3.random_uniform(jax.random.key(4), (20_000,))
+        ratio = jnp.exp(model.log_prob(uniform) - so3.uniform_log_prob())
+        mean, stderr = float(ratio.mean()), float(ratio.std() / jnp.sqrt(ratio.size))
+        assert abs(mean - 1.0) < 4 * stderr + 0.02
+        assert float(model.log_prob(data[:500]).mean()) > so3.uniform_log_prob() + 0.5  # learned something
+        with pytest.raises(Exception, match="off the"):
+            jax.block_until_ready(model.log_prob(2.0 * jnp.eye(3)[None]))
