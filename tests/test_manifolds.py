@@ -139,3 +139,44 @@ def test_rfm_on_so3_integrates_to_one_against_the_uniform_measure():
         assert float(model.log_prob(data[:500]).mean()) > so3.uniform_log_prob() + 0.5  # learned something
         with pytest.raises(Exception, match="off the"):
             jax.block_until_ready(model.log_prob(2.0 * jnp.eye(3)[None]))
+
+
+def test_products_powers_and_se3_round_trip_with_the_product_metric():
+    from manifolds import SE3, Power, Product
+
+    se3 = SE3(translation_scale=0.1)
+    r = SO3().random_uniform(jax.random.key(0), (2,))
+    t = jax.random.normal(jax.random.key(1), (2, 3))
+    x, y = (jnp.concatenate([r[i].reshape(-1), t[i]]) for i in range(2))
+    v = se3.log(x, y)
+    np.testing.assert_allclose(se3.exp(x, v), y, atol=1e-9)
+    rot, trans = se3.split(v)
+    np.testing.assert_allclose(rot, SO3().log(r[0], r[1]), atol=1e-12)
+    np.testing.assert_allclose(trans, t[1] - t[0], atol=1e-12)
+    expected = np.sqrt(float(SO3().dist(r[0], r[1])) ** 2 + 0.01 * float(jnp.sum((t[1] - t[0]) ** 2)))
+    assert float(se3.dist(x, y)) == pytest.approx(expected, rel=1e-9)
+    assert float(se3.norm(x, v)) == pytest.approx(expected, rel=1e-9)
+    for manifold in (Power(SO3(), 4), Product([Sphere(2), Torus(2)])):
+        a, b = _pairs(manifold, n=3, seed=5)
+        np.testing.assert_allclose(jax.vmap(manifold.exp)(a, jax.vmap(manifold.log)(a, b)), b, atol=1e-8)
+        assert bool(jnp.all(jax.vmap(manifold.belongs)(b)))
+    assert math.exp(Product([Sphere(2), Torus(2)]).log_volume()) == pytest.approx(4 * math.pi * (2 * math.pi) ** 2)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0])
+def test_igso3_is_normalised_and_samples_follow_its_angle_marginal(eps):
+    from manifolds import IGSO3, igso3_density
+
+    grid = np.linspace(0, np.pi, 20_001)
+    marginal = (1 - np.cos(grid)) / np.pi * igso3_density(grid, eps, terms=max(2000, int(40 / eps)))
+    assert np.trapezoid(marginal, grid) == pytest.approx(1.0, abs=1e-4)
+    prior = IGSO3(eps, mean=rotvec_to_matrix(jnp.array([0.2, 0.1, -0.3])))
+    with jax.enable_x64(False):
+        uniform = SO3().random_uniform(jax.random.key(0), (200_000,))
+        ratio = np.asarray(jnp.exp(prior.log_prob(uniform) - SO3().uniform_log_prob()), np.float64)
+        assert abs(ratio.mean() - 1) < 4 * ratio.std() / np.sqrt(ratio.size) + 1e-3
+        samples = prior.sample(jax.random.key(1), 20_000)
+        assert bool(jnp.all(jax.vmap(SO3().belongs)(samples)))
+        angles = np.asarray(jax.vmap(lambda r: jnp.linalg.norm(matrix_to_rotvec(prior.mean.T @ r)))(samples))
+    mean_angle = np.trapezoid(grid * marginal, grid)
+    assert abs(angles.mean() - mean_angle) < 4 * angles.std() / np.sqrt(angles.size)
