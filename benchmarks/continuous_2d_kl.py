@@ -34,7 +34,7 @@ def cpu_seconds():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--cnf-steps", type=int, default=3000)
+    ap.add_argument("--cnf-steps", type=int, default=1500)
     ap.add_argument("--fm-steps", type=int, default=8000)
     args = ap.parse_args()
     n_test = 10_000

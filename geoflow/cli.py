@@ -19,7 +19,10 @@ from .flows import MODELS as DISCRETE_TIME_MODELS
 
 # continuous-time models: a CNF trained by likelihood and flow matching in four flavours
 CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
-MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS
+MANIFOLD_MODELS = ("rfm",)
+MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS + MANIFOLD_MODELS
+MANIFOLDS = ("sphere", "torus", "so3", "se3")
+EARTH_DATA = ("volcano", "earthquake", "flood", "fire")  # on the sphere (manifolds.datasets)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train a flow and write metrics, model and plots")
     f.add_argument("--model", type=_choice(MODELS, "model"), default="nsf", help=f"one of {', '.join(MODELS)}")
-    f.add_argument("--data", type=_choice(DATASETS, "data set"), default="checkerboard",
-                   help=f"one of {', '.join(DATASETS)}")
+    f.add_argument("--data", type=_choice(tuple(DATASETS) + EARTH_DATA, "data set"), default="checkerboard",
+                   help=f"one of {', '.join(tuple(DATASETS) + EARTH_DATA)} (the last four on the sphere, for rfm)")
+    f.add_argument("--manifold", type=_choice(MANIFOLDS, "manifold"),
+                   help="rfm only: sphere (default for earth data), torus, so3 or se3 (with --data-path)")
     f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
     f.add_argument("--source", type=_choice(DATASETS, "source data set"),
                    help="flow-matching models only: transport this data set onto --data instead of noise")
@@ -156,8 +161,89 @@ def count_parameters(model) -> int:
     return int(sum(a.size for a in jax.tree.leaves(eqx.filter(model, trainable(model)))))
 
 
+def _manifold_data(args):
+    """``(manifold, data set)`` for ``--model rfm``: earth data on S², or points from a file."""
+    from manifolds import SE3, SO3, Sphere, Torus
+    from manifolds.datasets import ManifoldDataset, load_earth
+
+    manifolds = {"sphere": Sphere(2), "so3": SO3(), "se3": SE3()}
+    if args.data_path is None:
+        if args.data not in EARTH_DATA:
+            raise ValueError(f"--model rfm trains on {', '.join(EARTH_DATA)} or on --data-path points; got --data {args.data}")
+        if args.manifold not in (None, "sphere"):
+            raise ValueError(f"{args.data} lives on the sphere; got --manifold {args.manifold}")
+        return Sphere(2), load_earth(args.data, seed=args.seed)
+    if args.manifold is None:
+        raise ValueError("--model rfm with --data-path needs --manifold (sphere, torus, so3 or se3)")
+    x = np.load(args.data_path) if args.data_path.suffix == ".npy" else _read_points(args.data_path)
+    x = np.asarray(x, np.float32)
+    manifold = manifolds.get(args.manifold) or Torus(x.shape[-1])
+    if x.shape[1:] != manifold.shape:
+        raise ValueError(f"{args.data_path} holds points of shape {x.shape[1:]}; {args.manifold} expects {manifold.shape}")
+    import jax
+
+    off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
+    if off:
+        raise ValueError(f"{args.data_path}: {off} point(s) are off the {args.manifold} manifold (tolerance 1e-4)")
+    perm = np.random.default_rng(args.seed).permutation(len(x))
+    n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
+    x = x[perm]
+    return manifold, ManifoldDataset(args.data_path.stem, x[:n_train], x[n_train : n_train + n_val],
+                                     x[n_train + n_val :], manifold)
+
+
+def cmd_fit_manifold(args) -> dict:
+    """``geoflow fit --model rfm``: Riemannian flow matching, exact test NLL, a world map on S²."""
+    import jax
+
+    from . import metrics
+    from .continuous import ODESolver, with_solver
+    from .plots import plot_sphere
+    from .serialization import save
+    from .train import fit
+    from manifolds import GeodesicFlowMatching, Sphere, rfm
+
+    t_start = time.perf_counter()
+    manifold, data = _manifold_data(args)
+    out = args.out or Path("runs") / f"rfm-{data.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
+    model = rfm(key_model, manifold, width=max(args.width, 64))
+    model, history = fit(model, data.train, key=key_fit, loss=GeodesicFlowMatching(), val_data=data.val,
+                         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+    evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
+    cap = args.eval_points
+    res = {"model": "rfm", "manifold": type(manifold).__name__, "data": data.name, "seed": args.seed,
+           "steps": history.steps[-1] if history.steps else 0, "stop_reason": history.stop_reason,
+           "parameters": count_parameters(model), "fit_seconds": history.wall_time,
+           "steps_per_second": history.steps_per_second,
+           "uniform_nll": float(-manifold.uniform_log_prob()) if manifold.compact else None}
+    for split in ("train", "val", "test"):
+        res[f"{split}_nll"] = metrics.nll(evaluator, getattr(data, split)[:cap])
+    save(out / "model.eqx", model)
+    (out / "run.json").write_text(json.dumps({"model": "rfm", "data": data.name, "manifold": res["manifold"],
+                                               "seed": args.seed}, indent=2))
+    samples = np.asarray(model.sample(key_sample, (min(len(data.test) * 4, 5_000),)))
+    if isinstance(manifold, Sphere):
+        to_ll = lambda p: np.asarray(Sphere.to_lat_lon(p))
+        density = lambda ll: metrics.log_prob_batched(model, np.asarray(Sphere.from_lat_lon(ll), np.float32))
+        plot_sphere(out / "samples.png", to_ll(data.test), to_ll(samples), density, f"rfm on {data.name}")
+    res["wall_seconds"] = time.perf_counter() - t_start
+    (out / "metrics.json").write_text(json.dumps(res, indent=2))
+    print(f"wrote {out / 'metrics.json'}, {out / 'model.eqx'}" + (f", {out / 'samples.png'}" if (out / 'samples.png').exists() else ""))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+    return res
+
+
 def cmd_fit(args) -> dict:
     import jax
+
+    if args.model in MANIFOLD_MODELS:
+        return cmd_fit_manifold(args)
+    if args.manifold is not None:
+        raise ValueError("--manifold goes with --model rfm")
+    if args.data in EARTH_DATA:
+        raise ValueError(f"{args.data} lives on the sphere: use --model rfm")
 
     from . import metrics
     from .plots import plot_2d, plot_images

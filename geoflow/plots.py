@@ -63,3 +63,40 @@ def plot_images(path, images: np.ndarray, side: int, title: str = "") -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def plot_sphere(path, data_lat_lon: np.ndarray, samples_lat_lon: np.ndarray, log_density=None,
+                title: str = "", grid: int = 120) -> Path:
+    """Data, samples and (optionally) the density on S² in an equirectangular world projection.
+
+    Points are ``(n, 2)`` latitude/longitude in degrees; ``log_density(lat_lon (m, 2)) -> (m,)``
+    is evaluated on a ``grid × 2·grid`` latitude/longitude grid, with the data drawn over it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 if log_density is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.4))
+    for ax, pts, name in ((axes[0], data_lat_lon, "data"), (axes[1], samples_lat_lon, "model samples")):
+        ax.scatter(pts[:, 1], pts[:, 0], s=1, alpha=0.5)
+        ax.set_title(name)
+    if log_density is not None:
+        lat, lon = np.linspace(-90, 90, grid), np.linspace(-180, 180, 2 * grid)
+        ll = np.stack(np.meshgrid(lat, lon, indexing="ij"), -1).reshape(-1, 2)
+        dens = np.exp(np.asarray(log_density(ll))).reshape(grid, 2 * grid)
+        axes[2].imshow(dens, origin="lower", extent=(-180, 180, -90, 90), cmap="viridis", aspect="auto")
+        axes[2].scatter(data_lat_lon[:, 1], data_lat_lon[:, 0], s=0.5, c="white", alpha=0.3)
+        axes[2].set_title("model density")
+    for ax in axes:
+        ax.set_xlim(-180, 180)
+        ax.set_ylim(-90, 90)
+        ax.set_xlabel("longitude")
+    axes[0].set_ylabel("latitude")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -80,3 +80,25 @@ def test_continuous_models_from_the_command_line(tmp_path, capsys):
     assert "no density" in capsys.readouterr().err
     assert main(["fit", "--model", "maf", "--source", "moons", "--out", str(tmp_path / "x"), *small]) == 2
     assert "needs a flow-matching model" in capsys.readouterr().err
+
+
+def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
+    small = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
+    assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *small]) == 0
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert np.isfinite(m["test_nll"]) and m["uniform_nll"] == pytest.approx(np.log(4 * np.pi))
+    assert (tmp_path / "v" / "samples.png").is_file()
+    rotations = np.broadcast_to(np.eye(3, dtype=np.float32), (50, 3, 3)).copy()
+    rotations[:, 0, 0] = 2.0  # not rotations
+    bad = tmp_path / "bad.npy"
+    np.save(bad, rotations)
+    capsys.readouterr()
+    for argv, message in [
+        (["--model", "rfm", "--data-path", str(bad), "--manifold", "so3"], "off the so3 manifold"),
+        (["--model", "rfm", "--data-path", str(bad)], "needs --manifold"),
+        (["--model", "maf", "--data", "fire"], "use --model rfm"),
+        (["--model", "rfm", "--data", "fire", "--manifold", "torus"], "lives on the sphere"),
+    ]:
+        assert main(["fit", *argv, "--out", str(tmp_path / "x"), *small]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
