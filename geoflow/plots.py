@@ -7,6 +7,18 @@ from pathlib import Path
 import numpy as np
 
 
+def _save(fig, path, title: str, dpi: int = 100) -> Path:
+    """Title, tight layout, write, close: the last steps of every figure here."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str = "", grid: int = 200) -> Path:
     """Three panels — data, model samples, model density — on one shared square window.
 
@@ -35,12 +47,7 @@ def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_images(path, images: np.ndarray, side: int, title: str = "") -> Path:
@@ -94,9 +101,4 @@ def plot_sphere(path, data_lat_lon: np.ndarray, samples_lat_lon: np.ndarray, log
         ax.set_ylim(-90, 90)
         ax.set_xlabel("longitude")
     axes[0].set_ylabel("latitude")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
