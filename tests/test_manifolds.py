@@ -180,3 +180,17 @@ def test_igso3_is_normalised_and_samples_follow_its_angle_marginal(eps):
         angles = np.asarray(jax.vmap(lambda r: jnp.linalg.norm(matrix_to_rotvec(prior.mean.T @ r)))(samples))
     mean_angle = np.trapezoid(grid * marginal, grid)
     assert abs(angles.mean() - mean_angle) < 4 * angles.std() / np.sqrt(angles.size)
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0])
+def test_wrapped_normal_mixture_on_so3_is_normalised(sigma):
+    from manifolds import WrappedNormalMixtureSO3
+
+    with jax.enable_x64(False):
+        mixture = WrappedNormalMixtureSO3(SO3().random_uniform(jax.random.key(0), (3,)), sigma)
+        uniform = SO3().random_uniform(jax.random.key(1), (200_000,))
+        ratio = np.asarray(jnp.exp(mixture.log_prob(uniform) - SO3().uniform_log_prob()), np.float64)
+        assert abs(ratio.mean() - 1) < 4 * ratio.std() / np.sqrt(ratio.size) + 1e-3
+        samples = mixture.sample(jax.random.key(2), 1000)
+        assert bool(jnp.all(jax.vmap(SO3().belongs)(samples)))
+        assert bool(jnp.all(jnp.isfinite(mixture.log_prob(jnp.broadcast_to(mixture.means[0], (2, 3, 3))))))
