@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 SMALL = {
     "01-classic-flows.ipynb": "STEPS_2D = 100\nSTEPS_DIGITS = 30\nDATA_2D = 'moons'\nN_TEST = 2000",
-    "03-continuous-flows.ipynb": "STEPS_CNF = 20\nSTEPS_FM = 100\nSTEPS_REFLOW = 50\nDATA = '8gaussians'\nN_EVAL = 500\nGRID = 30",
+    "03-continuous-flows.ipynb": "STEPS_CNF = 20\nSTEPS_FM = 100\nSTEPS_REFLOW = 50\nDATA = '8gaussians'\nN_EVAL = 300\nGRID = 20",
     "04-riemannian-flows.ipynb": "STEPS_EARTH = 30\nSTEPS_SO3 = 30\nWIDTH = 32\nN_EVAL = 200\nMAP = 20",
 }
 
