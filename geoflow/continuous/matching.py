@@ -113,6 +113,9 @@ class FlowMatching(eqx.Module):
 
     def __call__(self, model, x1, condition, key):
         flow = ode_flow_of(model)
+        if flow.manifold is not None:
+            raise ValueError("FlowMatching regresses on straight Euclidean paths; on a manifold use "
+                             "manifolds.GeodesicFlowMatching")
         k_src, k_pair, k_t, k_eps, k_drop = jax.random.split(key, 5)
         n = x1.shape[0]
         x0 = jax.lax.stop_gradient(model.base.sample(k_src, n))
