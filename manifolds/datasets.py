@@ -67,3 +67,20 @@ def load_earth(name: str, seed: int = 0, path=None) -> ManifoldDataset:
     n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
     tr, va, te = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
     return ManifoldDataset(name, x[tr], x[va], x[te], Sphere(2))
+
+
+def torus_checkerboard(n: int, seed: int = 0, squares: int = 2) -> np.ndarray:
+    """``(n, 2)`` angles uniform on the dark squares of a ``squares × squares`` checkerboard on T²;
+    its exact log-density is ``−log(2π²)`` there (half the torus' area ``4π²``)."""
+    rng = np.random.default_rng(seed)
+    cell = 2 * np.pi / squares
+    i = rng.integers(squares, size=n)
+    j = 2 * rng.integers(squares // 2, size=n) + (i % 2)  # dark squares: i + j even
+    return ((np.stack([i, j], 1) + rng.random((n, 2))) * cell).astype(np.float32)
+
+
+def torus_checkerboard_log_prob(x, squares: int = 2) -> np.ndarray:
+    """Exact log-density of :func:`torus_checkerboard` (``−inf`` on light squares)."""
+    ij = np.floor(np.mod(x, 2 * np.pi) / (2 * np.pi / squares)).astype(int)
+    dark = (ij.sum(-1) % 2) == 0
+    return np.where(dark, -np.log(2 * np.pi**2), -np.inf)

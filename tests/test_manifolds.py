@@ -194,3 +194,22 @@ def test_wrapped_normal_mixture_on_so3_is_normalised(sigma):
         samples = mixture.sample(jax.random.key(2), 1000)
         assert bool(jnp.all(jax.vmap(SO3().belongs)(samples)))
         assert bool(jnp.all(jnp.isfinite(mixture.log_prob(jnp.broadcast_to(mixture.means[0], (2, 3, 3))))))
+
+
+def test_rfm_on_the_torus_learns_a_checkerboard_and_integrates_to_one():
+    from manifolds.datasets import torus_checkerboard, torus_checkerboard_log_prob
+
+    x = torus_checkerboard(4000, seed=0)
+    assert np.all(np.isfinite(torus_checkerboard_log_prob(x)))
+    with jax.enable_x64(False):
+        model = rfm(jax.random.key(0), Torus(2), width=64, depth=3, solver=fixed(20, "midpoint"))
+        model, _ = gf.fit(model, x, key=jax.random.key(1), loss=GeodesicFlowMatching(), steps=1500, batch_size=256,
+                          learning_rate=3e-3, progress=False)
+        g = (jnp.arange(60) + 0.5) * 2 * jnp.pi / 60
+        grid = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
+        density = jnp.exp(model.log_prob(grid))
+        assert abs(float(density.mean() * 4 * jnp.pi**2) - 1.0) < 0.02
+        dark = np.isfinite(torus_checkerboard_log_prob(np.asarray(grid)))
+        assert float(density[dark].mean()) > 2 * float(density[~dark].mean())  # it learned the squares
+        samples = model.sample(jax.random.key(2), 500)
+        assert bool(jnp.all(jax.vmap(Torus(2).belongs)(samples)))
