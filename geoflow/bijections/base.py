@@ -113,6 +113,20 @@ class Chain(Bijection):
     def inverse_and_log_det(self, y, condition=None, *, key=None):
         return self._run("inverse_and_log_det", self.bijections[::-1], y, condition, key)
 
+    # without log-determinants each layer's own forward/inverse runs, so a continuous block
+    # skips its divergence integral when the chain is only sampled or inverted
+    def _map(self, method, layers, x, condition, key):
+        keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        for b, k in zip(layers, keys):
+            x = getattr(b, method)(x, condition, key=k)
+        return x
+
+    def forward(self, x, condition=None, *, key=None):
+        return self._map("forward", self.bijections, x, condition, key)
+
+    def inverse(self, y, condition=None, *, key=None):
+        return self._map("inverse", self.bijections[::-1], y, condition, key)
+
 
 class Invert(Bijection):
     """Swap the two directions of ``bijection`` (e.g. a MAF layer becomes an IAF layer)."""
@@ -135,6 +149,12 @@ class Invert(Bijection):
 
     def inverse_and_log_det(self, y, condition=None, *, key=None):
         return call_with_key(self.bijection, "forward_and_log_det", y, condition, key)
+
+    def forward(self, x, condition=None, *, key=None):
+        return self.bijection.inverse(x, condition, key=key)
+
+    def inverse(self, y, condition=None, *, key=None):
+        return self.bijection.forward(y, condition, key=key)
 
 
 class Permute(Bijection):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..bijections import Bijection, Chain
+from ..bijections.base import call_with_key
 from ..distributions import StandardNormal, Transformed
 from .divergence import exact_divergence, hutchinson_divergence, probe, probe_kind
 from .fields import ConcatSquashMLP, TimeMLP
@@ -199,8 +200,6 @@ def _inverse_with_penalties(bijection, y, condition, key):
             y, *parts = _inverse_with_penalties(b, y, condition, k)
             total = tuple(a + p for a, p in zip(total, parts))
         return (y, *total)
-    from ..bijections.base import call_with_key
-
     y, ld = call_with_key(bijection, "inverse_and_log_det", y, condition, key)
     return y, ld, zero, zero
 
