@@ -77,6 +77,17 @@ class Manifold(eqx.Module):
         """Log-density of the uniform distribution: ``−log volume``."""
         return -self.log_volume()
 
+    def random_tangent_normal(self, key, x):
+        """A standard normal tangent vector at ``x`` (isotropic in the Riemannian metric). The
+        default projects an ambient normal, right whenever ``inner`` is the ambient dot product."""
+        return self.to_tangent(x, jax.random.normal(key, self.shape, x.dtype))
+
+    def wrapped_normal_log_prob(self, mean, x, sigma):
+        """Log-density (against the Riemannian volume) of ``exp_mean(σ z)``, ``z`` a standard
+        tangent normal at ``mean``: the tangent Gaussian summed over the preimages of ``x`` under
+        ``exp_mean``, each divided by the Jacobian of ``exp``."""
+        raise TypeError(f"{type(self).__name__} has no closed-form wrapped normal density")
+
     def divergence_projector(self, x):
         """``P(x)`` as a matrix on the flattened ambient space: the Riemannian divergence of a
         tangent field ``v`` is ``tr(P ∂v/∂x)`` with the ambient Jacobian."""

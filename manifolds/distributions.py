@@ -12,6 +12,8 @@ import numpy as np
 from geoflow.distributions import Distribution
 
 from .base import Manifold
+from .product import Power, Product
+from .so3 import SO3, matrix_to_rotvec, rotvec_to_matrix
 
 
 class UniformOn(Distribution):
@@ -33,6 +35,93 @@ class UniformOn(Distribution):
 
     def _sample(self, key, condition=None):
         return self.manifold.random_uniform(key)
+
+
+class WrappedNormal(Distribution):
+    """``exp_mean(σ z)`` with ``z`` a standard normal in the tangent space at ``mean`` (isotropic
+    in the Riemannian metric), on any manifold with a closed-form
+    :meth:`~manifolds.Manifold.wrapped_normal_log_prob` (ℝⁿ, Tⁿ, Sⁿ, SO(3), their products and
+    powers). ``log_prob`` is exact, against the Riemannian volume."""
+
+    manifold: Manifold
+    mean: jax.Array
+    sigma: float = eqx.field(static=True)
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, manifold: Manifold, mean, sigma: float):
+        if not sigma > 0:
+            raise ValueError(f"WrappedNormal needs sigma > 0, got {sigma}")
+        self.manifold, self.sigma = manifold, float(sigma)
+        self.mean = manifold.check(jnp.asarray(mean, jnp.float32), "mean")
+        self.shape, self.cond_shape = tuple(manifold.shape), None
+
+    def _log_prob(self, x, condition=None):
+        return self.manifold.wrapped_normal_log_prob(jax.lax.stop_gradient(self.mean), x, self.sigma)
+
+    def _sample(self, key, condition=None):
+        return self.manifold.exp(self.mean, self.sigma * self.manifold.random_tangent_normal(key, self.mean))
+
+
+class ProductDistribution(Distribution):
+    """Independent parts on the factors of a :class:`~manifolds.Product`, e.g. a rotation prior
+    times a Gaussian on translations for SE(3). The density is against the product's volume,
+    in which factor ``i`` (metric scale ``sᵢ``) has ``sᵢ^dimᵢ`` times its own volume."""
+
+    manifold: Product
+    parts: tuple[Distribution, ...]
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, manifold: Product, parts):
+        self.manifold, self.parts = manifold, tuple(parts)
+        if len(self.parts) != len(manifold.factors):
+            raise ValueError(f"{len(manifold.factors)} factors need as many parts, got {len(self.parts)}")
+        for i, (f, d) in enumerate(zip(manifold.factors, self.parts)):
+            if tuple(d.shape) != tuple(f.shape):
+                raise ValueError(f"part {i} has event shape {d.shape}; factor {type(f).__name__} expects {f.shape}")
+        self.shape, self.cond_shape = tuple(manifold.shape), None
+
+    def _log_prob(self, x, condition=None):
+        return sum(d.log_prob(p) - f.dim * math.log(s) for d, f, s, p in
+                   zip(self.parts, self.manifold.factors, self.manifold.scales, self.manifold.split(x)))
+
+    def _sample(self, key, condition=None):
+        keys = jax.random.split(key, len(self.parts))
+        return self.manifold.join([d.sample(k) for d, k in zip(self.parts, keys)])
+
+
+class PowerDistribution(Distribution):
+    """``n`` independent copies of one distribution on the factor of a :class:`~manifolds.Power`."""
+
+    manifold: Power
+    part: Distribution
+    shape: tuple[int, ...] = eqx.field(static=True)
+    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __init__(self, manifold: Power, part: Distribution):
+        if tuple(part.shape) != tuple(manifold.manifold.shape):
+            raise ValueError(f"part has event shape {part.shape}; {type(manifold.manifold).__name__} expects "
+                             f"{manifold.manifold.shape}")
+        self.manifold, self.part = manifold, part
+        self.shape, self.cond_shape = tuple(manifold.shape), None
+
+    def _log_prob(self, x, condition=None):
+        return jnp.sum(self.part.log_prob(x))
+
+    def _sample(self, key, condition=None):
+        return self.part.sample(key, (self.manifold.n,))
+
+
+def se3_prior(manifold: Product, rotation_eps: float | None = None, translation_loc=0.0,
+              translation_scale=1.0) -> ProductDistribution:
+    """The usual prior on SE(3) = :func:`~manifolds.SE3`: rotations uniform (or IGSO(3) with
+    ``rotation_eps``) times a Gaussian ``N(loc, scale²)`` on translations (in data units)."""
+    from geoflow.distributions import DiagonalNormal
+
+    rotation = UniformOn(SO3()) if rotation_eps is None else IGSO3(rotation_eps)
+    loc = jnp.broadcast_to(jnp.asarray(translation_loc, jnp.float32), (3,))
+    return ProductDistribution(manifold, [rotation, DiagonalNormal(loc, translation_scale)])
 
 
 def igso3_density(omega, eps: float, terms: int = 2000):
@@ -80,14 +169,10 @@ class IGSO3(Distribution):
         self.cdf = jnp.asarray(cdf / cdf[-1], jnp.float32)
 
     def _log_prob(self, r, condition=None):
-        from .so3 import matrix_to_rotvec
-
         omega = jnp.linalg.norm(matrix_to_rotvec(jax.lax.stop_gradient(self.mean).T @ r))
         return jnp.interp(omega, self.grid, self.log_density)
 
     def _sample(self, key, condition=None):
-        from .so3 import rotvec_to_matrix
-
         k_angle, k_axis = jax.random.split(key)
         omega = jnp.interp(jax.random.uniform(k_angle), self.cdf, self.grid)
         axis = jax.random.normal(k_axis, (3,))
@@ -99,9 +184,7 @@ class WrappedNormalMixtureSO3(Distribution):
     """An equal-weight mixture of wrapped normals on SO(3): component ``k`` is
     ``means[k] · exp([σ_k z]×)`` with ``z ~ N(0, I₃)`` (a rotation vector in radians).
 
-    Its exact density against the Riemannian volume sums over the preimages of the exponential
-    map: for a relative rotation of angle ``θ``, ``Σ_j N₃(θ_j; σ) θ_j² / (2(1 − cos θ))`` with
-    ``θ_j = θ + 2πj`` (``j ∈ {−1, 0, 1}``, ample for σ ≲ 1): the inverse Jacobian of ``exp``.
+    Its exact density against the Riemannian volume is :meth:`SO3.wrapped_normal_log_prob`.
     """
 
     means: jax.Array
@@ -117,33 +200,17 @@ class WrappedNormalMixtureSO3(Distribution):
     def random(cls, key, k: int, concentration: float = 100.0):
         """De Bortoli et al.'s SO(3) mixtures: means uniform on SO(3), precisions 1/σ² drawn from
         Gamma(``concentration``, 1)."""
-        from .so3 import SO3
-
         k_mean, k_prec = jax.random.split(key)
         precision = jax.random.gamma(k_prec, concentration, (k,))
         return cls(SO3().random_uniform(k_mean, (k,)), 1 / jnp.sqrt(precision))
 
-    def _component_log_prob(self, mean, sigma, r):
-        from .so3 import matrix_to_rotvec
-
-        theta = jnp.linalg.norm(matrix_to_rotvec(jax.lax.stop_gradient(mean).T @ r))
-        near_identity = theta < 1e-4
-        safe = jnp.where(near_identity, 1.0, theta)
-        wraps = safe + 2 * jnp.pi * jnp.arange(-1, 2)
-        log_jac = 2 * jnp.log(jnp.abs(wraps)) - jnp.log(2 * (1 - jnp.cos(safe)))
-        terms = -0.5 * (wraps / sigma) ** 2 - 1.5 * jnp.log(2 * jnp.pi * sigma**2) + log_jac
-        # at the identity only the j = 0 preimage (v = 0, Jacobian 1) has a finite density
-        at_identity = -1.5 * jnp.log(2 * jnp.pi * sigma**2)
-        return jnp.where(near_identity, at_identity, jax.nn.logsumexp(terms))
-
     def _log_prob(self, r, condition=None):
         sigmas = jax.lax.stop_gradient(self.sigmas)
-        per = jax.vmap(lambda m, s: self._component_log_prob(m, s, r))(self.means, sigmas)
+        so3 = SO3()
+        per = jax.vmap(lambda m, s: so3.wrapped_normal_log_prob(jax.lax.stop_gradient(m), r, s))(self.means, sigmas)
         return jax.nn.logsumexp(per) - jnp.log(per.shape[0])
 
     def _sample(self, key, condition=None):
-        from .so3 import rotvec_to_matrix
-
         k_comp, k_z = jax.random.split(key)
         c = jax.random.randint(k_comp, (), 0, self.means.shape[0])
         return self.means[c] @ rotvec_to_matrix(self.sigmas[c] * jax.random.normal(k_z, (3,)))

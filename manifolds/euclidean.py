@@ -35,6 +35,14 @@ class Euclidean(Manifold):
     def belongs(self, x, atol=1e-5):
         return jnp.all(jnp.isfinite(x))
 
+    def wrapped_normal_log_prob(self, mean, x, sigma):
+        return _normal_log_prob(x - mean, sigma)
+
+
+def _normal_log_prob(v, sigma):
+    """``log N(v; 0, σ² I)`` summed over the last axis."""
+    return jnp.sum(-0.5 * (v / sigma) ** 2 - 0.5 * jnp.log(2 * jnp.pi * sigma**2), axis=-1)
+
 
 def wrap(angle):
     """Angles into ``[−π, π)``."""
@@ -74,3 +82,10 @@ class Torus(Manifold):
 
     def log_volume(self):
         return self.dim * math.log(2 * math.pi)
+
+    def wrapped_normal_log_prob(self, mean, x, sigma, wraps: int = 3):
+        """Flat, so ``exp`` has Jacobian 1: per angle, the normal summed over ``d + 2πk``,
+        ``|k| ≤ wraps`` (ample for σ ≲ 3)."""
+        d = wrap(x - mean)[..., None] + 2 * jnp.pi * jnp.arange(-wraps, wraps + 1)
+        per_angle = jax.nn.logsumexp(-0.5 * (d / sigma) ** 2, axis=-1) - 0.5 * jnp.log(2 * jnp.pi * sigma**2)
+        return jnp.sum(per_angle)

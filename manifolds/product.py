@@ -74,6 +74,18 @@ class Product(Manifold):
         return jnp.sqrt(sum(s**2 * f.dist(p, q) ** 2
                             for f, s, p, q in zip(self.factors, self.scales, self.split(x), self.split(y))) + 1e-30)
 
+    def random_tangent_normal(self, key, x):
+        # factor i's part is measured with weight sᵢ², so it gets standard deviation 1/sᵢ
+        keys = jax.random.split(key, len(self.factors))
+        return self.join([f.random_tangent_normal(k, p) / s
+                          for f, s, k, p in zip(self.factors, self.scales, keys, self.split(x))])
+
+    def wrapped_normal_log_prob(self, mean, x, sigma):
+        """The factors are independent with scales ``σ/sᵢ``; a factor's volume is ``sᵢ^dimᵢ``
+        times its own, so its density is divided by that."""
+        return sum(f.wrapped_normal_log_prob(m, p, sigma / s) - f.dim * math.log(s)
+                   for f, s, m, p in zip(self.factors, self.scales, self.split(mean), self.split(x)))
+
     @property
     def compact(self):
         return all(f.compact for f in self.factors)
@@ -121,6 +133,12 @@ class Power(Manifold):
 
     def dist(self, x, y):
         return jnp.sqrt(jnp.sum(jax.vmap(self.manifold.dist)(x, y) ** 2) + 1e-30)
+
+    def random_tangent_normal(self, key, x):
+        return jax.vmap(self.manifold.random_tangent_normal)(jax.random.split(key, self.n), x)
+
+    def wrapped_normal_log_prob(self, mean, x, sigma):
+        return jnp.sum(jax.vmap(lambda m, p: self.manifold.wrapped_normal_log_prob(m, p, sigma))(mean, x))
 
     @property
     def compact(self):

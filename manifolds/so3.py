@@ -117,6 +117,24 @@ class SO3(Manifold):
     def dist(self, r, s):
         return jnp.sqrt(jnp.sum(matrix_to_rotvec(r.T @ s) ** 2) + 1e-30)
 
+    def random_tangent_normal(self, key, r):
+        # ω ~ N(0, I₃) has Riemannian norm |ω| under ½ tr: the tangent vector is R [ω]×
+        return r @ hat(jax.random.normal(key, (3,), r.dtype))
+
+    def wrapped_normal_log_prob(self, mean, r, sigma):
+        """For a relative rotation of angle ``θ``: ``Σ_j N₃(θ_j; σ) θ_j² / (2(1 − cos θ))`` over
+        the preimages ``θ_j = θ + 2πj`` (``j ∈ {−1, 0, 1}``, ample for σ ≲ 1), the inverse
+        Jacobian of ``exp`` on so(3)."""
+        theta = jnp.linalg.norm(matrix_to_rotvec(mean.T @ r))
+        near_identity = theta < 1e-4
+        safe = jnp.where(near_identity, 1.0, theta)
+        wraps = safe + 2 * jnp.pi * jnp.arange(-1, 2)
+        log_jac = 2 * jnp.log(jnp.abs(wraps)) - jnp.log(2 * (1 - jnp.cos(safe)))
+        terms = -0.5 * (wraps / sigma) ** 2 - 1.5 * jnp.log(2 * jnp.pi * sigma**2) + log_jac
+        # at the identity only the j = 0 preimage (v = 0, Jacobian 1) has a finite density
+        at_identity = -1.5 * jnp.log(2 * jnp.pi * sigma**2)
+        return jnp.where(near_identity, at_identity, jax.nn.logsumexp(terms))
+
     @property
     def compact(self):
         return True

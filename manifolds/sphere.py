@@ -55,6 +55,20 @@ class Sphere(Manifold):
         cos = jnp.clip(jnp.sum(x * y), -1.0, 1.0)
         return jnp.arctan2(jnp.sqrt(jnp.sum((y - cos * x) ** 2) + 1e-30), cos)
 
+    def wrapped_normal_log_prob(self, mean, x, sigma, wraps: int = 2):
+        """The preimages of ``x`` (at angle ``θ`` from ``mean``) have lengths ``θ + 2πk`` and
+        ``2πk − θ``; ``exp`` scales volume by ``(sin r / r)ⁿ⁻¹`` at length ``r``. The density is
+        singular (integrably) at ``mean`` and its antipode, where whole spheres of preimages meet."""
+        n = self.dim
+        theta = self.dist(mean, x)
+        ks = jnp.arange(1, wraps + 1)
+        lengths = jnp.concatenate([theta[None], theta + 2 * jnp.pi * ks, 2 * jnp.pi * ks - theta])
+        log_sin = jnp.log(jnp.maximum(jnp.sin(theta), 1e-7))
+        log_jac = jnp.concatenate([-jnp.log(_sin_over(theta))[None],
+                                   jnp.log(lengths[1:]) - log_sin]) * (n - 1)
+        terms = -0.5 * (lengths / sigma) ** 2 - 0.5 * n * jnp.log(2 * jnp.pi * sigma**2) + log_jac
+        return jax.nn.logsumexp(terms)
+
     @property
     def compact(self):
         return True

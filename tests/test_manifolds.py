@@ -60,6 +60,25 @@ def test_so3_matches_geomstats_including_near_pi():
     np.testing.assert_allclose(near, s[20:], atol=1e-6)  # exp∘log recovers the point even at angle ≈ π
 
 
+def test_se3_matches_geomstats_canonical_left_metric():
+    """geomstats' SE(3) metric is Frobenius on the rotation block (twice our ½ tr), so its
+    distance is √2 times ours with translations weighted 1/√2; exp, log and geodesics agree."""
+    from geomstats.geometry.special_euclidean import SpecialEuclidean
+
+    from manifolds import SE3
+
+    gs_se3, se3 = SpecialEuclidean(n=3), SE3(translation_scale=2**-0.5)
+    p = gs_se3.random_point(6)
+    to12 = lambda m: jnp.concatenate([jnp.asarray(m[..., :3, :3]).reshape(*m.shape[:-2], 9), jnp.asarray(m[..., :3, 3])], -1)
+    x, y = to12(p[:3]), to12(p[3:])
+    v = gs_se3.to_tangent(np.random.default_rng(0).normal(size=(3, 4, 4)), p[:3])
+    np.testing.assert_allclose(jax.vmap(se3.exp)(x, to12(v)), to12(gs_se3.metric.exp(v, p[:3])), atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(se3.log)(x, y), to12(gs_se3.metric.log(p[3:], p[:3])), atol=1e-5)
+    np.testing.assert_allclose(np.sqrt(2) * jax.vmap(se3.dist)(x, y), gs_se3.metric.dist(p[:3], p[3:]), atol=1e-5)
+    geo = gs_se3.metric.geodesic(initial_point=p[0], end_point=p[3])(np.array([0.3]))
+    np.testing.assert_allclose(se3.geodesic(x[0], y[0], 0.3), to12(np.reshape(geo, (4, 4))), atol=1e-5)
+
+
 @pytest.mark.parametrize("manifold", [Sphere(2), Sphere(4), Torus(3), SO3()], ids=repr)
 def test_exp_log_round_trip_and_idempotent_projections(manifold):
     x, y = _pairs(manifold, seed=4)
@@ -194,6 +213,59 @@ def test_wrapped_normal_mixture_on_so3_is_normalised(sigma):
         samples = mixture.sample(jax.random.key(2), 1000)
         assert bool(jnp.all(jax.vmap(SO3().belongs)(samples)))
         assert bool(jnp.all(jnp.isfinite(mixture.log_prob(jnp.broadcast_to(mixture.means[0], (2, 3, 3))))))
+
+
+def _wrapped_normal_cases():
+    from manifolds import Product
+
+    return [(Sphere(1), 2.0), (Sphere(2), 0.5), (Sphere(3), 0.7), (Torus(2), 1.5), (SO3(), 0.6),
+            (Product([Sphere(2), Torus(1)], scales=[1.0, 2.0]), 0.8)]
+
+
+@pytest.mark.parametrize("manifold,sigma", _wrapped_normal_cases(), ids=["S1", "S2", "S3", "T2", "SO3", "S2xT1"])
+def test_wrapped_normals_are_normalised_and_sample_their_density(manifold, sigma):
+    """Against the uniform measure: E_u[p/u] = 1, and E_u[d(μ,x) p/u] = E_p[d(μ,x)] from samples."""
+    from manifolds import WrappedNormal
+
+    mean = manifold.random_uniform(jax.random.key(0))
+    prior = WrappedNormal(manifold, mean, sigma)
+    u = manifold.random_uniform(jax.random.key(1), (100_000,))
+    ratio = np.asarray(jnp.exp(prior.log_prob(u) - manifold.uniform_log_prob()))
+    assert abs(ratio.mean() - 1) < 4 * ratio.std() / np.sqrt(ratio.size) + 2e-3
+    samples = prior.sample(jax.random.key(2), 10_000)
+    assert bool(jnp.all(jax.vmap(manifold.belongs)(samples)))
+    dist_u = np.asarray(jax.vmap(lambda p: manifold.dist(mean, p))(u)) * ratio
+    dist_p = np.asarray(jax.vmap(lambda p: manifold.dist(mean, p))(samples))
+    tol = 4 * np.hypot(dist_u.std() / np.sqrt(dist_u.size), dist_p.std() / np.sqrt(dist_p.size))
+    assert abs(dist_u.mean() - dist_p.mean()) < tol
+
+
+def test_wrapped_normal_on_the_sphere_integrates_to_one_on_a_lattice():
+    from manifolds import WrappedNormal
+
+    prior = WrappedNormal(Sphere(2), jnp.array([0.0, 0.6, 0.8]), 0.4)
+    grid = fibonacci_sphere(100_000)
+    assert float(jnp.mean(jnp.exp(prior.log_prob(grid))) * 4 * jnp.pi) == pytest.approx(1.0, abs=2e-3)
+    with pytest.raises(Exception, match="off the"):
+        WrappedNormal(Sphere(2), jnp.array([0.0, 0.0, 2.0]), 0.4)
+
+
+def test_se3_prior_is_igso3_times_a_gaussian_in_the_product_volume():
+    from manifolds import IGSO3, SE3, WrappedNormal, se3_prior
+
+    se3 = SE3(translation_scale=0.5)
+    prior = se3_prior(se3, rotation_eps=0.5, translation_loc=[1.0, 2.0, 3.0], translation_scale=2.0)
+    x = prior.sample(jax.random.key(0), 3000)
+    assert bool(jnp.all(jax.vmap(se3.belongs)(x)))
+    rot, trans = x[:, :9].reshape(-1, 3, 3), x[:, 9:]
+    np.testing.assert_allclose(trans.mean(0), [1, 2, 3], atol=0.15)
+    np.testing.assert_allclose(trans.std(0), 2.0, rtol=0.08)
+    expected = (IGSO3(0.5).log_prob(rot) - 0.5 * jnp.sum(((trans - jnp.array([1.0, 2, 3])) / 2) ** 2, -1)
+                - 3 * jnp.log(2.0) - 1.5 * jnp.log(2 * jnp.pi) - 3 * jnp.log(0.5))
+    np.testing.assert_allclose(prior.log_prob(x), expected, rtol=1e-5)
+    # a wrapped normal on SE(3): translation spread σ / scale, rotation angle spread σ
+    wn = WrappedNormal(se3, x[0], 0.3).sample(jax.random.key(1), 3000)
+    np.testing.assert_allclose((wn[:, 9:] - x[0, 9:]).std(0), 0.6, rtol=0.08)
 
 
 def test_rfm_on_the_torus_learns_a_checkerboard_and_integrates_to_one():
