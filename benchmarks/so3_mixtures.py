@@ -24,7 +24,8 @@ import numpy as np
 
 import geoflow as gf
 from geoflow.continuous import ODESolver, with_solver
-from manifolds import SO3, GeodesicFlowMatching, WrappedNormalMixtureSO3, rfm
+from manifolds import SO3, GeodesicFlowMatching, rfm
+from manifolds.datasets import load_so3_mixture
 
 PUBLISHED_RSGM = {16: 0.89, 32: 0.20, 64: -0.49}
 TO_RSGM_CONVENTION = 1.5 * math.log(2)
@@ -32,10 +33,8 @@ TO_RSGM_CONVENTION = 1.5 * math.log(2)
 
 def run(k, seed, steps, n_test):
     key = jax.random.key(seed)
-    truth = WrappedNormalMixtureSO3.random(jax.random.fold_in(key, k), k)
-    train = np.asarray(truth.sample(jax.random.fold_in(key, 1), 100_000))
-    val = np.asarray(truth.sample(jax.random.fold_in(key, 2), 2_000))
-    test = truth.sample(jax.random.fold_in(key, 3), n_test)
+    data = load_so3_mixture(k, seed, n_test=n_test)
+    train, val, test = data.train, data.val, data.test
     model = rfm(jax.random.fold_in(key, 4), SO3(), width=256, depth=4, activation="silu")
     t0 = time.perf_counter()
     model, hist = gf.fit(model, train, key=jax.random.fold_in(key, 5), val_data=val, loss=GeodesicFlowMatching(),
@@ -43,7 +42,7 @@ def run(k, seed, steps, n_test):
                          progress=False)
     fit_s = time.perf_counter() - t0
     ll = float(with_solver(model, ODESolver(rtol=1e-5, atol=1e-5)).log_prob(test).mean())
-    return {"test_ll": ll, "true_ll": float(truth.log_prob(test).mean()), "fit_s": fit_s,
+    return {"test_ll": ll, "true_ll": float(data.true_log_prob(test).mean()), "fit_s": fit_s,
             "steps_per_s": hist.steps_per_second}
 
 

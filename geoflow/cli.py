@@ -22,7 +22,8 @@ CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
 MANIFOLD_MODELS = ("rfm",)
 MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS + MANIFOLD_MODELS
 MANIFOLDS = ("sphere", "torus", "so3", "se3")
-EARTH_DATA = ("volcano", "earthquake", "flood", "fire")  # on the sphere (manifolds.datasets)
+# rfm's built-in sets (manifolds.datasets.BUILT_IN): earth events on S², a checkerboard on T², a mixture on SO(3)
+MANIFOLD_DATA = ("volcano", "earthquake", "flood", "fire", "torus-checkerboard", "so3-mixture")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train a flow and write metrics, model and plots")
     f.add_argument("--model", type=_choice(MODELS, "model"), default="nsf", help=f"one of {', '.join(MODELS)}")
-    f.add_argument("--data", type=_choice(tuple(DATASETS) + EARTH_DATA, "data set"), default="checkerboard",
-                   help=f"one of {', '.join(tuple(DATASETS) + EARTH_DATA)} (the last four on the sphere, for rfm)")
+    f.add_argument("--data", type=_choice(tuple(DATASETS) + MANIFOLD_DATA, "data set"), default="checkerboard",
+                   help=f"one of {', '.join(tuple(DATASETS) + MANIFOLD_DATA)} (the last six on manifolds, for rfm)")
     f.add_argument("--manifold", type=_choice(MANIFOLDS, "manifold"),
                    help="rfm only: sphere (default for earth data), torus, so3 or se3 (with --data-path)")
     f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
@@ -162,34 +163,61 @@ def count_parameters(model) -> int:
 
 
 def _manifold_data(args):
-    """``(manifold, data set)`` for ``--model rfm``: earth data on S², or points from a file."""
-    from manifolds import SE3, SO3, Sphere, Torus
-    from manifolds.datasets import ManifoldDataset, load_earth
+    """``(manifold, data set, prior)`` for ``--model rfm``: a built-in set, or points from a file."""
+    import jax
 
-    manifolds = {"sphere": Sphere(2), "so3": SO3(), "se3": SE3()}
+    from manifolds import SE3, SO3, Sphere, Torus, se3_prior
+    from manifolds.datasets import BUILT_IN, ManifoldDataset
+
     if args.data_path is None:
-        if args.data not in EARTH_DATA:
-            raise ValueError(f"--model rfm trains on {', '.join(EARTH_DATA)} or on --data-path points; got --data {args.data}")
-        if args.manifold not in (None, "sphere"):
-            raise ValueError(f"{args.data} lives on the sphere; got --manifold {args.manifold}")
-        return Sphere(2), load_earth(args.data, seed=args.seed)
+        if args.data not in MANIFOLD_DATA:
+            raise ValueError(f"--model rfm trains on {', '.join(MANIFOLD_DATA)} or on --data-path points; got --data {args.data}")
+        data = BUILT_IN[args.data](args.seed)
+        kind = {Sphere: "sphere", Torus: "torus", SO3: "so3"}[type(data.manifold)]
+        if args.manifold not in (None, kind):
+            raise ValueError(f"{args.data} lives on the {kind} manifold; got --manifold {args.manifold}")
+        return data.manifold, data, None
     if args.manifold is None:
         raise ValueError("--model rfm with --data-path needs --manifold (sphere, torus, so3 or se3)")
     x = np.load(args.data_path) if args.data_path.suffix == ".npy" else _read_points(args.data_path)
     x = np.asarray(x, np.float32)
-    manifold = manifolds.get(args.manifold) or Torus(x.shape[-1])
+    manifold = {"sphere": Sphere(2), "so3": SO3(), "se3": SE3()}.get(args.manifold) or Torus(x.shape[-1])
     if x.shape[1:] != manifold.shape:
         raise ValueError(f"{args.data_path} holds points of shape {x.shape[1:]}; {args.manifold} expects {manifold.shape}")
-    import jax
-
     off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
     if off:
         raise ValueError(f"{args.data_path}: {off} point(s) are off the {args.manifold} manifold (tolerance 1e-4)")
     perm = np.random.default_rng(args.seed).permutation(len(x))
     n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
     x = x[perm]
-    return manifold, ManifoldDataset(args.data_path.stem, x[:n_train], x[n_train : n_train + n_val],
-                                     x[n_train + n_val :], manifold)
+    data = ManifoldDataset(args.data_path.stem, x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :], manifold)
+    prior = None
+    if args.manifold == "se3":  # uniform rotations × a Gaussian matched to the training translations
+        t = data.train[:, 9:]
+        prior = se3_prior(manifold, translation_loc=t.mean(0), translation_scale=float(t.std()) + 1e-6)
+    return manifold, data, prior
+
+
+def _plot_manifold_samples(path, model, data, samples, title):
+    """``samples.png`` for each manifold: a world map (S²), the square [0, 2π)² (T²), or the
+    axis-and-turn picture of rotations (SO(3), SE(3)'s rotation part)."""
+    from . import metrics
+    from .plots import plot_2d, plot_so3, plot_sphere
+    from manifolds import SO3, Product, Sphere, Torus
+
+    m = data.manifold
+    if isinstance(m, Sphere) and m.dim == 2:
+        to_ll = lambda p: np.asarray(Sphere.to_lat_lon(p))
+        density = lambda ll: metrics.log_prob_batched(model, np.asarray(Sphere.from_lat_lon(ll), np.float32))
+        return plot_sphere(path, to_ll(data.test), to_ll(samples), density, title)
+    if isinstance(m, Torus) and m.dim == 2:
+        density = lambda p: metrics.log_prob_batched(model, np.asarray(p, np.float32))
+        return plot_2d(path, data.test, samples, density, title, grid=80, bounds=(0.0, 2 * np.pi))
+    if isinstance(m, SO3):
+        return plot_so3(path, data.test, samples, title)
+    if isinstance(m, Product) and isinstance(m.factors[0], SO3):
+        return plot_so3(path, data.test[:, :9].reshape(-1, 3, 3), samples[:, :9].reshape(-1, 3, 3), title)
+    return None
 
 
 def cmd_fit_manifold(args) -> dict:
@@ -198,17 +226,16 @@ def cmd_fit_manifold(args) -> dict:
 
     from . import metrics
     from .continuous import ODESolver, with_solver
-    from .plots import plot_sphere
     from .serialization import save
     from .train import fit
-    from manifolds import GeodesicFlowMatching, Sphere, rfm
+    from manifolds import GeodesicFlowMatching, rfm
 
     t_start = time.perf_counter()
-    manifold, data = _manifold_data(args)
+    manifold, data, prior = _manifold_data(args)
     out = args.out or Path("runs") / f"rfm-{data.name}"
     out.mkdir(parents=True, exist_ok=True)
     key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
-    model = rfm(key_model, manifold, width=max(args.width, 64))
+    model = rfm(key_model, manifold, prior=prior, width=max(args.width, 64))
     model, history = fit(model, data.train, key=key_fit, loss=GeodesicFlowMatching(), val_data=data.val,
                          steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
@@ -220,14 +247,13 @@ def cmd_fit_manifold(args) -> dict:
            "uniform_nll": float(-manifold.uniform_log_prob()) if manifold.compact else None}
     for split in ("train", "val", "test"):
         res[f"{split}_nll"] = metrics.nll(evaluator, getattr(data, split)[:cap])
+    if data.true_log_prob is not None:  # a synthetic set: the best any model can score
+        res["true_test_nll"] = float(-np.mean(data.true_log_prob(data.test[:cap])))
     save(out / "model.eqx", model)
     (out / "run.json").write_text(json.dumps({"model": "rfm", "data": data.name, "manifold": res["manifold"],
                                                "seed": args.seed}, indent=2))
     samples = np.asarray(model.sample(key_sample, (min(len(data.test) * 4, 5_000),)))
-    if isinstance(manifold, Sphere):
-        to_ll = lambda p: np.asarray(Sphere.to_lat_lon(p))
-        density = lambda ll: metrics.log_prob_batched(model, np.asarray(Sphere.from_lat_lon(ll), np.float32))
-        plot_sphere(out / "samples.png", to_ll(data.test), to_ll(samples), density, f"rfm on {data.name}")
+    _plot_manifold_samples(out / "samples.png", model, data, samples, f"rfm on {data.name}")
     res["wall_seconds"] = time.perf_counter() - t_start
     (out / "metrics.json").write_text(json.dumps(res, indent=2))
     print(f"wrote {out / 'metrics.json'}, {out / 'model.eqx'}" + (f", {out / 'samples.png'}" if (out / 'samples.png').exists() else ""))
@@ -242,8 +268,8 @@ def cmd_fit(args) -> dict:
         return cmd_fit_manifold(args)
     if args.manifold is not None:
         raise ValueError("--manifold goes with --model rfm")
-    if args.data in EARTH_DATA:
-        raise ValueError(f"{args.data} lives on the sphere: use --model rfm")
+    if args.data in MANIFOLD_DATA:
+        raise ValueError(f"{args.data} lives on a manifold: use --model rfm")
 
     from . import metrics
     from .plots import plot_2d, plot_images

@@ -19,34 +19,71 @@ def _save(fig, path, title: str, dpi: int = 100) -> Path:
     return path
 
 
-def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str = "", grid: int = 200) -> Path:
+def plot_2d(path, data: np.ndarray, samples: np.ndarray, log_density, title: str = "", grid: int = 200,
+            bounds: tuple[float, float] | None = None) -> Path:
     """Three panels — data, model samples, model density — on one shared square window.
 
     ``log_density(points (m, 2)) -> (m,)`` evaluates the model on a ``grid × grid`` grid;
     ``None`` (a model without a density, e.g. data-to-data transport) leaves that panel out.
+    ``bounds = (lo, hi)`` fixes the window (``(0, 2π)`` for the torus); by default it is
+    symmetric about 0 and holds 99.5% of the data.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lim = float(np.quantile(np.abs(data), 0.995)) * 1.15
-    bins = np.linspace(-lim, lim, 150)
+    if bounds is None:
+        lim = float(np.quantile(np.abs(data), 0.995)) * 1.15
+        bounds = (-lim, lim)
+    lo, hi = bounds
+    bins = np.linspace(lo, hi, 150)
     fig, axes = plt.subplots(1, 3 if log_density is not None else 2, figsize=(12 if log_density is not None else 8, 4))
     axes[0].hist2d(data[:, 0], data[:, 1], bins=bins, cmap="viridis")
     axes[0].set_title("data")
     axes[1].hist2d(samples[:, 0], samples[:, 1], bins=bins, cmap="viridis")
     axes[1].set_title("model samples")
     if log_density is not None:
-        g = np.linspace(-lim, lim, grid)
+        g = np.linspace(lo, hi, grid)
         xx, yy = np.meshgrid(g, g)
         dens = np.exp(np.asarray(log_density(np.stack([xx.ravel(), yy.ravel()], 1)))).reshape(xx.shape)
-        axes[2].imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
+        axes[2].imshow(dens, origin="lower", extent=(lo, hi, lo, hi), cmap="viridis")
         axes[2].set_title("model density")
     for ax in axes:
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
+    return _save(fig, path, title)
+
+
+def so3_axis_and_angle(rotations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a rotation sends the x axis, as ``(n, 2)`` latitude/longitude in degrees, and how
+    far it turns about that axis, in radians: the implicit-PDF picture of SO(3) (Murphy et al.
+    2021) — a sphere of directions with a colour wheel for the third angle."""
+    r = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
+    a, b = r[:, :, 0], r[:, :, 1]
+    ref = np.where(np.abs(a[:, 2:3]) < 0.99, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]])
+    ref = ref - np.sum(ref * a, 1, keepdims=True) * a
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    tilt = np.arctan2(np.sum(b * np.cross(a, ref), 1), np.sum(b * ref, 1))
+    lat_lon = np.degrees(np.stack([np.arcsin(np.clip(a[:, 2], -1, 1)), np.arctan2(a[:, 1], a[:, 0])], 1))
+    return lat_lon, tilt
+
+
+def plot_so3(path, data: np.ndarray, samples: np.ndarray, title: str = "") -> Path:
+    """Rotations ``(n, 3, 3)`` of the data and of the model, each as :func:`so3_axis_and_angle`:
+    a point per rotation on a world map of the x axis' image, coloured by the turn about it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    for ax, rot, name in ((axes[0], data, "data"), (axes[1], samples, "model samples")):
+        lat_lon, tilt = so3_axis_and_angle(rot)
+        ax.scatter(lat_lon[:, 1], lat_lon[:, 0], c=tilt, cmap="hsv", vmin=-np.pi, vmax=np.pi, s=2, alpha=0.6)
+        ax.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude of R·x̂", title=name)
+    axes[0].set_ylabel("latitude of R·x̂")
     return _save(fig, path, title)
 
 

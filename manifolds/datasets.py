@@ -1,5 +1,5 @@
-"""Data on manifolds: the four earth-event sets on S² (shipped with the package) and synthetic
-SO(3) mixtures with exact densities.
+"""Data on manifolds: the four earth-event sets on S² (shipped with the package), and synthetic
+sets with exact densities — a checkerboard on T² and mixtures of wrapped normals on SO(3).
 
 Earth events (Mathieu & Nickel 2020; used by Rozen et al. 2021, De Bortoli et al. 2022, Chen &
 Lipman 2024): volcanic eruptions and earthquakes (NOAA NGDC), floods (Dartmouth Flood
@@ -9,6 +9,7 @@ protocol is a random 80/10/10 split per seed; the uniform density on S² scores 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,7 @@ class ManifoldDataset:
     val: np.ndarray
     test: np.ndarray
     manifold: object
+    true_log_prob: Callable | None = None  # the exact density of a synthetic set, points (n, …) → (n,)
 
 
 def read_lat_lon(path) -> np.ndarray:
@@ -84,3 +86,35 @@ def torus_checkerboard_log_prob(x, squares: int = 2) -> np.ndarray:
     ij = np.floor(np.mod(x, 2 * np.pi) / (2 * np.pi / squares)).astype(int)
     dark = (ij.sum(-1) % 2) == 0
     return np.where(dark, -np.log(2 * np.pi**2), -np.inf)
+
+
+def load_torus_checkerboard(seed: int = 0, n_train: int = 20_000, n_val: int = 2_000, n_test: int = 5_000,
+                            squares: int = 2) -> ManifoldDataset:
+    """:func:`torus_checkerboard` splits drawn independently (true NLL ``log 2π² ≈ 2.98``)."""
+    from .euclidean import Torus
+
+    x = torus_checkerboard(n_train + n_val + n_test, seed, squares)
+    return ManifoldDataset("torus-checkerboard", x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :],
+                           Torus(2), lambda p: torus_checkerboard_log_prob(np.asarray(p), squares))
+
+
+def load_so3_mixture(k: int = 16, seed: int = 0, n_train: int = 100_000, n_val: int = 2_000,
+                     n_test: int = 5_000) -> ManifoldDataset:
+    """De Bortoli et al.'s mixture of ``k`` wrapped normals on SO(3) (:meth:`WrappedNormalMixtureSO3.random`)
+    for ``seed``, with independent train/val/test draws; ``true_log_prob`` is its exact density."""
+    import jax
+
+    from .distributions import WrappedNormalMixtureSO3
+    from .so3 import SO3
+
+    key = jax.random.key(seed)
+    truth = WrappedNormalMixtureSO3.random(jax.random.fold_in(key, k), k)
+    draw = lambda i, n: np.asarray(truth.sample(jax.random.fold_in(key, i), n))
+    return ManifoldDataset(f"so3-mixture{k}", draw(1, n_train), draw(2, n_val), draw(3, n_test), SO3(),
+                           lambda p: np.asarray(truth.log_prob(p)))
+
+
+# every built-in set by name, for the command line: name → loader(seed) → ManifoldDataset
+BUILT_IN = {**{name: (lambda s, name=name: load_earth(name, s)) for name in EARTH},
+            "torus-checkerboard": lambda s: load_torus_checkerboard(s),
+            "so3-mixture": lambda s: load_so3_mixture(16, s)}

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -88,6 +89,20 @@ def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert np.isfinite(m["test_nll"]) and m["uniform_nll"] == pytest.approx(np.log(4 * np.pi))
     assert (tmp_path / "v" / "samples.png").is_file()
+    assert main(["fit", "--model", "rfm", "--data", "so3-mixture", "--out", str(tmp_path / "r"), *small]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["true_test_nll"] < m["test_nll"] < m["uniform_nll"] + 0.5 and (tmp_path / "r" / "samples.png").is_file()
+    from manifolds import SO3
+
+    frames = np.concatenate([np.asarray(SO3().random_uniform(jax.random.key(0), (200,))).reshape(200, 9),
+                             5 + np.random.default_rng(0).normal(size=(200, 3))], 1).astype(np.float32)
+    np.save(tmp_path / "frames.npy", frames)
+    assert main(["fit", "--model", "rfm", "--data-path", str(tmp_path / "frames.npy"), "--manifold", "se3",
+                 "--out", str(tmp_path / "f"), *small]) == 0
+    m = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    # uniform rotations (log 8π²) and a unit Gaussian (≈ 4.26 nats) is about what 60 steps reach
+    assert np.isfinite(m["test_nll"]) and m["test_nll"] < np.log(8 * np.pi**2) + 4.26 + 1.0
+    assert (tmp_path / "f" / "samples.png").is_file()
     rotations = np.broadcast_to(np.eye(3, dtype=np.float32), (50, 3, 3)).copy()
     rotations[:, 0, 0] = 2.0  # not rotations
     bad = tmp_path / "bad.npy"
@@ -98,6 +113,7 @@ def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
         (["--model", "rfm", "--data-path", str(bad)], "needs --manifold"),
         (["--model", "maf", "--data", "fire"], "use --model rfm"),
         (["--model", "rfm", "--data", "fire", "--manifold", "torus"], "lives on the sphere"),
+        (["--model", "rfm", "--data", "moons"], "trains on volcano"),
     ]:
         assert main(["fit", *argv, "--out", str(tmp_path / "x"), *small]) == 2
         err = capsys.readouterr().err.strip().splitlines()
