@@ -80,11 +80,12 @@ def make_optimizer(learning_rate: float, steps: int, warmup_steps: int, schedule
     return optax.chain(*parts)
 
 
-def _as_arrays(data, model, shape=None):
-    """``data`` → ``(x, condition or None)`` as float32 NumPy arrays, checked against the model
-    (or against ``shape``, the example shape a loss declares)."""
+def _as_arrays(data, model, shape=None, check_data=None):
+    """``data`` → ``(x, condition or None)`` as NumPy arrays, checked against the model (or
+    against ``shape``, the example shape a loss declares). ``x`` is float32, or int32 when the
+    loss checks its own data (``check_data(model, x)``, e.g. tokens of a discrete model)."""
     x, condition = (data if isinstance(data, tuple) else (data, None))
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(check_data(model, x)) if check_data is not None else np.asarray(x, dtype=np.float32)
     shape = getattr(model, "shape", x.shape[1:]) if shape is None else shape
     check_event(x, shape, "training data")
     if x.ndim != len(shape) + 1:
@@ -230,10 +231,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     loss = maximum_likelihood if loss is None else loss
     # a loss may train on other examples than the model's events (reflow trains on pairs)
     data_shape = loss.data_shape(model) if hasattr(loss, "data_shape") else None
-    x, condition = _as_arrays(data, model, data_shape)
+    x, condition = _as_arrays(data, model, data_shape, getattr(loss, "check_data", None))
     split_key, train_key, eval_key = jax.random.split(key, 3)
     if val_data is not None:
-        train, val = (x, condition), _as_arrays(val_data, model, data_shape)
+        train, val = (x, condition), _as_arrays(val_data, model, data_shape, getattr(loss, "check_data", None))
     elif val_fraction > 0:
         train, val = _split(x, condition, val_fraction, split_key)
     else:

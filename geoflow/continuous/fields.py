@@ -20,7 +20,7 @@ from ..checks import check_condition
 from ..nn import ACTIVATIONS, MLP, _init_linear, get_activation
 
 
-def _context(condition, cond_shape, keep=None):
+def context_input(condition, cond_shape, keep=None):
     """Context input: ``[condition, 1]``, or ``[0…0, 0]`` for the null context. ``keep`` (a
     0/1 scalar, for context dropout in training) mixes the two without a branch."""
     if cond_shape is None:
@@ -34,7 +34,7 @@ def _context(condition, cond_shape, keep=None):
     return jnp.concatenate([condition * keep, keep[None]])
 
 
-def _context_size(cond_dim):
+def context_size(cond_dim):
     return 0 if cond_dim is None else cond_dim + 1
 
 
@@ -68,7 +68,7 @@ class TimeMLP(eqx.Module):
         if time_embedding % 2:
             raise ValueError(f"time_embedding must be 0 or even, got {time_embedding}")
         t_size = 1 if time_embedding == 0 else time_embedding
-        self.mlp = MLP(dim + t_size + _context_size(cond_dim), dim if out_size is None else out_size,
+        self.mlp = MLP(dim + t_size + context_size(cond_dim), dim if out_size is None else out_size,
                        width, depth, key=key, activation=activation)
         self.time_embedding = time_embedding
         self.shape = (dim,)
@@ -76,7 +76,7 @@ class TimeMLP(eqx.Module):
 
     def __call__(self, t, x: Float[Array, " dim"], condition=None, *, keep=None) -> Float[Array, " dim"]:
         inp = jnp.concatenate([x, time_features(t, self.time_embedding).astype(x.dtype),
-                               _context(condition, self.cond_shape, keep).astype(x.dtype)])
+                               context_input(condition, self.cond_shape, keep).astype(x.dtype)])
         return self.mlp(inp)
 
 
@@ -100,7 +100,7 @@ class ConcatSquashMLP(eqx.Module):
     def __init__(self, dim: int, *, key, width: int = 64, depth: int = 3, activation: str = "tanh",
                  cond_dim: int | None = None):
         get_activation(activation)
-        sizes = [dim + _context_size(cond_dim)] + [width] * depth + [dim]
+        sizes = [dim + context_size(cond_dim)] + [width] * depth + [dim]
         keys = jax.random.split(key, len(sizes) - 1)
         layers = [_init_linear(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
         gates = [_init_linear(jax.random.fold_in(k, 1), 1, b) for k, b in zip(keys, sizes[1:])]
@@ -114,7 +114,7 @@ class ConcatSquashMLP(eqx.Module):
 
     def __call__(self, t, x: Float[Array, " dim"], condition=None, *, keep=None) -> Float[Array, " dim"]:
         act = ACTIVATIONS[self.activation]
-        h = jnp.concatenate([x, _context(condition, self.cond_shape, keep).astype(x.dtype)])
+        h = jnp.concatenate([x, context_input(condition, self.cond_shape, keep).astype(x.dtype)])
         n = len(self.weights)
         for i, (w, b, gw, gb, d) in enumerate(zip(self.weights, self.biases, self.gate_weights,
                                                   self.gate_biases, self.time_shifts)):

@@ -1,0 +1,128 @@
+"""Discrete flow matching: the rates solve the Kolmogorov forward equation of the path, the
+sampler with the exact posterior reproduces the distribution, the ELBO bounds (and for the
+masking source equals) the log-likelihood, training tightens it, bad input is refused."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import geoflow as gf
+from discrete import DiscreteFlow, DiscreteFlowMatching, ExactDenoiser, MixturePath, dfm, posterior_rates
+
+L, V = 2, 3
+
+
+def _small_distribution(seed=0, length=L, vocab=V):
+    support = np.array(list(itertools.product(range(vocab), repeat=length)), np.int32)
+    probs = np.random.default_rng(seed).dirichlet(np.ones(len(support)))
+    return support, probs
+
+
+def _paths():
+    custom = np.array([0.5, 0.3, 0.2])
+    return [MixturePath(V, "mask"), MixturePath(V, "uniform", "cosine"), MixturePath(V, custom, "polynomial")]
+
+
+@pytest.mark.parametrize("path", _paths(), ids=["mask-linear", "uniform-cosine", "custom-polynomial"])
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_rates_satisfy_the_kolmogorov_forward_equation(path, eta):
+    with jax.enable_x64(True):
+        support, probs = _small_distribution()
+        denoiser = ExactDenoiser(path, support, probs)
+        states = jnp.array(list(itertools.product(range(path.num_states), repeat=L)), jnp.int32)
+        index = {tuple(map(int, s)): i for i, s in enumerate(states)}
+
+        def marginal(t):  # p_t(x) = Σ p(x₁) Πᵢ p_t(xⁱ | x₁ⁱ)
+            cond = path.conditional_probs(jnp.asarray(support), t)  # (N, L, S)
+            per = jax.vmap(lambda s: jnp.prod(jnp.take_along_axis(cond, s[None, :, None], 2)[..., 0], axis=1))(states)
+            return per @ probs
+
+        for t in (0.2, 0.5, 0.8):
+            t = jnp.asarray(t, jnp.float64)
+            p = marginal(t)
+            q = np.zeros((len(states), len(states)))
+            for a, s in enumerate(states):
+                rates = np.asarray(posterior_rates(path, jnp.exp(denoiser(s, t)), s, t, eta))
+                for i, y in itertools.product(range(L), range(path.num_states)):
+                    if y != s[i] and rates[i, y] > 0:
+                        q[a, index[tuple(int(v) for v in s.at[i].set(y))]] = rates[i, y]
+            q -= np.diag(q.sum(1))
+            h = 1e-5
+            dp_dt = (marginal(t + h) - marginal(t - h)) / (2 * h)
+            np.testing.assert_allclose(np.asarray(p) @ q, dp_dt, atol=2e-6)
+
+
+@pytest.mark.parametrize("source,eta,method", [("mask", 0.0, "euler"), ("mask", 1.0, "tau-leaping"),
+                                               ("uniform", 0.0, "euler"), ("uniform", 1.0, "euler")])
+def test_sampler_with_the_exact_posterior_reproduces_the_distribution(source, eta, method):
+    support, probs = _small_distribution(seed=1)
+    path = MixturePath(V, source)
+    model = DiscreteFlow(path, ExactDenoiser(path, support, probs), L)
+    n = 20_000
+    x = np.asarray(model.sample(jax.random.key(0), n, steps=400, eta=eta, method=method))
+    counts = np.bincount(x[:, 0] * V + x[:, 1], minlength=V**L)
+    assert stats.chisquare(counts, probs * n).pvalue > 1e-3, (counts, probs * n)
+
+
+def test_elbo_is_exact_for_masking_and_a_bound_for_uniform_with_the_exact_posterior():
+    support, probs = _small_distribution(seed=2)
+    log_p = np.log(probs)
+    for source in ("mask", "uniform"):
+        path = MixturePath(V, source)
+        model = DiscreteFlow(path, ExactDenoiser(path, support, probs), L)
+        elbo = np.asarray(model.elbo(support, jax.random.key(1), samples=4096))
+        if source == "mask":  # any-order autoregressive: the bound is tight
+            np.testing.assert_allclose(elbo, log_p, atol=0.05)
+        else:
+            assert np.all(elbo < log_p + 0.02) and np.mean(log_p - elbo) > 0.05
+
+
+def test_infilling_clamps_known_positions_and_samples_the_conditional():
+    support, probs = _small_distribution(seed=3)
+    path = MixturePath(V, "mask")
+    model = DiscreteFlow(path, ExactDenoiser(path, support, probs), L)
+    x = np.asarray(model.sample(jax.random.key(0), 8000, steps=50, known=jnp.array([2, -1])))
+    assert np.all(x[:, 0] == 2)
+    conditional = probs[support[:, 0] == 2] / probs[support[:, 0] == 2].sum()
+    counts = np.bincount(x[:, 1], minlength=V)
+    assert stats.chisquare(counts, conditional * len(x)).pvalue > 1e-3
+
+
+@pytest.mark.slow
+def test_training_tightens_the_elbo_to_the_true_log_likelihood():
+    support, probs = _small_distribution(seed=4, length=3, vocab=4)
+    rng = np.random.default_rng(0)
+    data = support[rng.choice(len(support), size=20_000, p=probs)]
+    model = dfm(jax.random.key(0), 3, 4, source="mask", width=128, depth=2, embed_dim=16)
+    model, _ = gf.fit(model, data, key=jax.random.key(1), loss=DiscreteFlowMatching(), steps=2000,
+                      batch_size=256, learning_rate=3e-3, progress=False)
+    test = support[rng.choice(len(support), size=2000, p=probs)]
+    elbo = float(np.mean(model.elbo(test, jax.random.key(2), samples=64)))
+    true_ll = float(np.mean(np.log(probs[test[:, 0] * 16 + test[:, 1] * 4 + test[:, 2]])))
+    assert elbo < true_ll + 0.02  # a bound (up to Monte Carlo error)
+    assert true_ll - elbo < 0.05, (elbo, true_ll)  # and tight after training
+
+
+def test_bad_input_gets_clear_errors():
+    model = dfm(jax.random.key(0), 4, 5, width=16, depth=1, embed_dim=8)
+    fit = lambda data: gf.fit(model, data, key=jax.random.key(0), loss=DiscreteFlowMatching(), steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"outside the vocabulary \(e.g. 7\); expected integers in \[0, 5\)"):
+        fit(np.array([[0, 1, 2, 7]] * 8))
+    with pytest.raises(ValueError, match=r"shape \(8, 3\); expected \(..., 4\)"):
+        fit(np.zeros((8, 3), np.int32))
+    with pytest.raises(ValueError, match="empty"):
+        fit(np.zeros((0, 4), np.int32))
+    with pytest.raises(ValueError, match="non-integer"):
+        fit(np.full((8, 4), 0.5))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.elbo(np.array([[0, 1, 2, -1]]), jax.random.key(0))
+    with pytest.raises(ValueError, match="known has shape"):
+        model.sample(jax.random.key(0), 2, known=jnp.array([1, 2]))
+    with pytest.raises(ValueError, match="unknown source"):
+        MixturePath(5, "gaussian")
+    with pytest.raises(ValueError, match="summing to 1"):
+        MixturePath(3, [0.5, 0.6, 0.1])
