@@ -13,7 +13,7 @@ from geoflow.datasets import load_dataset
 from geoflow.continuous import (ODEFlow, ODESolver, RegularizedLikelihood, cnf, exact_divergence, fixed,
                                 hutchinson_divergence, probe)
 
-from helpers import perturb, to_f64
+from helpers import perturb
 
 
 def _nonlinear(x):

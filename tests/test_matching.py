@@ -10,7 +10,7 @@ import pytest
 import geoflow as gf
 from geoflow.continuous import (AffinePath, BridgePath, CondOT, Cosine, FlowMatching, Guided, Polynomial,
                                 VariancePreserving, cfm, couple, distill, fixed, flow_matching, reflow,
-                                sinkhorn_log_plan, squared_distances, straightness, with_solver)
+                                sinkhorn_log_plan, squared_distances, straightness)
 from geoflow.datasets.toy2d import sample_toy
 from geoflow.metrics import sliced_wasserstein
 
