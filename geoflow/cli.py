@@ -20,10 +20,15 @@ from .flows import MODELS as DISCRETE_TIME_MODELS
 # continuous-time models: a CNF trained by likelihood and flow matching in four flavours
 CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
 MANIFOLD_MODELS = ("rfm",)
-MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS + MANIFOLD_MODELS
+DISCRETE_MODELS = ("dfm",)  # CTMC discrete flow matching on token sequences (cli_discrete)
+MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS + MANIFOLD_MODELS + DISCRETE_MODELS
 MANIFOLDS = ("sphere", "torus", "so3", "se3")
 # rfm's built-in sets (manifolds.datasets.BUILT_IN): earth events on S², a checkerboard on T², a mixture on SO(3)
 MANIFOLD_DATA = ("volcano", "earthquake", "flood", "fire", "torus-checkerboard", "so3-mixture")
+# dfm's token sets (discrete.datasets.TOKEN_DATA); "checkerboard" is discretized to 128 × 128 cells
+TOKEN_DATA = ("checkerboard", "sorted-ones", "qm9-smiles")
+DISCRETE_SOURCES = ("mask", "uniform")
+ALL_DATA = tuple(dict.fromkeys((*DATASETS, *MANIFOLD_DATA, *TOKEN_DATA)))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,13 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train a flow and write metrics, model and plots")
     f.add_argument("--model", type=_choice(MODELS, "model"), default="nsf", help=f"one of {', '.join(MODELS)}")
-    f.add_argument("--data", type=_choice(tuple(DATASETS) + MANIFOLD_DATA, "data set"), default="checkerboard",
-                   help=f"one of {', '.join(tuple(DATASETS) + MANIFOLD_DATA)} (the last six on manifolds, for rfm)")
+    f.add_argument("--data", type=_choice(ALL_DATA, "data set"), default="checkerboard",
+                   help=f"vectors: {', '.join(DATASETS)}; rfm: {', '.join(MANIFOLD_DATA)}; dfm: {', '.join(TOKEN_DATA)}")
     f.add_argument("--manifold", type=_choice(MANIFOLDS, "manifold"),
                    help="rfm only: sphere (default for earth data), torus, so3 or se3 (with --data-path)")
     f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
-    f.add_argument("--source", type=_choice(DATASETS, "source data set"),
-                   help="flow-matching models only: transport this data set onto --data instead of noise")
+    f.add_argument("--source", type=_choice(tuple(DATASETS) + DISCRETE_SOURCES, "source"),
+                   help="flow-matching models: transport this data set onto --data instead of noise; "
+                        "dfm: the source of the discrete path, mask (default) or uniform")
     f.add_argument("--sigma", type=float, help="flow-matching smoothing σ (default 0; 0.1 for sb-fm)")
     f.add_argument("--eval-points", type=int,
                    help="NLL on at most this many points per split (default: all; 10,000 for continuous models)")
@@ -169,6 +175,14 @@ def cmd_fit(args) -> dict:
         from .cli_manifolds import cmd_fit_manifold
 
         return cmd_fit_manifold(args)
+    if args.model in DISCRETE_MODELS:
+        from .cli_discrete import cmd_fit_discrete
+
+        return cmd_fit_discrete(args)
+    if args.source in DISCRETE_SOURCES:
+        raise ValueError(f"--source {args.source} is a discrete source: use --model dfm")
+    if args.data in TOKEN_DATA and args.data not in DATASETS:
+        raise ValueError(f"{args.data} is token data: use --model dfm")
     if args.manifold is not None:
         raise ValueError("--manifold goes with --model rfm")
     if args.data in MANIFOLD_DATA:
@@ -266,6 +280,18 @@ def cmd_eval(args):
 
     run = _run_dir(args.run)
     model = load(run / "model.eqx")
+    if hasattr(model, "elbo"):  # a CTMC model: a bound, named as one
+        if args.data_path is None or args.data_path.suffix != ".npy":
+            raise ValueError("eval of a dfm run needs --data-path TOKENS.npy (integer sequences (n, L))")
+        if not args.data_path.is_file():
+            raise FileNotFoundError(f"token file {args.data_path} does not exist")
+        import jax
+
+        elbo = np.asarray(model.elbo(np.load(args.data_path), jax.random.key(args.seed), samples=32))
+        res = {"n": len(elbo), "nll_bound": float(-elbo.mean()),
+               "bits_per_token_bound": float(-elbo.mean() / (model.length * np.log(2)))}
+        print(json.dumps(res))
+        return res
     if args.data_path is not None:
         x = _read_points(args.data_path)
         levels = None

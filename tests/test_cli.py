@@ -83,6 +83,28 @@ def test_continuous_models_from_the_command_line(tmp_path, capsys):
     assert "needs a flow-matching model" in capsys.readouterr().err
 
 
+def test_discrete_flow_matching_from_the_command_line(tmp_path, capsys):
+    small = ["--steps", "150", "--width", "64", "--layers", "2", "--eval-points", "200", "--quiet"]
+    assert main(["fit", "--model", "dfm", "--data", "sorted-ones", "--source", "uniform",
+                 "--out", str(tmp_path / "s"), *small]) == 0
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert m["true_nll"] == pytest.approx(np.log(11)) and m["test_nll_bound"] > m["true_nll"] - 0.05
+    assert 0 <= m["valid_fraction"] <= 1 and len(m["k_histogram"]) == 11
+    np.save(tmp_path / "tokens.npy", np.array([[1, 1, 0, 0, 0, 0, 0, 0, 0, 0]]))
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "s"), "--data-path", str(tmp_path / "tokens.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["nll_bound"] > 0
+    for argv, message in [
+        (["--model", "dfm", "--data", "moons"], "trains on checkerboard, sorted-ones, qm9-smiles"),
+        (["--model", "dfm", "--data", "sorted-ones", "--source", "moons"], "takes --source mask or uniform"),
+        (["--model", "maf", "--data", "sorted-ones"], "token data: use --model dfm"),
+        (["--model", "fm", "--source", "mask"], "discrete source: use --model dfm"),
+    ]:
+        assert main(["fit", *argv, "--out", str(tmp_path / "x"), *small]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
     small = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *small]) == 0

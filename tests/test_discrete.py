@@ -126,3 +126,42 @@ def test_bad_input_gets_clear_errors():
         MixturePath(5, "gaussian")
     with pytest.raises(ValueError, match="summing to 1"):
         MixturePath(3, [0.5, 0.6, 0.1])
+
+
+def test_toy_data_have_their_exact_answers():
+    from discrete.datasets import (checkerboard_tokens, checkerboard_tokens_log_prob, load_token_data, sorted_ones,
+                                   sorted_ones_counts)
+
+    x = checkerboard_tokens(50_000, seed=0)
+    assert x.min() >= 0 and x.max() < 128 and np.all(np.isfinite(checkerboard_tokens_log_prob(x)))
+    cells = np.unique(x[:, 0] * 128 + x[:, 1])
+    assert len(cells) > 0.99 * 8192 * (1 - np.exp(-50_000 / 8192))  # fills its 8192 cells
+    assert load_token_data("checkerboard").true_nll == pytest.approx(9.011, abs=1e-3)
+    valid, hist = sorted_ones_counts(sorted_ones(11_000, seed=1))
+    assert valid == 1.0 and stats.chisquare(hist).pvalue > 1e-3
+    assert sorted_ones_counts(np.array([[1, 0, 1, 0]]))[0] == 0.0
+
+
+def test_smiles_tokenizer_round_trips_and_metrics_count_failures(tmp_path):
+    from pathlib import Path
+
+    from discrete.datasets import SmilesTokenizer, load_qm9_smiles, read_smiles, smiles_metrics
+
+    fixture = Path(__file__).parent / "qm9_smiles_sample.txt"
+    data = load_qm9_smiles(fixture)
+    smiles = read_smiles(fixture)
+    assert len(data.train) + len(data.val) + len(data.test) == len(smiles) == 400
+    assert sorted(data.tokenizer.decode(np.concatenate([data.train, data.val, data.test]))) == sorted(smiles)
+    tok = SmilesTokenizer.fit(["C[NH3+]CCl"], "atom")
+    assert tok.split("C[NH3+]CCl") == ["C", "[NH3+]", "C", "Cl"]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.encode(["CBr"], 8)
+    with pytest.raises(ValueError, match="at most 2"):
+        tok.encode(["CCC"], 2)
+    m = smiles_metrics(["CCO", "OCC", "C1CC", "", "c1ccccc1"], training=["CCO"])
+    assert (m["valid"], m["uniqueness"], m["novelty"]) == (3, 2 / 3, 1 / 2)
+    csv_file = tmp_path / "part.csv"
+    csv_file.write_text('Index,SMILES\n1,"C"\n2,"CC#N"\n')
+    assert read_smiles(csv_file) == ["C", "CC#N"] and read_smiles(tmp_path) == ["C", "CC#N"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_smiles(tmp_path / "missing.txt")
