@@ -11,7 +11,6 @@ Both take an optional context vector; called with ``condition=None`` they see th
 
 from __future__ import annotations
 
-import math
 
 import equinox as eqx
 import jax
@@ -23,7 +22,8 @@ from geoflow.nn import MLP, _init_linear, get_activation
 
 
 def _embedding(key, num: int, dim: int):
-    return jax.random.normal(key, (num, dim)) / math.sqrt(dim)
+    """``N(0, 1)`` entries, as ``eqx.nn.Embedding`` and ``torch.nn.Embedding`` start."""
+    return jax.random.normal(key, (num, dim))
 
 
 class MLPDenoiser(eqx.Module):

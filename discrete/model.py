@@ -23,6 +23,14 @@ METHODS = ("euler", "tau-leaping")
 FINAL_STEPS = ("sample", "argmax")
 
 
+def categorical_from_weights(key, weights: Float[Array, "n k"]) -> Int[Array, " n"]:
+    """One draw per row with probabilities ∝ the non-negative ``weights``, by the inverse CDF:
+    one uniform per row rather than ``jax.random.categorical``'s Gumbel noise per entry."""
+    cdf = jnp.cumsum(weights, -1)
+    u = jax.random.uniform(key, weights.shape[:-1] + (1,)) * cdf[..., -1:]
+    return jnp.minimum(jnp.sum(cdf <= u, -1), weights.shape[-1] - 1).astype(jnp.int32)
+
+
 def generalized_kl(path: MixturePath, logits, x1, xt, t):
     """Gat et al.'s generalized KL per position ``(L,)``: ``−c_t [p(x_t) − δ + (1 − δ) log p(x₁)]``
     with ``c_t = κ̇/(1−κ)`` and ``δ = [x_t = x₁]``. Its expectation over ``t ~ U(0, 1)`` and
@@ -128,7 +136,7 @@ class DiscreteFlow(eqx.Module):
             total = jnp.sum(rates, -1)
             p_jump = jnp.clip(h * total, 0.0, 1.0) if method == "euler" else -jnp.expm1(-h * total)
             k_jump, k_dest = jax.random.split(key)
-            dest = jax.random.categorical(k_dest, jnp.log(jnp.maximum(rates, 1e-30)))
+            dest = categorical_from_weights(k_dest, rates)
             moves = (jax.random.uniform(k_jump, x.shape) < p_jump) & (total > 0)
             return clamp(jnp.where(moves, dest, x))
 
@@ -147,7 +155,7 @@ class DiscreteFlow(eqx.Module):
         x = clamp(self.path.sample_source(k_source, (self.length,)))
         x, _ = jax.lax.scan(step, x, (jnp.arange(steps - 1, dtype=jnp.float32), jax.random.split(k_steps, steps - 1)))
         log_p = self._guided_log_probs(x, (steps - 1) * h, condition, guidance, temperature)
-        x1 = jnp.argmax(log_p, -1) if final == "argmax" else jax.random.categorical(k_final, log_p)
+        x1 = jnp.argmax(log_p, -1) if final == "argmax" else categorical_from_weights(k_final, jnp.exp(log_p))
         return clamp(x1.astype(jnp.int32))
 
     # ---- likelihood bound -------------------------------------------------------------------
