@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
@@ -32,6 +31,8 @@ from flow_matching.path import MixtureDiscreteProbPath
 from flow_matching.path.scheduler import PolynomialConvexScheduler
 from flow_matching.solver import MixtureDiscreteEulerSolver
 from flow_matching.utils import ModelWrapper
+
+from _timing import fit_rate, loop_rate, timed
 
 import geoflow as gf
 from discrete import DiscreteFlowMatching, dfm
@@ -80,12 +81,7 @@ def torch_train_rate(data, steps):
         loss.backward()
         opt.step()
 
-    for _ in range(10):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - t0), net, path
+    return loop_rate(step, steps, warmup=10), net, path
 
 
 def geoflow_train_rate(data, steps):
@@ -93,18 +89,8 @@ def geoflow_train_rate(data, steps):
     optimizer = optax.adam(1e-3)  # one object: a new one would recompile
     run = lambda: gf.fit(model, data, key=jax.random.key(1), loss=DiscreteFlowMatching(), steps=steps, batch_size=BATCH,
                          optimizer=optimizer, val_fraction=0.0, eval_every=steps, progress=False)
-    run()  # compile
-    t0 = time.perf_counter()
-    trained, _ = run()
-    return steps / (time.perf_counter() - t0), trained
-
-
-def timed(fn, reps=3):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+    rate, (trained, _) = fit_rate(run, steps)
+    return rate, trained
 
 
 def main():

@@ -22,6 +22,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from _timing import fit_rate, loop_rate
+
 import geoflow as gf
 from geoflow.continuous import ODESolver, with_solver
 from manifolds import GeodesicFlowMatching, Sphere, rfm
@@ -73,10 +75,7 @@ def speed_comparison(width, depth, steps, n_sample):
     optimizer = optax.adam(1e-3)
     run = lambda: gf.fit(model, data, key=jax.random.key(1), loss=GeodesicFlowMatching(), steps=steps, batch_size=512,
                          optimizer=optimizer, val_fraction=0.0, eval_every=steps, progress=False)
-    run()
-    t0 = time.perf_counter()
-    run()
-    ours_train = steps / (time.perf_counter() - t0)
+    ours_train, _ = fit_rate(run, steps)
     sampler = with_solver(model, fixed(100, "euler"))
     sample = jax.jit(lambda k: sampler.sample(k, n_sample))
     sample(jax.random.key(0)).block_until_ready()
@@ -101,12 +100,7 @@ def speed_comparison(width, depth, steps, n_sample):
         loss.backward()
         opt.step()
 
-    for _ in range(10):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    theirs_train = steps / (time.perf_counter() - t0)
+    theirs_train = loop_rate(step, steps, warmup=10)
 
     class Field(ModelWrapper):
         def forward(self, x, t, **extras):

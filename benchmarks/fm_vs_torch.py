@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
@@ -31,6 +30,8 @@ from flow_matching.path.scheduler import CondOTScheduler
 from flow_matching.solver import ODESolver as FmODESolver
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, ExactOptimalTransportConditionalFlowMatcher
 from torchdiffeq import odeint
+
+from _timing import fit_rate, loop_rate, timed
 
 import geoflow as gf
 from geoflow.continuous import cfm, fixed, flow_matching, with_solver
@@ -76,12 +77,7 @@ def torch_train_rate(lib, kind, data, steps):
         loss.backward()
         opt.step()
 
-    for _ in range(20):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - t0), net
+    return loop_rate(step, steps, warmup=20), net
 
 
 def geoflow_train_rate(kind, data, steps):
@@ -89,18 +85,8 @@ def geoflow_train_rate(kind, data, steps):
     optimizer = optax.adamw(1e-3, weight_decay=1e-5)  # one object: a new one would recompile
     run = lambda: gf.fit(model, data, key=jax.random.key(1), loss=cfm(kind, sigma=0.1), steps=steps, batch_size=BATCH,
                          optimizer=optimizer, val_fraction=0.0, eval_every=steps, progress=False)
-    run()  # compile
-    t0 = time.perf_counter()
-    trained, _ = run()
-    return steps / (time.perf_counter() - t0), trained
-
-
-def timed(fn, reps=3):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+    rate, (trained, _) = fit_rate(run, steps)
+    return rate, trained
 
 
 def main():
