@@ -80,9 +80,9 @@ class DiscreteFlow(eqx.Module):
             logits = jnp.where(known, jnp.where(one_hot, 0.0, -1e9), logits)
         return logits
 
-    def _guided_log_probs(self, x, t, condition, guidance, temperature):
+    def _guided_log_probs(self, x, t, condition, guidance, temperature, guided=True):
         log_p = jax.nn.log_softmax(self.logits(x, t, condition), -1)
-        if guidance and condition is not None:  # classifier-free guidance on log-probabilities
+        if guided and condition is not None:  # classifier-free guidance on log-probabilities
             log_p = (1 + guidance) * log_p - guidance * jax.nn.log_softmax(self.logits(x, t, None), -1)
         return jax.nn.log_softmax(log_p / temperature, -1)
 
@@ -123,12 +123,13 @@ class DiscreteFlow(eqx.Module):
             check_tokens(jnp.where(known < 0, 0, known)[None], self.vocab_size, self.length, "known")
         sample_shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
         n = math.prod(sample_shape)
-        one = lambda k: self._sample_one(k, condition, known, steps, method, eta, corrector_steps, corrector_eta,
-                                         temperature, final, guidance)
-        return jax.vmap(one)(jax.random.split(key, n)).reshape(*sample_shape, self.length)
+        floats = [jnp.asarray(v, jnp.float32) for v in (eta, corrector_eta, temperature, guidance)]
+        x = _sample_batch(self, jax.random.split(key, n), condition, known, *floats, steps=int(steps), method=method,
+                          corrector_steps=int(corrector_steps), final=final, guided=bool(guidance))
+        return x.reshape(*sample_shape, self.length)
 
     def _sample_one(self, key, condition, known, steps, method, eta, corrector_steps, corrector_eta,
-                    temperature, final, guidance):
+                    temperature, final, guidance, guided):
         clamp = lambda x: jnp.where(known >= 0, known, x)
         h = 1.0 / steps
 
@@ -143,18 +144,18 @@ class DiscreteFlow(eqx.Module):
         def step(x, inputs):
             k, key = inputs
             t = k * h
-            probs = jnp.exp(self._guided_log_probs(x, t, condition, guidance, temperature))
+            probs = jnp.exp(self._guided_log_probs(x, t, condition, guidance, temperature, guided))
             k_step, k_corr = jax.random.split(key)
             x = jump(k_step, x, posterior_rates(self.path, probs, x, t, eta))
             for k_c in jax.random.split(k_corr, corrector_steps):  # unrolled: corrector_steps is small
-                probs = jnp.exp(self._guided_log_probs(x, t + h, condition, guidance, temperature))
+                probs = jnp.exp(self._guided_log_probs(x, t + h, condition, guidance, temperature, guided))
                 x = jump(k_c, x, posterior_rates(self.path, probs, x, t + h, corrector_eta, flow=False))
             return x, None
 
         k_source, k_steps, k_final = jax.random.split(key, 3)
         x = clamp(self.path.sample_source(k_source, (self.length,)))
         x, _ = jax.lax.scan(step, x, (jnp.arange(steps - 1, dtype=jnp.float32), jax.random.split(k_steps, steps - 1)))
-        log_p = self._guided_log_probs(x, (steps - 1) * h, condition, guidance, temperature)
+        log_p = self._guided_log_probs(x, (steps - 1) * h, condition, guidance, temperature, guided)
         x1 = jnp.argmax(log_p, -1) if final == "argmax" else categorical_from_weights(k_final, jnp.exp(log_p))
         return clamp(x1.astype(jnp.int32))
 
@@ -172,13 +173,9 @@ class DiscreteFlow(eqx.Module):
         x = check_tokens(x, self.vocab_size, self.length, "x")
         batch = x.shape[:-1]
         flat = x.reshape(-1, self.length)
-        keys = jax.random.split(key, flat.shape[0])
-        if condition is None:
-            out = jax.vmap(lambda k, s: self._elbo_one(k, s, None, samples))(keys, flat)
-        else:
-            cond = jnp.broadcast_to(condition, (*batch, condition.shape[-1])).reshape(flat.shape[0], -1)
-            out = jax.vmap(lambda k, s, c: self._elbo_one(k, s, c, samples))(keys, flat, cond)
-        return out.reshape(batch)
+        if condition is not None:
+            condition = jnp.broadcast_to(condition, (*batch, condition.shape[-1])).reshape(flat.shape[0], -1)
+        return _elbo_batch(self, jax.random.split(key, flat.shape[0]), flat, condition, samples=int(samples)).reshape(batch)
 
     def _elbo_one(self, key, x1, condition, samples):
         if self.path.source == "mask":
@@ -211,6 +208,24 @@ class DiscreteFlow(eqx.Module):
             return length / k * jnp.sum(jnp.where(masked, nll, 0.0))
 
         return -jnp.mean(jax.vmap(one_draw)(jax.random.split(k_rest, samples), ks))
+
+
+@eqx.filter_jit
+def _sample_batch(model, keys, condition, known, eta, corrector_eta, temperature, guidance, *, steps, method,
+                  corrector_steps, final, guided):
+    """Compiled once per model structure and static setting (η, temperature and guidance are traced)."""
+    one = lambda k, c: model._sample_one(k, c, known, steps, method, eta, corrector_steps, corrector_eta,
+                                         temperature, final, guidance, guided)
+    if condition is None or condition.ndim == 1:
+        return jax.vmap(lambda k: one(k, condition))(keys)
+    return jax.vmap(one)(keys, condition)
+
+
+@eqx.filter_jit
+def _elbo_batch(model, keys, tokens, condition, *, samples):
+    if condition is None:
+        return jax.vmap(lambda k, s: model._elbo_one(k, s, None, samples))(keys, tokens)
+    return jax.vmap(lambda k, s, c: model._elbo_one(k, s, c, samples))(keys, tokens, condition)
 
 
 def dfm(key, length: int, vocab_size: int, *, source="mask", scheduler="linear", denoiser: str = "mlp",
