@@ -56,14 +56,15 @@ def test_rates_satisfy_the_kolmogorov_forward_equation(path, eta):
             np.testing.assert_allclose(np.asarray(p) @ q, dp_dt, atol=2e-6)
 
 
-@pytest.mark.parametrize("source,eta,method", [("mask", 0.0, "euler"), ("mask", 1.0, "tau-leaping"),
-                                               ("uniform", 0.0, "euler"), ("uniform", 1.0, "euler")])
-def test_sampler_with_the_exact_posterior_reproduces_the_distribution(source, eta, method):
+@pytest.mark.parametrize("source,eta,method,corrector", [("mask", 0.0, "euler", 0), ("mask", 1.0, "tau-leaping", 0),
+                                                         ("uniform", 0.0, "euler", 0), ("uniform", 1.0, "euler", 0),
+                                                         ("uniform", 0.0, "euler", 2)])
+def test_sampler_with_the_exact_posterior_reproduces_the_distribution(source, eta, method, corrector):
     support, probs = _small_distribution(seed=1)
     path = MixturePath(V, source)
     model = DiscreteFlow(path, ExactDenoiser(path, support, probs), L)
     n = 20_000
-    x = np.asarray(model.sample(jax.random.key(0), n, steps=400, eta=eta, method=method))
+    x = np.asarray(model.sample(jax.random.key(0), n, steps=400, eta=eta, method=method, corrector_steps=corrector))
     counts = np.bincount(x[:, 0] * V + x[:, 1], minlength=V**L)
     assert stats.chisquare(counts, probs * n).pvalue > 1e-3, (counts, probs * n)
 
