@@ -41,7 +41,7 @@ class DiscreteFlowMatching(eqx.Module):
         x1 = x1.astype(jnp.int32)
         n = x1.shape[0]
         k_t, k_x, k_keep = jax.random.split(key, 3)
-        t = jax.random.uniform(k_t, (n,), maxval=1.0 - 1e-4)
+        t = jax.random.uniform(k_t, (n,), maxval=1.0 - 1e-3)  # the weight κ̇/(1−κ) stays ≤ 1000
         xt = jax.vmap(model.path.sample_xt)(jax.random.split(k_x, n), x1, t)
         keep = (jax.random.uniform(k_keep, (n,)) >= self.condition_dropout).astype(jnp.float32)
 
