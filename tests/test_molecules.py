@@ -90,3 +90,43 @@ def test_sdf_round_trip_and_bad_input(tmp_path):
     asym[0, 1] = 2
     with pytest.raises(ValueError, match="not symmetric"):
         check_graph(MolecularGraph(g.positions, g.atom_types, g.charges, asym, g.mask), Vocabulary(("H", "C", "O")))
+
+
+@pytest.fixture(scope="module")
+def network_and_graph():
+    import jax
+
+    from molecules.network import EquivariantNetwork
+
+    graph = graph_from_smiles("[NH3+]CC(=O)[O-]", QM9_VOCABULARY, max_atoms=14)  # 10 atoms + 4 padding slots
+    net = EquivariantNetwork(6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0)
+    return net, graph
+
+
+def test_network_is_e3_and_permutation_equivariant(network_and_graph):
+    import e3nn_jax as e3nn
+    import jax
+    import jax.numpy as jnp
+
+    net, g = network_and_graph
+    with jax.enable_x64(True):
+        f = jax.jit(lambda x, a, c, b, m: net(x, a, c, b, m, 0.3))
+        x, a, c, b, m = (jnp.asarray(v) for v in (np.asarray(g.positions, np.float64), g.atom_types, g.charges, g.bonds, g.mask))
+        out = f(x, a, c, b, m)
+        for k in range(3):
+            r = e3nn.rand_matrix(jax.random.key(k), (), dtype=jnp.float64) * (-1) ** k  # rotations and reflections
+            shift = jax.random.normal(jax.random.key(10 + k), (3,), jnp.float64) * 3
+            moved = f(x @ r.T + shift, a, c, b, m)
+            for name in ("atom_logits", "charge_logits", "bond_logits"):
+                np.testing.assert_allclose(moved[name], out[name], atol=1e-5)
+            np.testing.assert_allclose(moved["velocity"], out["velocity"] @ r.T, atol=1e-5)
+        perm = np.random.default_rng(0).permutation(len(m))
+        permuted = f(x[perm], a[perm], c[perm], b[perm][:, perm], m[perm])
+        np.testing.assert_allclose(permuted["atom_logits"], out["atom_logits"][perm], atol=1e-6)
+        np.testing.assert_allclose(permuted["bond_logits"], out["bond_logits"][perm][:, perm], atol=1e-6)
+        np.testing.assert_allclose(permuted["velocity"], out["velocity"][perm], atol=1e-6)
+        out = {k: np.asarray(v) for k, v in out.items()}
+    np.testing.assert_allclose(out["bond_logits"], np.swapaxes(out["bond_logits"], 0, 1), atol=1e-6)
+    assert np.all(out["velocity"][~np.asarray(g.mask)] == 0)
+    np.testing.assert_allclose(out["velocity"].sum(0), 0, atol=1e-6)  # zero centre of mass
+    assert np.abs(out["velocity"]).max() > 1e-3  # and not trivially zero
