@@ -38,8 +38,8 @@ class MixturePath(eqx.Module):
     scheduler: Scheduler
 
     def __init__(self, vocab_size: int, source="mask", scheduler: Scheduler | str = "linear"):
-        if vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
         self.vocab_size = int(vocab_size)
         if isinstance(source, str):
             if source not in SOURCES:

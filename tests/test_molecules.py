@@ -130,3 +130,38 @@ def test_network_is_e3_and_permutation_equivariant(network_and_graph):
     assert np.all(out["velocity"][~np.asarray(g.mask)] == 0)
     np.testing.assert_allclose(out["velocity"].sum(0), 0, atol=1e-6)  # zero centre of mass
     assert np.abs(out["velocity"]).max() > 1e-3  # and not trivially zero
+
+
+def test_molecule_flow_trains_and_samples_well_formed_graphs():
+    import jax
+
+    import geoflow as gf
+    from molecules import stack_graphs
+    from molecules.flow import MoleculeFlow, MoleculeFlowMatching, kabsch_rotation
+
+    vocab = Vocabulary(("H", "C", "N", "O"))
+    graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=9, seed=k)
+                           for k, s in enumerate(["CCO", "C=O", "CO", "C#N", "N", "O", "CC", "OC=O"] * 4)])
+    counts = np.bincount(np.asarray(graphs.mask).sum(1), minlength=10)
+    model = MoleculeFlow(vocab, 9, counts, key=jax.random.key(0), scalars=8, vectors=2, layers=1, radial=4)
+    trained, hist = gf.fit(model, graphs, key=jax.random.key(1), loss=MoleculeFlowMatching(), steps=60, batch_size=16,
+                           learning_rate=3e-3, eval_every=20, val_fraction=0.0, progress=False)
+    assert hist.train_loss[-1] < 0.8 * hist.train_loss[0], hist.train_loss
+    sample = trained.sample(jax.random.key(2), 6, steps=8)
+    bonds, mask = np.asarray(sample.bonds), np.asarray(sample.mask)
+    assert np.array_equal(bonds, np.swapaxes(bonds, 1, 2)) and np.all(np.diagonal(bonds, axis1=1, axis2=2) == 0)
+    assert np.all(bonds[~(mask[:, :, None] & mask[:, None])] == 0)
+    assert set(mask.sum(1)) <= set(np.flatnonzero(counts))  # sizes from the training distribution
+    positions = np.asarray(sample.positions)
+    assert np.all(positions[~mask] == 0)
+    np.testing.assert_allclose((positions * mask[..., None]).sum(1), 0, atol=1e-4)  # centred
+    check_graph(sample, vocab)
+    # Kabsch: the optimal rotation recovers a rotated copy
+    x = np.asarray(graphs.positions[0]) - np.asarray(graphs.positions[0])[np.asarray(graphs.mask[0])].mean(0)
+    x = x * np.asarray(graphs.mask[0])[:, None]
+    r = np.asarray(__import__("e3nn_jax").rand_matrix(jax.random.key(3), ()))
+    np.testing.assert_allclose(np.asarray(kabsch_rotation(x @ r.T, x, np.asarray(graphs.mask[0], np.float32))) @ r,
+                               np.eye(3), atol=1e-4)
+    with pytest.raises(ValueError, match="max_atoms=9"):
+        gf.fit(model, stack_graphs([graph_from_smiles("CCO", vocab, max_atoms=12)]), key=jax.random.key(0),
+               loss=MoleculeFlowMatching(), steps=1, progress=False)
