@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output .npy file")
 
+    from .cli_molecules import add_parser as add_molecules_parser
+
+    add_molecules_parser(sub, _choice)
+
     e = sub.add_parser("eval", help="test NLL of a trained run on a data set or file")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--data", type=_choice(DATASETS, "data set"), help="named data set (its test split)")
@@ -312,7 +316,12 @@ def cmd_eval(args):
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        {"fit": cmd_fit, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+        if args.command == "molecules":
+            from .cli_molecules import COMMANDS
+
+            COMMANDS[args.molecules_command](args)
+        else:
+            {"fit": cmd_fit, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"geoflow: error: {e}", file=sys.stderr)
         return 2

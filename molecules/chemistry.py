@@ -99,13 +99,14 @@ def read_xyz(path, charge: int = 0):
     return mol_from_xyz(path.read_text(), charge, name=str(path))
 
 
-def read_sdf(path) -> tuple[list, int]:
-    """``(molecules, failures)`` from an SDF file, hydrogens kept; unreadable records are counted."""
+def read_sdf(path, sanitize: bool = True) -> tuple[list, int]:
+    """``(molecules, failures)`` from an SDF file, hydrogens kept; unreadable records are counted.
+    ``sanitize=False`` keeps molecules RDKit would reject (to score them as invalid)."""
     Chem = _chem()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SDF file {path} does not exist")
-    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
+    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=sanitize)
     mols = [m for m in supplier]
     good = [m for m in mols if m is not None]
     if not good:
@@ -160,13 +161,18 @@ def mol_to_smiles(mol, largest_fragment: bool = False, isomeric: bool = False) -
     return Chem.MolToSmiles(mol, isomericSmiles=isomeric)
 
 
-def write_sdf(mols, path) -> Path:
-    """Molecules (``None`` entries skipped) to an SDF file with their conformers."""
+def write_sdf(mols, path) -> int:
+    """Molecules (``None`` entries skipped) to an SDF file with their conformers, sanitized or
+    not; returns how many were written."""
     Chem = _chem()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
     with Chem.SDWriter(str(path)) as writer:
+        writer.SetKekulize(False)  # bonds are already Kekulé; an invalid molecule must still be written
         for mol in mols:
             if mol is not None:
+                mol.UpdatePropertyCache(strict=False)
                 writer.write(mol)
-    return path
+                written += 1
+    return written

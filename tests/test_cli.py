@@ -105,6 +105,28 @@ def test_discrete_flow_matching_from_the_command_line(tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
 
 
+def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
+    from pathlib import Path
+
+    sample_csv = Path(__file__).parent / "qm9_sample.csv"
+    run = tmp_path / "mol"
+    assert main(["molecules", "train", "--data-path", str(sample_csv), "--subset", "24", "--steps", "4", "--batch-size", "8",
+                 "--scalars", "8", "--vectors", "2", "--layers", "1", "--out", str(run), "--quiet"]) == 0
+    assert json.loads((run / "run.json").read_text())["molecules"] > 20
+    assert main(["molecules", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(tmp_path / "s.sdf")]) == 0
+    capsys.readouterr()
+    assert main(["molecules", "evaluate", str(tmp_path / "s.sdf"), "--train-smiles", str(run / "train_smiles.txt")]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["molecules"] == 3 and 0 <= m["validity"] <= 1 and "atom_stability_edm" in m
+    (tmp_path / "bad.sdf").write_text("not an sdf\n")
+    for argv, message in [(["molecules", "evaluate", str(tmp_path / "missing.sdf")], "does not exist"),
+                          (["molecules", "evaluate", str(tmp_path / "bad.sdf")], "no readable SDF records"),
+                          (["molecules", "sample", "--run", str(tmp_path), "--out", str(tmp_path / "x.sdf")], "no model.eqx")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
     small = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *small]) == 0

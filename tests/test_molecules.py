@@ -68,7 +68,8 @@ def test_metrics_count_broken_molecules():
 def test_sdf_round_trip_and_bad_input(tmp_path):
     vocab = QM9_VOCABULARY
     mols = [graph_to_mol(graph_from_smiles(s, vocab), vocab)[0] for s in ("CCO", "C[NH3+]")]
-    path = write_sdf(mols, tmp_path / "out.sdf")
+    path = tmp_path / "out.sdf"
+    assert write_sdf(mols, path) == 2
     back, failures = read_sdf(path)
     assert failures == 0 and [mol_to_smiles(m) for m in back] == ["CCO", "C[NH3+]"]
     np.testing.assert_allclose(back[0].GetConformer().GetPositions(), mols[0].GetConformer().GetPositions(), atol=1e-4)
@@ -84,7 +85,7 @@ def test_sdf_round_trip_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="no SDF records|holds no"):
         read_sdf(tmp_path / "corrupt.sdf")
     with pytest.raises(ValueError, match="not a qm9pack CSV"):
-        load_qm9(path)
+        load_qm9(tmp_path / "out.sdf")
     g = graph_from_smiles("CO", Vocabulary(("H", "C", "O")))
     asym = np.asarray(g.bonds).copy()
     asym[0, 1] = 2
