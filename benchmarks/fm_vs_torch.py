@@ -33,7 +33,6 @@ from torchdiffeq import odeint
 
 from _timing import fit_rate, loop_rate, timed
 
-import geoflow as gf
 from geoflow.continuous import cfm, fixed, flow_matching, with_solver
 from geoflow.datasets import sample_toy
 
@@ -82,11 +81,7 @@ def torch_train_rate(lib, kind, data, steps):
 
 def geoflow_train_rate(kind, data, steps):
     model = flow_matching(jax.random.key(0), 2, width=64, depth=3, activation="selu")
-    optimizer = optax.adamw(1e-3, weight_decay=1e-5)  # one object: a new one would recompile
-    run = lambda: gf.fit(model, data, key=jax.random.key(1), loss=cfm(kind, sigma=0.1), steps=steps, batch_size=BATCH,
-                         optimizer=optimizer, val_fraction=0.0, eval_every=steps, progress=False)
-    rate, (trained, _) = fit_rate(run, steps)
-    return rate, trained
+    return fit_rate(model, data, cfm(kind, sigma=0.1), optax.adamw(1e-3, weight_decay=1e-5), steps, BATCH)
 
 
 def main():
