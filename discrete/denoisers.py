@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from geoflow.continuous.fields import context_input, context_size, time_features
-from geoflow.nn import MLP, _init_linear, get_activation
+from geoflow.nn import MLP, _init_linear, get_activation, scan_layers
 
 
 def _embedding(key, num: int, dim: int):
@@ -141,12 +141,7 @@ class TransformerDenoiser(eqx.Module):
                                                context_input(condition, self.cond_shape, keep)]))
         c = jax.nn.silu(c)
         h = self.token_embed[x] + self.position_embed[: x.shape[0]]
-        params, static = eqx.partition(self.blocks, eqx.is_array)
-
-        def step(h, block_params):
-            return eqx.combine(block_params, static)(h, c), None
-
-        h, _ = jax.lax.scan(step, h, params)
+        h = scan_layers(self.blocks, lambda block, h, _: block(h, c), h)
         shift, scale = jnp.split(c @ self.final_modulation, 2)
         return (_layer_norm(h) * (1 + scale) + shift) @ self.head + self.head_bias
 

@@ -38,6 +38,20 @@ def trainable(model):
                         model, is_leaf=lambda node: isinstance(node, Frozen))
 
 
+def scan_layers(stacked, apply, carry, xs=None, reverse: bool = False):
+    """Run identical layers whose parameters are stacked on a leading axis (built with
+    ``eqx.filter_vmap``) with ``jax.lax.scan``, so compile time does not grow with depth:
+    ``carry = apply(layer, carry, x)`` for each layer (``x`` from ``xs``, or ``None``)."""
+    params, static = eqx.partition(stacked, eqx.is_array)
+
+    def step(carry, inputs):
+        layer_params, x = inputs
+        return apply(eqx.combine(layer_params, static), carry, x), None
+
+    carry, _ = jax.lax.scan(step, carry, (params, xs), reverse=reverse)
+    return carry
+
+
 def get_activation(name: str):
     """The activation function called ``name``; a clear error for an unknown name."""
     try:

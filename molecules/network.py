@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from geoflow.continuous.fields import time_features
-from geoflow.nn import MLP
+from geoflow.nn import MLP, scan_layers
 
 
 def radial_basis(distance, count: int, cutoff: float):
@@ -139,14 +139,11 @@ class EquivariantNetwork(eqx.Module):
             [scalars, jnp.zeros((n, e3nn.Irreps(self.irreps).dim - scalars.shape[-1]), positions.dtype)], -1))
         edges = jnp.concatenate([radial_basis(dist, self.radial, self.cutoff), self.bond_embed[bonds]], -1)
         edges = edges * pair_mask[..., None]
-        params, static = eqx.partition(self.layers, eqx.is_array)
+        def apply(layer, carry, _):
+            h, edges = layer(*carry, rel, dist, pair_mask)
+            return h * maskf[:, None], edges
 
-        def step(carry, layer_params):
-            h, edges = carry
-            h, edges = eqx.combine(layer_params, static)(h, edges, rel, dist, pair_mask)
-            return (h * maskf[:, None], edges), None
-
-        (h, edges), _ = jax.lax.scan(step, (h, edges), params)
+        h, edges = scan_layers(self.layers, apply, (h, edges))
         s = h.filter("0e").array
         velocity = jax.vmap(self.velocity_head)(h).array * maskf[:, None]
         velocity = velocity - jnp.sum(velocity, 0) / jnp.maximum(jnp.sum(maskf), 1)  # zero centre of mass

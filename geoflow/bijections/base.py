@@ -258,18 +258,16 @@ class Stack(Bijection):
         return self.layers.needs_key
 
     def _scan(self, method: str, x, condition, key, reverse: bool):
-        params, static = eqx.partition(self.layers, eqx.is_array)
+        from ..nn import scan_layers
+
         keys = None if key is None else jax.random.split(key, self.n)
 
-        def step(carry, inputs):
+        def apply(layer, carry, k):
             z, total = carry
-            layer_params, k = inputs
-            layer = eqx.combine(layer_params, static)
             z, ld = call_with_key(layer, method, z, condition, k)
-            return (z, total + ld), None
+            return z, total + ld
 
-        (x, total), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)), (params, keys), reverse=reverse)
-        return x, total
+        return scan_layers(self.layers, apply, (x, jnp.zeros((), x.dtype)), keys, reverse=reverse)
 
     def forward_and_log_det(self, x, condition=None, *, key=None):
         return self._scan("forward_and_log_det", x, condition, key, reverse=False)
