@@ -118,7 +118,7 @@ def cmd_evaluate(args) -> dict:
             unreadable += 1
     res = molecule_metrics(graphs, QM9_VOCABULARY, train)
     total = len(graphs) + unreadable
-    for key in ("validity", "validity_x_uniqueness"):  # over every record, readable or not
+    for key in ("validity", "connectivity", "validity_x_uniqueness"):  # over every record, readable or not
         res[key] = res[key] * len(graphs) / max(total, 1)
     res["unreadable_records"], res["molecules"] = unreadable, total
     out = args.sdf.parent / "metrics.json"

@@ -45,12 +45,21 @@ def symmetric_uniform(key, n):
     return upper + upper.T
 
 
+def as_previous(prediction):
+    """A prediction ``(x̂₁, logits…)`` as the network's self-conditioning input ``(x̂₁, probs…)``,
+    with no gradient flowing back through it."""
+    x1, *logits = jax.lax.stop_gradient(prediction)
+    return (x1, *(jax.nn.softmax(l, -1) for l in logits))
+
+
 class MoleculeFlow(eqx.Module):
     """A generative model of molecules with up to ``max_atoms`` atoms over ``vocabulary``.
 
     **Arguments:** `vocabulary`, `max_atoms`, `atom_counts` (how often each number of atoms
     occurs in the training data; sampling draws the size from it), `key`, `prior_scale` (Å, the
-    standard deviation of the positions' Gaussian prior), and the network's keyword arguments.
+    standard deviation of the positions' Gaussian prior), `self_conditioning` (the network reads
+    its previous prediction: at every sampling step, and in half the training examples), and the
+    network's keyword arguments.
     """
 
     network: EquivariantNetwork
@@ -60,7 +69,7 @@ class MoleculeFlow(eqx.Module):
     prior_scale: float = eqx.field(static=True)
 
     def __init__(self, vocabulary: Vocabulary, max_atoms: int, atom_counts, *, key, prior_scale: float = 1.0,
-                 **network_kwargs):
+                 self_conditioning: bool = True, **network_kwargs):
         self.vocabulary, self.max_atoms, self.prior_scale = vocabulary, int(max_atoms), float(prior_scale)
         counts = np.zeros(self.max_atoms + 1)
         counts[: len(atom_counts)] = np.asarray(atom_counts, np.float64)[: self.max_atoms + 1]
@@ -69,7 +78,8 @@ class MoleculeFlow(eqx.Module):
         self.atom_counts = tuple(float(c) for c in counts / counts.sum())
         a, c, b = len(vocabulary.elements), len(vocabulary.charges), len(BOND_ORDERS)
         # inputs have one more class each, the mask token; outputs predict the clean classes only
-        self.network = EquivariantNetwork(a + 1, c + 1, b + 1, key=key, out_sizes=(a, c, b), **network_kwargs)
+        self.network = EquivariantNetwork(a + 1, c + 1, b + 1, key=key, out_sizes=(a, c, b),
+                                          self_conditioning=self_conditioning, **network_kwargs)
 
     @property
     def paths(self) -> tuple[MixturePath, MixturePath, MixturePath]:
@@ -77,10 +87,11 @@ class MoleculeFlow(eqx.Module):
         return (MixturePath(len(self.vocabulary.elements)), MixturePath(len(self.vocabulary.charges)),
                 MixturePath(len(BOND_ORDERS)))
 
-    def predict(self, x, types, charges, bonds, mask, t):
+    def predict(self, x, types, charges, bonds, mask, t, previous=None):
         """The network's clean-molecule prediction: ``(x̂₁, atom, charge, bond logits)`` with
-        known (unmasked) tokens carried over as certain."""
-        out = self.network(x, types, charges, bonds, mask, t)
+        known (unmasked) tokens carried over as certain. ``previous`` is an earlier prediction in
+        the form :func:`as_previous` gives (read only with self-conditioning)."""
+        out = self.network(x, types, charges, bonds, mask, t, previous)
         x1 = x + out["velocity"]
 
         def carry(logits, tokens, path):
@@ -91,6 +102,12 @@ class MoleculeFlow(eqx.Module):
         p_a, p_c, p_b = self.paths
         return (x1, carry(out["atom_logits"], types, p_a), carry(out["charge_logits"], charges, p_c),
                 carry(out["bond_logits"], bonds, p_b))
+
+    def no_prediction(self, x):
+        """The self-conditioning input before any prediction: ``x̂₁ = x`` and zero probabilities."""
+        n = x.shape[0]
+        a, c, b = self.network.out_sizes
+        return (x, jnp.zeros((n, a), x.dtype), jnp.zeros((n, c), x.dtype), jnp.zeros((n, n, b), x.dtype))
 
     # ---- sampling ---------------------------------------------------------------------------
 
@@ -130,20 +147,24 @@ class MoleculeFlow(eqx.Module):
             return jnp.where(jump, draw, tokens)
 
         def step(state, inputs):
-            x, types, charges, bonds = state
+            x, types, charges, bonds, previous = state
             k, key = inputs
             t = k * h
-            x1, a_logits, c_logits, b_logits = self.predict(x, types, charges, bonds, mask, t)
+            prediction = self.predict(x, types, charges, bonds, mask, t, previous)
+            x1, a_logits, c_logits, b_logits = prediction
             x = centre(x + h * (x1 - x) / (1 - t), maskf)
             ka, kc, kb = jax.random.split(key, 3)
             types = unmask(ka, types, a_logits, p_a, t)
             charges = unmask(kc, charges, c_logits, p_c, t)
             bonds = unmask(kb, bonds, b_logits, p_b, t, symmetric=True)
-            return (x, types, charges, bonds), None
+            return (x, types, charges, bonds, as_previous(prediction)), None
 
-        (x, types, charges, bonds), _ = jax.lax.scan(
-            step, (x, types, charges, bonds), (jnp.arange(steps - 1, dtype=jnp.float32), jax.random.split(k_steps, steps - 1)))
-        x1, a_logits, c_logits, b_logits = self.predict(x, types, charges, bonds, mask, (steps - 1) * h)
+        # the first step sees "no prediction yet", as half the training examples do
+        first = (x, types, charges, bonds, self.no_prediction(x))
+        state, _ = jax.lax.scan(step, first, (jnp.arange(steps - 1, dtype=jnp.float32),
+                                              jax.random.split(k_steps, steps - 1)))
+        x, types, charges, bonds, previous = state
+        x1, a_logits, c_logits, b_logits = self.predict(x, types, charges, bonds, mask, (steps - 1) * h, previous)
         bond_mode = jnp.argmax(b_logits, -1)
         bonds = jnp.where(pair, jnp.triu(bond_mode, 1) + jnp.triu(bond_mode, 1).T, 0)
         return MolecularGraph(centre(x1, maskf), jnp.where(mask, jnp.argmax(a_logits, -1), 0),
@@ -211,7 +232,7 @@ class MoleculeFlowMatching(eqx.Module):
         mask = g.mask.astype(bool)
         maskf = mask.astype(jnp.float32)
         pair = mask[:, None] & mask[None] & ~jnp.eye(n, dtype=bool)
-        k_x, k_t, k_a, k_c, k_b = jax.random.split(key, 5)
+        k_x, k_t, k_a, k_c, k_b, k_sc = jax.random.split(key, 6)
         x1 = centre(g.positions, maskf)
         x0 = centre(model.prior_scale * jax.random.normal(k_x, (n, 3)), maskf)
         if self.permute:  # prior atoms are exchangeable: pair each real atom with its nearest-in-sum partner
@@ -225,7 +246,12 @@ class MoleculeFlowMatching(eqx.Module):
         types = jnp.where(keep(k_a, (n,)) | ~mask, g.atom_types, p_a.mask_token)
         charges = jnp.where(keep(k_c, (n,)) | ~mask, g.charges, p_c.mask_token)
         bonds = jnp.where((symmetric_uniform(k_b, n) < p_b.kappa(t)[0]) | ~pair, g.bonds, p_b.mask_token)
-        x_hat, a_logits, c_logits, b_logits = model.predict(xt, types, charges, bonds, mask, t)
+        previous = model.no_prediction(xt)
+        if model.network.self_conditioning:  # half the time, first predict without, then feed that in
+            first = as_previous(model.predict(xt, types, charges, bonds, mask, t, previous))
+            use = jax.random.bernoulli(k_sc, 0.5)
+            previous = jax.tree.map(lambda a, b: jnp.where(use, a, b), first, previous)
+        x_hat, a_logits, c_logits, b_logits = model.predict(xt, types, charges, bonds, mask, t, previous)
 
         def masked_ce(logits, target, where):
             nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), target[..., None], -1)[..., 0]

@@ -95,28 +95,29 @@ def stability(graphs: MolecularGraph | list[MolecularGraph], vocabulary: Vocabul
 
 def molecule_metrics(graphs: MolecularGraph | list[MolecularGraph], vocabulary: Vocabulary,
                      train_smiles: list[str] | None = None) -> dict:
-    """Stability (both modes), and RDKit validity (sanitizes, one connected fragment), uniqueness
-    among the valid, ``validity × uniqueness`` and novelty against ``train_smiles``; a molecule
-    RDKit rejects is counted, never raised on."""
+    """Stability (both modes); validity as EDM computes it (RDKit sanitizes the molecule; its
+    largest fragment is the molecule's SMILES), connectivity (valid and one fragment), uniqueness
+    among the valid, ``validity × uniqueness`` and novelty against ``train_smiles``. A molecule
+    RDKit rejects is counted under its error in ``failures``, never raised on."""
     from rdkit import Chem
 
     from .chemistry import graph_to_mol, mol_to_smiles
 
     graphs = unstack_graphs(graphs) if isinstance(graphs, MolecularGraph) else graphs
-    smiles, errors = [], {}
+    smiles, errors, connected = [], {}, 0
     for g in graphs:
         mol, error = graph_to_mol(g, vocabulary)
-        if error is None and len(Chem.GetMolFrags(mol)) != 1:
-            error = "disconnected"
         if error is None:
-            smiles.append(mol_to_smiles(mol))
+            smiles.append(mol_to_smiles(mol, largest_fragment=True))
+            connected += len(Chem.GetMolFrags(mol)) == 1
         else:  # one count per kind of failure: atom indices and valences folded away
             key = re.sub(r"\d+", "N", error)[:80]
             errors[key] = errors.get(key, 0) + 1
     n = max(len(graphs), 1)
     unique = set(smiles)
-    out = {"molecules": len(graphs), "validity": len(smiles) / n, "uniqueness": len(unique) / max(len(smiles), 1),
-           "validity_x_uniqueness": len(unique) / n, "failures": errors}
+    out = {"molecules": len(graphs), "validity": len(smiles) / n, "connectivity": connected / n,
+           "uniqueness": len(unique) / max(len(smiles), 1), "validity_x_uniqueness": len(unique) / n,
+           "failures": errors}
     if train_smiles is not None:
         out["novelty"] = len(unique - set(train_smiles)) / max(len(unique), 1)
     for mode in ("explicit", "edm"):

@@ -13,6 +13,12 @@ Outputs, for one molecule (``vmap`` for batches):
 - ``velocity (N, 3)``: equivariant under rotations and reflections, invariant under
   translations; zero at padding and with zero centre of mass.
 Permuting the atoms permutes every output the same way.
+
+With ``self_conditioning=True`` the network also reads its own previous prediction of the clean
+molecule (FlowMol3, after Chen et al.'s self-conditioning): the predicted displacement ``x̂₁ − x``
+enters as the first ``1o`` channel, the predicted atom/charge probabilities as scalars, and the
+predicted bond probabilities with a radial basis of the predicted distances as edge features —
+all invariant or equivariant as the other inputs, so the symmetries above still hold.
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ class EquivariantNetwork(eqx.Module):
     charge_head: MLP
     bond_head: MLP
     velocity_head: e3nn.equinox.Linear
+    self_condition_scalars: MLP | None
+    self_condition_edges: MLP | None
     irreps: str = eqx.field(static=True)
     radial: int = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
@@ -109,8 +117,8 @@ class EquivariantNetwork(eqx.Module):
 
     def __init__(self, num_atom_types: int, num_charges: int, num_bond_orders: int, *, key, scalars: int = 64,
                  vectors: int = 16, layers: int = 4, radial: int = 16, cutoff: float = 10.0, time_embedding: int = 16,
-                 out_sizes: tuple[int, int, int] | None = None):
-        keys = jax.random.split(key, 9)
+                 out_sizes: tuple[int, int, int] | None = None, self_conditioning: bool = False):
+        keys = jax.random.split(key, 11)
         self.irreps = f"{scalars}x0e+{vectors}x1o+{vectors}x1e"
         self.radial, self.cutoff, self.time_embedding = radial, float(cutoff), time_embedding
         self.out_sizes = out_sizes or (num_atom_types, num_charges, num_bond_orders)
@@ -124,9 +132,21 @@ class EquivariantNetwork(eqx.Module):
         self.charge_head = MLP(scalars, self.out_sizes[1], scalars, 1, key=keys[6], activation="silu")
         self.bond_head = MLP(edge, self.out_sizes[2], 64, 1, key=keys[7], activation="silu")
         self.velocity_head = e3nn.equinox.Linear(irreps_in=self.irreps, irreps_out="1x1o", key=keys[8])
+        self.self_condition_scalars = self.self_condition_edges = None
+        if self_conditioning:
+            a, c, b = self.out_sizes
+            self.self_condition_scalars = MLP(a + c, scalars, scalars, 1, key=keys[9], activation="silu")
+            self.self_condition_edges = MLP(radial + b, edge, 64, 1, key=keys[10], activation="silu")
+
+    @property
+    def self_conditioning(self) -> bool:
+        return self.self_condition_scalars is not None
 
     def __call__(self, positions: Float[Array, "N 3"], atom_types: Int[Array, " N"], charges: Int[Array, " N"],
-                 bonds: Int[Array, "N N"], mask: Bool[Array, " N"], t) -> dict:
+                 bonds: Int[Array, "N N"], mask: Bool[Array, " N"], t, previous=None) -> dict:
+        """``previous``: ``(x̂₁ (N, 3), atom probs (N, A), charge probs (N, C), bond probs (N, N, B))``
+        from an earlier call, or None (no prediction yet: read as zeros). Only a network built
+        with ``self_conditioning=True`` reads it."""
         n = positions.shape[0]
         maskf = mask.astype(positions.dtype)
         pair_mask = maskf[:, None] * maskf[None] * (1 - jnp.eye(n, dtype=positions.dtype))
@@ -135,9 +155,11 @@ class EquivariantNetwork(eqx.Module):
         pair_mask = pair_mask * (dist < self.cutoff)
         scalars = (self.atom_embed[atom_types] + self.charge_embed[charges]
                    + self.time_mlp(time_features(t, self.time_embedding))) * maskf[:, None]
-        h = e3nn.IrrepsArray(self.irreps, jnp.concatenate(
-            [scalars, jnp.zeros((n, e3nn.Irreps(self.irreps).dim - scalars.shape[-1]), positions.dtype)], -1))
+        vectors = jnp.zeros((n, e3nn.Irreps(self.irreps).dim - scalars.shape[-1]), positions.dtype)
         edges = jnp.concatenate([radial_basis(dist, self.radial, self.cutoff), self.bond_embed[bonds]], -1)
+        if self.self_conditioning:
+            scalars, vectors, edges = self._read_previous(previous, positions, scalars, vectors, edges, maskf)
+        h = e3nn.IrrepsArray(self.irreps, jnp.concatenate([scalars, vectors], -1))
         edges = edges * pair_mask[..., None]
         def apply(layer, carry, _):
             h, edges = layer(*carry, rel, dist, pair_mask)
@@ -150,3 +172,19 @@ class EquivariantNetwork(eqx.Module):
         return {"atom_logits": jax.vmap(self.atom_head)(s), "charge_logits": jax.vmap(self.charge_head)(s),
                 "bond_logits": jax.vmap(jax.vmap(self.bond_head))(edges),
                 "velocity": velocity * maskf[:, None]}
+
+    def _read_previous(self, previous, positions, scalars, vectors, edges, maskf):
+        """Add the previous prediction to the initial node scalars, vectors and edge features."""
+        n = positions.shape[0]
+        a, c, b = self.out_sizes
+        if previous is None:  # as MoleculeFlow.no_prediction
+            previous = (positions, jnp.zeros((n, a), positions.dtype), jnp.zeros((n, c), positions.dtype),
+                        jnp.zeros((n, n, b), positions.dtype))
+        x1, atom_probs, charge_probs, bond_probs = previous
+        scalars = scalars + jax.vmap(self.self_condition_scalars)(
+            jnp.concatenate([atom_probs, charge_probs], -1)) * maskf[:, None]
+        vectors = vectors.at[:, :3].set((x1 - positions) * maskf[:, None])  # the first 1o channel
+        rel = x1[None, :] - x1[:, None]
+        dist = jnp.sqrt(jnp.sum(rel**2, -1) + 1e-12)
+        pair = jnp.concatenate([radial_basis(dist, self.radial, self.cutoff), bond_probs], -1)
+        return scalars, vectors, edges + jax.vmap(jax.vmap(self.self_condition_edges))(pair)

@@ -57,9 +57,10 @@ def test_metrics_count_broken_molecules():
     five[c0, h] = five[h, c0] = 1
     pentavalent = MolecularGraph(good.positions, good.atom_types, good.charges, five, good.mask)
     m = molecule_metrics([good, missing_h, pentavalent], vocab, train_smiles=["CCO"])
-    assert m["molecules"] == 3 and m["validity"] == pytest.approx(1 / 3)  # disconnected H; valence error
-    assert sum(m["failures"].values()) == 2 and m["failures"].get("disconnected") == 1, m["failures"]
-    assert m["novelty"] == 0.0
+    assert m["molecules"] == 3 and m["validity"] == pytest.approx(2 / 3)  # a lone H is valid (largest fragment)
+    assert m["connectivity"] == pytest.approx(1 / 3)  # but not connected
+    assert sum(m["failures"].values()) == 1 and "valence" in next(iter(m["failures"])), m["failures"]
+    assert m["novelty"] == pytest.approx(0.5) and m["uniqueness"] == 1.0  # CCO is known, the radical is new
     s = stability([good, missing_h, pentavalent], vocab, "explicit")
     assert s["molecule_stability"] == pytest.approx(1 / 3)
     assert s["atom_stability"] == pytest.approx((9 + 7 + 7) / 27)
@@ -100,7 +101,8 @@ def network_and_graph():
     from molecules.network import EquivariantNetwork
 
     graph = graph_from_smiles("[NH3+]CC(=O)[O-]", QM9_VOCABULARY, max_atoms=14)  # 10 atoms + 4 padding slots
-    net = EquivariantNetwork(6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0)
+    net = EquivariantNetwork(6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0,
+                             self_conditioning=True)
     return net, graph
 
 
@@ -111,18 +113,26 @@ def test_network_is_e3_and_permutation_equivariant(network_and_graph):
 
     net, g = network_and_graph
     with jax.enable_x64(True):
-        f = jax.jit(lambda x, a, c, b, m: net(x, a, c, b, m, 0.3))
         x, a, c, b, m = (jnp.asarray(v) for v in (np.asarray(g.positions, np.float64), g.atom_types, g.charges, g.bonds, g.mask))
-        out = f(x, a, c, b, m)
+        # a previous prediction to self-condition on: moved positions and random probabilities
+        n = len(m)
+        probs = [jax.nn.softmax(jax.random.normal(jax.random.key(20 + i), s, jnp.float64))
+                 for i, s in enumerate([(n, 6), (n, 4), (n, n, 5)])]
+        probs[2] = (probs[2] + jnp.swapaxes(probs[2], 0, 1)) / 2
+        x1_prev = x + 0.3 * jax.random.normal(jax.random.key(30), x.shape, jnp.float64)
+        f = jax.jit(lambda x, a, c, b, m, x1p, *p: net(x, a, c, b, m, 0.3, (x1p, *p)))
+        out = f(x, a, c, b, m, x1_prev, *probs)
+        assert np.abs(np.asarray(out["velocity"] - net(x, a, c, b, m, 0.3)["velocity"])).max() > 1e-4  # it reads them
         for k in range(3):
             r = e3nn.rand_matrix(jax.random.key(k), (), dtype=jnp.float64) * (-1) ** k  # rotations and reflections
             shift = jax.random.normal(jax.random.key(10 + k), (3,), jnp.float64) * 3
-            moved = f(x @ r.T + shift, a, c, b, m)
+            moved = f(x @ r.T + shift, a, c, b, m, x1_prev @ r.T + shift, *probs)
             for name in ("atom_logits", "charge_logits", "bond_logits"):
                 np.testing.assert_allclose(moved[name], out[name], atol=1e-5)
             np.testing.assert_allclose(moved["velocity"], out["velocity"] @ r.T, atol=1e-5)
         perm = np.random.default_rng(0).permutation(len(m))
-        permuted = f(x[perm], a[perm], c[perm], b[perm][:, perm], m[perm])
+        permuted = f(x[perm], a[perm], c[perm], b[perm][:, perm], m[perm], x1_prev[perm], probs[0][perm], probs[1][perm],
+                     probs[2][perm][:, perm])
         np.testing.assert_allclose(permuted["atom_logits"], out["atom_logits"][perm], atol=1e-6)
         np.testing.assert_allclose(permuted["bond_logits"], out["bond_logits"][perm][:, perm], atol=1e-6)
         np.testing.assert_allclose(permuted["velocity"], out["velocity"][perm], atol=1e-6)

@@ -9,12 +9,15 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 QM9_FIXTURE = Path(__file__).parent / "qm9_smiles_sample.txt"  # the suite never needs qm9pack
+QM9_MOLECULES = Path(__file__).parent / "qm9_sample.csv"
 SMALL = {
     "01-classic-flows.ipynb": "STEPS_2D = 100\nSTEPS_DIGITS = 30\nDATA_2D = 'moons'\nN_TEST = 2000",
     "03-continuous-flows.ipynb": "STEPS_CNF = 20\nSTEPS_FM = 100\nSTEPS_REFLOW = 50\nDATA = '8gaussians'\nN_EVAL = 300\nGRID = 20",
     "04-riemannian-flows.ipynb": "STEPS_EARTH = 30\nSTEPS_SO3 = 30\nWIDTH = 32\nN_EVAL = 200\nMAP = 20",
     "05-discrete-flows.ipynb": f"STEPS_TOY = 30\nSTEPS_SORTED = 30\nSTEPS_QM9 = 20\nQM9_DIM, QM9_DEPTH = 32, 1\n"
                                f"QM9_PATH = {str(QM9_FIXTURE)!r}\nN_SAMPLES = 300\nN_ELBO = 100",
+    "06-molecules.ipynb": f"QM9_PATH = {str(QM9_MOLECULES)!r}\nSUBSET = 200\nSTEPS = 10\nSCALARS, VECTORS, LAYERS = 8, 2, 1\n"
+                          "N_SAMPLES = 6\nSAMPLING_STEPS = 5",
 }
 
 
