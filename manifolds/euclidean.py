@@ -39,6 +39,45 @@ class Euclidean(Manifold):
         return _normal_log_prob(x - mean, sigma)
 
 
+class CentredPoints(Manifold):
+    """``n`` points in ℝᵈ with their mean at the origin: the linear subspace of ℝ^{n×d} of
+    dimension ``(n − 1) d`` on which centred data (a protein fragment's residue positions, a
+    molecule's atoms) live. Points have shape ``(n, d)``; projection removes the mean. A flow
+    whose velocity is projected here has its divergence and its Gaussian prior on the subspace,
+    so likelihoods of centred data are proper densities (against ``(n − 1) d``-dim volume)."""
+
+    n: int = eqx.field(static=True)
+    d: int = eqx.field(static=True)
+    shape: tuple[int, ...] = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+
+    def __init__(self, n: int, d: int = 3):
+        if n < 2:
+            raise ValueError(f"CentredPoints needs at least 2 points, got {n}")
+        self.n, self.d, self.shape, self.dim = n, d, (n, d), (n - 1) * d
+
+    def exp(self, x, v):
+        return x + v
+
+    def log(self, x, y):
+        return y - x
+
+    def proj(self, x):
+        return x - jnp.mean(x, axis=0)
+
+    def to_tangent(self, x, v):
+        return v - jnp.mean(v, axis=0)
+
+    def belongs(self, x, atol=1e-5):
+        return jnp.all(jnp.isfinite(x)) & jnp.all(jnp.abs(jnp.mean(x, axis=0)) < atol)
+
+    def wrapped_normal_log_prob(self, mean, x, sigma):
+        """The isotropic Gaussian of the subspace: ``‖x − mean‖²`` is already the squared norm
+        in orthonormal coordinates of the subspace; the normaliser has ``(n − 1) d`` dimensions."""
+        v = x - mean
+        return -0.5 * jnp.sum(v**2) / sigma**2 - 0.5 * self.dim * jnp.log(2 * jnp.pi * sigma**2)
+
+
 def _normal_log_prob(v, sigma):
     """``log N(v; 0, σ² I)`` summed over the last axis."""
     return jnp.sum(-0.5 * (v / sigma) ** 2 - 0.5 * jnp.log(2 * jnp.pi * sigma**2), axis=-1)

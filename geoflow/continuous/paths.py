@@ -10,6 +10,7 @@ function.
 from __future__ import annotations
 
 import abc
+import math
 
 import equinox as eqx
 import jax
@@ -69,8 +70,19 @@ class Cosine(Scheduler):
         return jnp.sin(0.5 * jnp.pi * t), jnp.cos(0.5 * jnp.pi * t)
 
 
+class Exponential(Scheduler):
+    """``α = (1 − e^{−rt}) / (1 − e^{−r})``, ``σ = 1 − α``: most of the way early (rate ``r``),
+    as FrameFlow moves rotations faster than translations."""
+
+    rate: float = eqx.field(static=True, default=10.0)
+
+    def __call__(self, t):
+        a = -jnp.expm1(-self.rate * t) / -math.expm1(-self.rate)
+        return a, 1 - a
+
+
 SCHEDULERS = {"cond-ot": CondOT, "linear": CondOT, "polynomial": Polynomial,
-              "vp": VariancePreserving, "cosine": Cosine}
+              "vp": VariancePreserving, "cosine": Cosine, "exponential": Exponential}
 
 
 class AffinePath(eqx.Module):

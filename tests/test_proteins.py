@@ -1,0 +1,208 @@
+"""Protein backbones: frame geometry, PDB and fragment data, the equivariant frame network,
+SO(3) path targets, exact likelihoods on SO(3)ᴸ × centred ℝ^{3L}, and backbone metrics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from manifolds import SO3, CentredPoints
+from molecules.proteins import (FrameFlowMatching, FrameNetwork, backbone_dihedrals, backbone_from_dihedrals,
+                                backbone_from_frames, backbone_metrics, ca_ca_distances, clashes, cut_fragments,
+                                dihedral, frame_manifold, frameflow, frames_from_backbone, load_chains,
+                                load_fragments, place_atom, points_from_backbones, radius_of_gyration,
+                                ramachandran_js, read_pdb, rotation_path, sample_backbones, secondary_structure,
+                                write_pdb)
+
+HELIX = np.radians([-57.0, -47.0])
+STRAND = np.radians([-139.0, 135.0])
+
+
+def chain(angles, n=20):
+    return backbone_from_dihedrals(np.full(n, angles[0]), np.full(n, angles[1]))
+
+
+def random_frames(key, n):
+    k1, k2 = jax.random.split(key)
+    return SO3().random_uniform(k1, (n,)), 5.0 * jax.random.normal(k2, (n, 3), jnp.float64)
+
+
+def test_nerf_places_atoms_with_the_requested_internal_coordinates():
+    with jax.enable_x64(True):
+        a, b, c = (jnp.asarray(v, jnp.float64) for v in ([0.3, 1.2, -0.4], [0.0, 0.0, 0.0], [1.5, 0.1, 0.2]))
+        d = place_atom(a, b, c, 1.33, np.radians(116.0), np.radians(-62.0))
+        u, v = b - c, d - c
+        assert float(jnp.linalg.norm(v)) == pytest.approx(1.33, abs=1e-9)
+        assert float(jnp.degrees(jnp.arccos(u @ v / jnp.linalg.norm(u) / jnp.linalg.norm(v)))) == pytest.approx(116.0, abs=1e-7)
+        assert float(jnp.degrees(dihedral(a, b, c, d))) == pytest.approx(-62.0, abs=1e-7)
+    bb = chain(HELIX)
+    phi, psi = backbone_dihedrals(jnp.asarray(bb))
+    np.testing.assert_allclose(np.degrees(np.asarray(phi[1:])), -57.0, atol=1e-3)
+    np.testing.assert_allclose(np.degrees(np.asarray(psi[:-1])), -47.0, atol=1e-3)
+    np.testing.assert_allclose(ca_ca_distances(bb[None]), 3.80, atol=0.01)  # trans peptides
+
+
+def test_frames_to_atoms_to_frames_round_trip():
+    with jax.enable_x64(True):
+        for k in range(3):
+            r, t = random_frames(jax.random.key(k), 12)
+            atoms = backbone_from_frames(r, t)
+            r2, t2 = frames_from_backbone(atoms)
+            np.testing.assert_allclose(r2, r, atol=1e-10)
+            np.testing.assert_allclose(t2, t, atol=1e-10)
+        # and real backbones: ideal geometry puts N, C and O within a fraction of an Ångström
+        real = jnp.asarray(load_chains()[0]["backbone"][:80], jnp.float64)
+        rebuilt = backbone_from_frames(*frames_from_backbone(real))
+        error = np.linalg.norm(np.asarray(rebuilt - real), axis=-1).mean(0)
+        assert error[1] == 0 and error[0] < 0.2 and error[2] < 0.05 and error[3] < 0.25, error
+        # ψ given explicitly: O at ψ + π from N (the peptide plane)
+        psi = jnp.full(12, 0.7)
+        atoms = backbone_from_frames(*random_frames(jax.random.key(5), 12), psi=psi)
+        np.testing.assert_allclose(dihedral(atoms[:, 0], atoms[:, 1], atoms[:, 2], atoms[:, 3]), 0.7 - np.pi, atol=1e-9)
+
+
+def test_pdb_round_trip_and_bad_files(tmp_path):
+    bb = chain(HELIX, 9)
+    write_pdb(tmp_path / "helix.pdb", bb, sequence="ACDEFGHIK")
+    (c,) = read_pdb(tmp_path / "helix.pdb")
+    np.testing.assert_allclose(c["backbone"], bb, atol=1e-3)  # PDB keeps 3 decimals
+    assert c["sequence"] == "ACDEFGHIK" and list(c["resnum"]) == list(range(1, 10))
+    assert load_chains(tmp_path)[0]["name"] == "helix_A"  # a folder of PDB files
+    with pytest.raises(FileNotFoundError, match="no PDB file"):
+        read_pdb(tmp_path / "missing.pdb")
+    (tmp_path / "empty.pdb").write_text("HEADER nothing here\nEND\n")
+    with pytest.raises(ValueError, match="N, CA, C, O"):
+        read_pdb(tmp_path / "empty.pdb")
+    with pytest.raises(ValueError, match=r"\(L, 4, 3\)"):
+        write_pdb(tmp_path / "x.pdb", bb[:, :3])
+    np.savez(tmp_path / "bad.npz", names=np.array(["a"]), lengths=np.array([3]))
+    with pytest.raises(ValueError, match="lacks"):
+        load_chains(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError, match="no backbone file"):
+        load_chains(tmp_path / "nothing.npz")
+
+
+def test_fragments_split_at_chain_breaks_and_are_centred():
+    bb = chain(STRAND, 30)
+    broken = bb.copy()
+    broken[15:] += np.array([10.0, 0, 0], np.float32)  # a gap between residues 14 and 15
+    frags = cut_fragments([{"backbone": broken}], 8, stride=1)
+    assert len(frags) == 2 * (15 - 8 + 1)  # nothing spans the gap
+    np.testing.assert_allclose(frags[:, :, 1].mean(1), 0, atol=1e-5)
+    assert ca_ca_distances(frags).max() < 4.0
+    data = load_fragments(16)
+    assert data.train.shape[1:] == (16, 4, 3) and len(data.test) > 0
+    assert not set(data.train_chains) & set(data.test_chains)  # held-out chains
+
+
+def test_frame_network_is_se3_equivariant():
+    with jax.enable_x64(True):
+        net = FrameNetwork(key=jax.random.key(0), width=32, pair=16, layers=2, heads=2, head_dim=8, num_points=2)
+        net = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx_is_float(a) else a, net)
+        r, t = random_frames(jax.random.key(1), 10)
+        t = t * 0.1
+        f = jax.jit(lambda r, t: net(0.4, r, t))
+        dr, dt = f(r, t)
+        assert float(jnp.abs(dt).max()) > 1e-3 and float(jnp.abs(dr).max()) > 1e-3
+        np.testing.assert_allclose(dt.mean(0), 0, atol=1e-12)  # stays centred
+        # tangent: Rᵀ Ṙ is antisymmetric
+        body = jnp.einsum("nba,nbc->nac", r, dr)
+        np.testing.assert_allclose(body, -jnp.swapaxes(body, 1, 2), atol=1e-12)
+        for k in range(3):
+            q = SO3().random_uniform(jax.random.key(10 + k)).astype(jnp.float64)
+            shift = jax.random.normal(jax.random.key(20 + k), (3,), jnp.float64)
+            dr2, dt2 = f(q @ r, t @ q.T + shift)
+            np.testing.assert_allclose(dr2, q @ dr, atol=1e-9)
+            np.testing.assert_allclose(dt2, dt @ q.T, atol=1e-9)
+
+
+def eqx_is_float(a):
+    return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "exponential"])
+def test_rotation_path_velocity_is_the_derivative_of_the_geodesic(scheduler):
+    from geoflow.continuous.paths import SCHEDULERS
+
+    sched = SCHEDULERS[scheduler]()
+    with jax.enable_x64(True):
+        so3 = SO3()
+        r0, r1 = so3.random_uniform(jax.random.key(0), (2,)).astype(jnp.float64)
+        for t in (0.1, 0.5, 0.9):
+            rt, target = rotation_path(r0, r1, jnp.float64(t), sched)
+            geodesic = lambda s: so3.exp(r0, sched(s)[0] * so3.log(r0, r1))
+            x, u = jax.jvp(geodesic, (jnp.float64(t),), (jnp.float64(1.0),))
+            np.testing.assert_allclose(rt, x, atol=1e-10)
+            np.testing.assert_allclose(target, u, atol=1e-8)
+        end, _ = rotation_path(r0, r1, jnp.float64(1.0), sched)
+        np.testing.assert_allclose(end, r1, atol=1e-8)
+
+
+def test_centred_gaussian_is_normalised_on_the_subspace():
+    m = CentredPoints(2, 1)  # one free coordinate u: x = u (1, −1)/√2
+    u = np.linspace(-12, 12, 4001)
+    x = jnp.asarray(u[:, None, None] * np.array([[1.0], [-1.0]]) / np.sqrt(2))
+    density = np.exp(np.asarray(jax.vmap(lambda p: m.wrapped_normal_log_prob(jnp.zeros((2, 1)), p, 1.7))(x)))
+    assert np.trapezoid(density, u) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_exact_log_prob_counts_only_the_centred_directions():
+    """A field that contracts translations by ``e^{−c}`` over unit time: the density of the pushed
+    prior gains ``c`` per dimension of the *centred* subspace, 3(L − 1), not 3L."""
+    import equinox as eqx
+
+    length, c = 4, 0.7
+    model = frameflow(jax.random.key(0), length, width=16, pair=8, layers=1, heads=1, head_dim=4, num_points=1)
+
+    class Contract(eqx.Module):
+        length: int = eqx.field(static=True)
+
+        def __call__(self, t, x, condition=None, *, keep=None):
+            return jnp.concatenate([jnp.zeros(9 * self.length), -c * x[9 * self.length :]])
+
+    from geoflow.continuous.ode import fixed
+    model = eqx.tree_at(lambda m: m.bijection.field, model, Contract(length))
+    model = eqx.tree_at(lambda m: m.bijection.solver, model, fixed(50, "tsit5"))
+    x = model.base.sample(jax.random.key(1), 3)
+    expected = model.base.log_prob(x.at[:, 9 * length :].multiply(np.exp(c))) + c * 3 * (length - 1)
+    np.testing.assert_allclose(model.log_prob(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_frame_flow_trains_and_samples_valid_frames():
+    import geoflow as gf
+
+    data = load_fragments(8, stride=4)
+    points = points_from_backbones(data.train)
+    manifold = frame_manifold(8)
+    assert bool(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(jnp.asarray(points)).all())
+    model = frameflow(jax.random.key(0), 8, width=32, pair=16, layers=1, heads=2, head_dim=8, num_points=2)
+    trained, hist = gf.fit(model, points, key=jax.random.key(1), loss=FrameFlowMatching(ot=True), steps=200,
+                           batch_size=32, learning_rate=2e-3, eval_every=50, val_fraction=0.0, progress=False)
+    # much of the rotation loss is irreducible (a uniform prior): a fifth off shows learning
+    assert hist.train_loss[-1] < 0.85 * hist.train_loss[0], hist.train_loss
+    from geoflow.continuous.matching import with_solver
+    from geoflow.continuous.ode import fixed
+    samples = with_solver(trained, fixed(10)).sample(jax.random.key(2), 5)
+    assert bool(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(samples).all())  # rotations, centred
+    backbones = sample_backbones(trained, jax.random.key(2), 5, steps=10)
+    assert backbones.shape == (5, 8, 4, 3) and np.all(np.isfinite(backbones))
+    lp = trained.log_prob(jnp.asarray(points[:2]))
+    assert lp.shape == (2,) and bool(jnp.all(jnp.isfinite(lp)))
+
+
+def test_backbone_metrics_on_known_structures():
+    helix, strand = chain(HELIX), chain(STRAND)
+    assert "".join(secondary_structure(helix)).count("a") >= 16
+    assert "".join(secondary_structure(strand)).count("b") >= 16
+    assert ramachandran_js(helix[None], helix[None]) == pytest.approx(0.0, abs=1e-12)
+    assert ramachandran_js(helix[None], strand[None]) > 0.5
+    # a hairpin folded back onto itself clashes
+    folded = helix.copy()
+    folded[10:, :, :] = folded[:10, :, :] + np.array([2.0, 0, 0], np.float32)
+    assert clashes(folded[None])[0] > 0 and clashes(helix[None])[0] == 0
+    np.testing.assert_allclose(radius_of_gyration(np.zeros((1, 3, 4, 3), np.float32) + np.array([[[0.0, 0, 0]], [[3.0, 0, 0]], [[6.0, 0, 0]]])[None]),
+                               np.sqrt(6.0), rtol=1e-6)
+    m = backbone_metrics(np.stack([helix, strand]), np.stack([helix, strand]))
+    assert m["ramachandran_js"] == pytest.approx(0.0, abs=1e-12) and m["samples"]["ca_ca_within_0.1"] == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        backbone_metrics(np.full((1, 5, 4, 3), np.nan))
