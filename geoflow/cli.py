@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="output .npy file")
 
     from .cli_molecules import add_parser as add_molecules_parser
+    from .cli_proteins import add_parser as add_proteins_parser
 
     add_molecules_parser(sub, _choice)
+    add_proteins_parser(sub, _choice)
 
     e = sub.add_parser("eval", help="test NLL of a trained run on a data set or file")
     e.add_argument("--run", type=Path, required=True)
@@ -320,6 +322,10 @@ def main(argv=None) -> int:
             from .cli_molecules import COMMANDS
 
             COMMANDS[args.molecules_command](args)
+        elif args.command == "proteins":
+            from .cli_proteins import COMMANDS
+
+            COMMANDS[args.proteins_command](args)
         else:
             {"fit": cmd_fit, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
     except (UsageError, ValueError, FileNotFoundError) as e:

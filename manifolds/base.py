@@ -8,6 +8,7 @@ SO(3) matrices). A manifold holds no arrays, only static sizes, so it can sit in
 from __future__ import annotations
 
 import abc
+import math
 
 import equinox as eqx
 import jax
@@ -88,14 +89,16 @@ class Manifold(eqx.Module):
         ``exp_mean``, each divided by the Jacobian of ``exp``."""
         raise TypeError(f"{type(self).__name__} has no closed-form wrapped normal density")
 
-    def divergence_projector(self, x):
-        """``P(x)`` as a matrix on the flattened ambient space: the Riemannian divergence of a
-        tangent field ``v`` is ``tr(P ∂v/∂x)`` with the ambient Jacobian."""
-        n = 1
-        for s in self.shape:
-            n *= s
+    def tangent_basis(self, x):
+        """``(dim, *shape)``: an orthonormal basis (ambient dot product) of the tangent space at
+        ``x``; the Riemannian divergence of a tangent field is ``Σᵢ eᵢᵀ J eᵢ`` over it. The
+        default takes the ``dim`` leading eigenvectors of the tangent projection's matrix;
+        manifolds with a closed form override it (fewer directions pushed through the field)."""
+        n = math.prod(self.shape)
         basis = jnp.eye(n, dtype=x.dtype).reshape(n, *self.shape)
-        return jax.vmap(lambda e: self.to_tangent(x, e).reshape(-1))(basis).T
+        projector = jax.vmap(lambda e: self.to_tangent(x, e).reshape(-1))(basis).T
+        _, vectors = jnp.linalg.eigh(0.5 * (projector + projector.T))
+        return vectors[:, n - self.dim :].T.reshape(self.dim, *self.shape)
 
     def check(self, x, name: str = "x", atol: float = 1e-4):
         """``x`` (any leading batch axes) with a clear error if it is off the manifold."""

@@ -7,6 +7,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .base import Manifold
 
@@ -37,6 +38,9 @@ class Euclidean(Manifold):
 
     def wrapped_normal_log_prob(self, mean, x, sigma):
         return _normal_log_prob(x - mean, sigma)
+
+    def tangent_basis(self, x):
+        return jnp.eye(self.dim, dtype=x.dtype)
 
 
 class CentredPoints(Manifold):
@@ -70,6 +74,16 @@ class CentredPoints(Manifold):
 
     def belongs(self, x, atol=1e-5):
         return jnp.all(jnp.isfinite(x)) & jnp.all(jnp.abs(jnp.mean(x, axis=0)) < atol)
+
+    def tangent_basis(self, x):
+        """``(n − 1) d`` orthonormal zero-mean directions: Helmert's contrasts in each coordinate."""
+        n, d = self.n, self.d
+        helmert = np.zeros((n - 1, n))
+        for k in range(1, n):  # (1, …, 1, −k, 0, …) / √(k(k+1))
+            helmert[k - 1, :k], helmert[k - 1, k] = 1.0, -k
+            helmert[k - 1] /= np.sqrt(k * (k + 1))
+        basis = np.einsum("kn,de->kdne", helmert, np.eye(d)).reshape((n - 1) * d, n, d)
+        return jnp.asarray(basis, x.dtype)
 
     def wrapped_normal_log_prob(self, mean, x, sigma):
         """The isotropic Gaussian of the subspace: ``‖x − mean‖²`` is already the squared norm

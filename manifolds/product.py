@@ -74,6 +74,15 @@ class Product(Manifold):
         return jnp.sqrt(sum(s**2 * f.dist(p, q) ** 2
                             for f, s, p, q in zip(self.factors, self.scales, self.split(x), self.split(y))) + 1e-30)
 
+    def tangent_basis(self, x):
+        """The factors' bases, each padded with zeros to the other factors' coordinates."""
+        blocks, start = [], 0
+        for f, p in zip(self.factors, self.split(x)):
+            b = f.tangent_basis(p).reshape(f.dim, -1)
+            blocks.append(jnp.pad(b, ((0, 0), (start, self.shape[0] - start - b.shape[1]))))
+            start += b.shape[1]
+        return jnp.concatenate(blocks, 0)
+
     def random_tangent_normal(self, key, x):
         # factor i's part is measured with weight sᵢ², so it gets standard deviation 1/sᵢ
         keys = jax.random.split(key, len(self.factors))
@@ -136,6 +145,12 @@ class Power(Manifold):
 
     def random_tangent_normal(self, key, x):
         return jax.vmap(self.manifold.random_tangent_normal)(jax.random.split(key, self.n), x)
+
+    def tangent_basis(self, x):
+        """Copy ``i``'s basis vectors, zero on the other copies: ``(n · dim, n, *shape)``."""
+        per_copy = jax.vmap(self.manifold.tangent_basis)(x)  # (n, k, *shape)
+        eye = jnp.eye(self.n, dtype=x.dtype).reshape(self.n, 1, self.n, *([1] * len(self.manifold.shape)))
+        return (eye * per_copy[:, :, None]).reshape(self.dim, *self.shape)
 
     def wrapped_normal_log_prob(self, mean, x, sigma):
         return jnp.sum(jax.vmap(lambda m, p: self.manifold.wrapped_normal_log_prob(m, p, sigma))(mean, x))

@@ -117,6 +117,10 @@ class SO3(Manifold):
     def dist(self, r, s):
         return jnp.sqrt(jnp.sum(matrix_to_rotvec(r.T @ s) ** 2) + 1e-30)
 
+    def tangent_basis(self, r):
+        """``R [eₖ]× / √2``: orthonormal under the ambient (Frobenius) dot product."""
+        return jnp.einsum("ij,kjl->kil", r, jax.vmap(hat)(jnp.eye(3, dtype=r.dtype))) / jnp.sqrt(2.0).astype(r.dtype)
+
     def random_tangent_normal(self, key, r):
         # ω ~ N(0, I₃) has Riemannian norm |ω| under ½ tr: the tangent vector is R [ω]×
         return r @ hat(jax.random.normal(key, (3,), r.dtype))

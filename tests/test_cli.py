@@ -127,6 +127,28 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
         assert len(err) == 1 and message in err[0], err
 
 
+def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
+    run, out = tmp_path / "frames", tmp_path / "samples"
+    assert main(["proteins", "train", "--length", "6", "--steps", "4", "--batch-size", "8", "--width", "16",
+                 "--layers", "1", "--rotation-rate", "10", "--ot", "--nll", "2", "--out", str(run), "--quiet"]) == 0
+    res = json.loads((run / "run.json").read_text())
+    assert res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
+    assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out)]) == 0
+    assert len(list(out.glob("*.pdb"))) == 3
+    capsys.readouterr()
+    assert main(["proteins", "evaluate", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["samples"]["fragments"] == 3 and m["length"] == 6 and 0 <= m["ramachandran_js"] <= np.log(2)
+    for argv, message in [(["proteins", "evaluate", str(tmp_path / "nothing")], "not a folder"),
+                          (["proteins", "evaluate", str(tmp_path)], "no .pdb files"),
+                          (["proteins", "train", "--length", "6", "--data-path", str(tmp_path / "x.npz")], "no backbone file"),
+                          (["proteins", "train", "--length", "900", "--steps", "1"], "no unbroken stretch of 900"),
+                          (["proteins", "sample", "--run", str(tmp_path), "--out", str(out)], "no model.eqx")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
     small = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *small]) == 0

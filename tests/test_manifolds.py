@@ -285,3 +285,27 @@ def test_rfm_on_the_torus_learns_a_checkerboard_and_integrates_to_one():
         assert float(density[dark].mean()) > 2 * float(density[~dark].mean())  # it learned the squares
         samples = model.sample(jax.random.key(2), 500)
         assert bool(jnp.all(jax.vmap(Torus(2).belongs)(samples)))
+
+
+def test_tangent_bases_are_orthonormal_and_span_the_tangent_projection():
+    """The exact Riemannian divergence pushes only these directions through the field."""
+    import jax
+    import jax.numpy as jnp
+
+    from manifolds import SO3, CentredPoints, Euclidean, Power, Product, Sphere, Torus
+    from manifolds.base import Manifold
+
+    with jax.enable_x64(True):
+        so3 = SO3().random_uniform(jax.random.key(0)).astype(jnp.float64)
+        sphere = Sphere(2).proj(jnp.array([0.3, -1.2, 0.5]))
+        cases = [(Euclidean(3), jnp.ones(3)), (Torus(2), jnp.ones(2)), (Sphere(2), sphere), (SO3(), so3),
+                 (CentredPoints(4, 3), CentredPoints(4, 3).proj(jnp.arange(12.0).reshape(4, 3) ** 1.5)),
+                 (Power(SO3(), 3), SO3().random_uniform(jax.random.key(1), (3,)).astype(jnp.float64)),
+                 (Product([Sphere(2), SO3()], scales=[1.0, 2.0]), jnp.concatenate([sphere, so3.reshape(-1)]))]
+        for m, x in cases:
+            n = int(np.prod(m.shape))
+            projector = jax.vmap(lambda e: m.to_tangent(x, e.reshape(m.shape)).reshape(-1))(jnp.eye(n)).T
+            for basis in (m.tangent_basis(x), Manifold.tangent_basis(m, x)):  # closed form and the default
+                b = np.asarray(basis).reshape(m.dim, n)
+                np.testing.assert_allclose(b @ b.T, np.eye(m.dim), atol=1e-12, err_msg=type(m).__name__)
+                np.testing.assert_allclose(b.T @ b, projector, atol=1e-12, err_msg=type(m).__name__)

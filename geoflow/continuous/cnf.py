@@ -48,10 +48,11 @@ def _divergence(t, z, args):
     f = lambda v: flow.velocity(t, v, condition)
     if flow.manifold is None:
         return exact_divergence(f, z) if eps is None else hutchinson_divergence(f, z, eps)
-    # on an embedded manifold div v = tr(P ∂v/∂x) with P the tangent projection at z; a
-    # Hutchinson probe projected to the tangent space has E[εεᵀ] = P and estimates the same
+    # on an embedded manifold div v = tr(P ∂v/∂x) with P the tangent projection at z: exactly,
+    # over an orthonormal tangent basis; a Hutchinson probe projected to the tangent space has
+    # E[εεᵀ] = P and estimates the same
     if eps is None:
-        return exact_divergence(f, z, flow.manifold.divergence_projector(z))
+        return exact_divergence(f, z, flow.manifold.tangent_basis(z))
     return hutchinson_divergence(f, z, flow.manifold.to_tangent(z, eps))
 
 
@@ -78,7 +79,7 @@ class ODEFlow(Bijection):
       ``"hutchinson-gaussian"`` or ``"hutchinson-rademacher"`` (one probe per solve, held
       fixed along it; the methods then need ``key=``).
     - `manifold`: ``None`` for ℝⁿ, or an embedded manifold (``to_tangent``, ``proj``,
-      ``divergence_projector``; see the ``manifolds`` package): the velocity is projected to the
+      ``tangent_basis``; see the ``manifolds`` package): the velocity is projected to the
       tangent space, the divergence is the Riemannian one and the end point is projected back
       onto the manifold. ℝⁿ is the flat special case of the same code.
     """

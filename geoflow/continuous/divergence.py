@@ -23,20 +23,20 @@ def probe(key, shape, kind: str):
     raise ValueError(f"unknown probe {kind!r}; expected 'gaussian' or 'rademacher'")
 
 
-def exact_divergence(f, x, projector=None):
+def exact_divergence(f, x, basis=None):
     """``(f(x), tr ∂f/∂x, ‖∂f/∂x‖²_F)`` by forward-mode columns of the Jacobian. ``x`` any shape.
 
-    With ``projector`` (the matrix ``P`` of the tangent projection on the flattened ambient
-    space) the trace and norm are those of ``P ∂f/∂x``: the Riemannian divergence of a tangent
-    field on an embedded manifold.
+    With ``basis`` (``(k, *x.shape)``, an orthonormal basis of the tangent space at ``x`` of an
+    embedded manifold) only the ``k`` tangent directions are pushed through:
+    ``tr = Σᵢ eᵢᵀ J eᵢ`` is the Riemannian divergence of a tangent field (the trace of ``P J``
+    with ``P = Σᵢ eᵢ eᵢᵀ``), and the norm is that of ``J`` on the tangent space.
     """
     flat = x.reshape(-1)
     fn = lambda v: f(v.reshape(x.shape)).reshape(-1)
     value, jvp = jax.linearize(fn, flat)
-    jac = jax.vmap(jvp)(jnp.eye(flat.size, dtype=flat.dtype)).T  # column i = J e_i
-    if projector is not None:
-        jac = projector @ jac
-    return value.reshape(x.shape), jnp.trace(jac), jnp.sum(jac**2)
+    directions = jnp.eye(flat.size, dtype=flat.dtype) if basis is None else basis.reshape(basis.shape[0], -1)
+    columns = jax.vmap(jvp)(directions)  # row i = J eᵢ
+    return value.reshape(x.shape), jnp.sum(columns * directions), jnp.sum(columns**2)
 
 
 def hutchinson_divergence(f, x, eps):
