@@ -18,6 +18,7 @@ SMALL = {
                                f"QM9_PATH = {str(QM9_FIXTURE)!r}\nN_SAMPLES = 300\nN_ELBO = 100",
     "06-molecules.ipynb": f"QM9_PATH = {str(QM9_MOLECULES)!r}\nSUBSET = 200\nSTEPS = 10\nSCALARS, VECTORS, LAYERS = 8, 2, 1\n"
                           "N_SAMPLES = 6\nSAMPLING_STEPS = 5",
+    "07-protein-backbones.ipynb": "LENGTH = 8\nSTEPS = 10\nWIDTH, LAYERS = 16, 1\nN_SAMPLES = 4\nSAMPLING_STEPS = 4\nN_NLL = 2",
 }
 
 
