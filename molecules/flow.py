@@ -122,6 +122,16 @@ class MoleculeFlow(eqx.Module):
             raise ValueError(f"num_atoms must be in [1, {self.max_atoms}]")
         return _sample_molecules(self, jax.random.split(k_mol, n), num_atoms, steps=int(steps))
 
+    def sample_molecules(self, key, n: int, *, steps: int = 100, num_atoms=None) -> list:
+        """``n`` sampled molecules as ``(rdkit.Chem.Mol, error)`` pairs (:func:`graph_to_mol`:
+        ``error`` is None when RDKit sanitizes the molecule, else its message; the molecule is
+        returned either way, with its conformer)."""
+        from .chemistry import graph_to_mol
+        from .graph import unstack_graphs
+
+        graphs = self.sample(key, n, steps=steps, num_atoms=num_atoms)
+        return [graph_to_mol(g, self.vocabulary) for g in unstack_graphs(graphs)]
+
     def _sample_one(self, key, num_atoms, steps):
         p_a, p_c, p_b = self.paths
         n = self.max_atoms

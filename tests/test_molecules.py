@@ -167,6 +167,9 @@ def test_molecule_flow_trains_and_samples_well_formed_graphs():
     assert np.all(positions[~mask] == 0)
     np.testing.assert_allclose((positions * mask[..., None]).sum(1), 0, atol=1e-4)  # centred
     check_graph(sample, vocab)
+    built = trained.sample_molecules(jax.random.key(2), 6, steps=8)  # the same draws, as RDKit molecules
+    assert [m.GetNumAtoms() for m, _ in built] == list(mask.sum(1))
+    assert all(m.GetNumConformers() == 1 and (e is None or isinstance(e, str)) for m, e in built)
     # Kabsch: the optimal rotation recovers a rotated copy
     x = np.asarray(graphs.positions[0]) - np.asarray(graphs.positions[0])[np.asarray(graphs.mask[0])].mean(0)
     x = x * np.asarray(graphs.mask[0])[:, None]
