@@ -34,6 +34,8 @@ def add_parser(sub, choice):
     t.add_argument("--rotation-rate", type=float, default=0.0,
                    help="move rotations on an exponential schedule with this rate (FrameFlow uses 10); 0: linear")
     t.add_argument("--ot", action="store_true", help="minibatch OT pairing of prior and data translations")
+    t.add_argument("--auxiliary-weight", type=float, default=0.0,
+                   help="weight of FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
     t.add_argument("--nll", type=int, default=0, help="report the exact held-out NLL per residue on this many fragments")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/proteins"))
@@ -55,7 +57,7 @@ def _loss(args):
     from .continuous.paths import CondOT, Exponential
 
     scheduler = Exponential(args.rotation_rate) if args.rotation_rate > 0 else CondOT()
-    return FrameFlowMatching(rotation_scheduler=scheduler, ot=args.ot)
+    return FrameFlowMatching(rotation_scheduler=scheduler, ot=args.ot, auxiliary_weight=args.auxiliary_weight)
 
 
 def heldout_nll_per_residue(model, test_points, length: int) -> float:

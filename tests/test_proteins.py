@@ -206,3 +206,24 @@ def test_backbone_metrics_on_known_structures():
     assert m["ramachandran_js"] == pytest.approx(0.0, abs=1e-12) and m["samples"]["ca_ca_within_0.1"] == 1.0
     with pytest.raises(ValueError, match="NaN"):
         backbone_metrics(np.full((1, 5, 4, 3), np.nan))
+
+
+def test_predicted_end_of_the_target_velocity_is_the_data():
+    """The auxiliary loss reads the frames the velocity points at: for the conditional target
+    they are the data frames, for every t and schedule (so the loss vanishes there)."""
+    from geoflow.continuous.paths import CondOT, Exponential
+    from molecules.proteins.model import backbone_distance_loss, predicted_end
+
+    with jax.enable_x64(True):
+        r0, r1 = (SO3().random_uniform(jax.random.key(k), (5,)).astype(jnp.float64) for k in (0, 1))
+        c0, c1 = (jax.random.normal(jax.random.key(k), (5, 3), jnp.float64) for k in (2, 3))
+        for sched in (CondOT(), Exponential(10.0)):
+            for t in (0.3, 0.8, 0.95):
+                t = jnp.float64(t)
+                rt, dr = jax.vmap(lambda a, b: rotation_path(a, b, t, sched))(r0, r1)
+                ct = (1 - t) * c0 + t * c1
+                r_hat, c_hat = predicted_end(rt, ct, dr, c1 - c0, t, sched)
+                np.testing.assert_allclose(r_hat, r1, atol=1e-8)
+                np.testing.assert_allclose(c_hat, c1, atol=1e-12)
+                assert float(backbone_distance_loss(r_hat, c_hat, r1, c1)) < 1e-12
+        assert float(backbone_distance_loss(r0, c0, r1, c1)) > 1e-3

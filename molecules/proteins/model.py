@@ -23,7 +23,7 @@ from geoflow.continuous.paths import CondOT, Scheduler
 from geoflow.distributions import Distribution, Transformed
 from manifolds import CentredPoints, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
 from manifolds.distributions import IGSO3, PowerDistribution
-from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix
+from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
 from .geometry import backbone_from_frames, frames_from_backbone
 from .network import FrameNetwork
@@ -112,16 +112,44 @@ def rotation_path(r0, r1, t, scheduler: Scheduler):
     return rt, rt @ hat(da * omega)
 
 
+def predicted_end(rt, ct, vr, vc, t, scheduler: Scheduler):
+    """The clean frames the velocity points at: each rotation continued along its geodesic for
+    the remaining ``(1 − α_t)/α̇_t`` of the schedule, translations for the remaining ``1 − t``
+    (exact when the velocity is the conditional target)."""
+    a, _, da, _ = scheduler.with_derivatives(t)
+    omega = jax.vmap(lambda r, v: vee(r.T @ v))(rt, vr)  # body angular velocities
+    r1 = rt @ jax.vmap(rotvec_to_matrix)(omega * (1 - a) / da)
+    return r1, ct + (1 - t) * vc
+
+
+def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6):
+    """FrameFlow's auxiliary losses in model units (nm): the mean squared error of the ideal N,
+    CA, C atoms placed on predicted and true frames, plus that of their pairwise distances below
+    ``cutoff``."""
+    atoms_hat = backbone_from_frames(r_hat, c_hat)[:, :3].reshape(-1, 3)
+    atoms = backbone_from_frames(r1, c1)[:, :3].reshape(-1, 3)
+    position = jnp.mean(jnp.sum((atoms_hat - atoms) ** 2, -1))
+    dist = lambda x: jnp.sqrt(jnp.sum((x[:, None] - x[None]) ** 2, -1) + 1e-10)
+    d_hat, d = dist(atoms_hat), dist(atoms)
+    near = (d < cutoff) & ~jnp.eye(d.shape[0], dtype=bool)
+    return position + jnp.sum((d_hat - d) ** 2 * near) / jnp.maximum(jnp.sum(near), 1)
+
+
 class FrameFlowMatching(eqx.Module):
     """``E[w_R Σᵢ ‖v_R − Ṙᵢ‖² + w_t Σᵢ ‖v_t − ṫᵢ‖²] / L`` along geodesics: rotations from the
     prior to the data with ``rotation_scheduler`` (``Exponential(10)`` moves them early, as
     FrameFlow), CA positions on straight lines (linear schedule). ``ot=True`` pairs prior and
     data fragments within a batch by an exact assignment on the squared CA distances (minibatch
-    OT for translations)."""
+    OT for translations). ``auxiliary_weight > 0`` adds, for ``t > auxiliary_after``,
+    :func:`backbone_distance_loss` between the frames the velocity points at
+    (:func:`predicted_end`) and the data (FrameFlow's backbone and distance losses; the ideal
+    atoms sit on the frames, so the velocity alone still determines everything)."""
 
     rotation_scheduler: Scheduler = eqx.field(default_factory=CondOT)
     ot: bool = eqx.field(static=True, default=False)
     weights: tuple[float, float] = eqx.field(static=True, default=(1.0, 1.0))
+    auxiliary_weight: float = eqx.field(static=True, default=0.0)
+    auxiliary_after: float = eqx.field(static=True, default=0.75)
 
     def __call__(self, model, x1, condition, key):
         flow = ode_flow_of(model)
@@ -141,7 +169,12 @@ class FrameFlowMatching(eqx.Module):
             v = flow.velocity(ti, jnp.concatenate([rt.reshape(-1), ct.reshape(-1)]))
             vr, vc = frames_from_points_model(v, length)
             # SO(3)'s metric is ½ tr(uᵀv): ‖R[ω]×‖² = |ω|²
-            return (wr * 0.5 * jnp.sum((vr - dr) ** 2) + wt * jnp.sum((vc - dc) ** 2)) / length
+            value = (wr * 0.5 * jnp.sum((vr - dr) ** 2) + wt * jnp.sum((vc - dc) ** 2)) / length
+            if self.auxiliary_weight > 0:
+                r_hat, c_hat = predicted_end(rt, ct, vr, vc, ti, self.rotation_scheduler)
+                late = (ti > self.auxiliary_after).astype(value.dtype)
+                value = value + self.auxiliary_weight * late * backbone_distance_loss(r_hat, c_hat, r1, c1)
+            return value
 
         return jnp.mean(jax.vmap(one)(t, x0, x1))
 
