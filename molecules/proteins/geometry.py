@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -102,10 +101,6 @@ def backbone_from_dihedrals(phi, psi, omega=None):
     nca_c = np.asarray(atoms, np.float64)
     o = np.asarray(place_atom(nca_c[:, 0], nca_c[:, 1], nca_c[:, 2], C_O, CA_C_O, psi + np.pi))
     return np.concatenate([nca_c, o[:, None]], 1).astype(np.float32)
-
-
-def ca_positions(backbone):
-    return backbone[:, 1]
 
 
 __all__ = ["ATOMS", "IDEAL_LOCAL", "backbone_dihedrals", "backbone_from_dihedrals", "backbone_from_frames",

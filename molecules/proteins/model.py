@@ -20,7 +20,7 @@ from geoflow.continuous import ODEFlow, ODESolver, ode_flow_of
 from geoflow.continuous.couplings import exact_assignment, squared_distances
 from geoflow.continuous.ode import fixed
 from geoflow.continuous.paths import CondOT, Scheduler
-from geoflow.distributions import Distribution, Transformed
+from geoflow.distributions import Transformed
 from manifolds import CentredPoints, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
 from manifolds.distributions import IGSO3, PowerDistribution
 from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
