@@ -158,6 +158,23 @@ def _build_model(name, data, args, key):
     return make_flow(name, key, data.dim, **kw), None
 
 
+def training_summary(history, batch_size: int) -> dict:
+    """What a training command records of a ``fit``: how it stopped, the last losses, examples
+    per second and the time spent."""
+    return {"stop_reason": history.stop_reason,
+            "final_train_loss": history.train_loss[-1] if history.train_loss else None,
+            "final_val_loss": history.val_loss[-1] if history.val_loss else None,
+            "examples_per_s": history.steps_per_second * batch_size, "fit_seconds": history.wall_time}
+
+
+def report(path: Path, res: dict, *also: Path) -> dict:
+    """Write ``res`` as JSON to ``path``, say which files were written, print ``res``."""
+    path.write_text(json.dumps(res, indent=2))
+    print("wrote " + ", ".join(str(p) for p in (*also, path)))
+    print(json.dumps(res))
+    return res
+
+
 def _run_dir(path: Path) -> Path:
     if not (path / "model.eqx").is_file():
         raise FileNotFoundError(f"run directory {path} has no model.eqx; expected the --out of a 'geoflow fit'")

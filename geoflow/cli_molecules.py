@@ -47,6 +47,7 @@ def add_parser(sub, choice):
 def cmd_train(args) -> dict:
     import jax
 
+    from .cli import report, training_summary
     from .serialization import save
     from .train import fit
     from molecules.flow import MoleculeFlow, MoleculeFlowMatching
@@ -63,14 +64,8 @@ def cmd_train(args) -> dict:
     save(args.out / "model.eqx", model)
     (args.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")
     res = {"data": args.data, "molecules": len(data), "perception_failures": data.failures, "steps": args.steps,
-           "stop_reason": history.stop_reason, "final_train_loss": history.train_loss[-1] if history.train_loss else None,
-           "final_val_loss": history.val_loss[-1] if history.val_loss else None,
-           "train_molecules_per_s": history.steps_per_second * args.batch_size, "fit_seconds": history.wall_time,
-           "wall_seconds": time.perf_counter() - t0}
-    (args.out / "run.json").write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out / 'model.eqx'}, {args.out / 'run.json'}")
-    print(json.dumps(res))
-    return res
+           **training_summary(history, args.batch_size), "wall_seconds": time.perf_counter() - t0}
+    return report(args.out / "run.json", res, args.out / "model.eqx")
 
 
 def cmd_sample(args) -> dict:
@@ -121,11 +116,9 @@ def cmd_evaluate(args) -> dict:
     for key in ("validity", "connectivity", "validity_x_uniqueness"):  # over every record, readable or not
         res[key] = res[key] * len(graphs) / max(total, 1)
     res["unreadable_records"], res["molecules"] = unreadable, total
-    out = args.sdf.parent / "metrics.json"
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
-    print(json.dumps(res))
-    return res
+    from .cli import report
+
+    return report(args.sdf.parent / "metrics.json", res)
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}

@@ -70,6 +70,7 @@ def heldout_nll_per_residue(model, test_points, length: int) -> float:
 def cmd_train(args) -> dict:
     import jax
 
+    from .cli import report, training_summary
     from .serialization import save
     from .train import fit
     from molecules.proteins import frameflow, load_fragments, points_from_backbones
@@ -83,17 +84,12 @@ def cmd_train(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     save(args.out / "model.eqx", model)
     res = {"length": args.length, "train_fragments": len(data.train), "test_fragments": len(data.test),
-           "test_chains": data.test_chains, "steps": args.steps, "stop_reason": history.stop_reason,
-           "final_train_loss": history.train_loss[-1] if history.train_loss else None,
-           "fragments_per_s": history.steps_per_second * args.batch_size, "fit_seconds": history.wall_time}
+           "test_chains": data.test_chains, "steps": args.steps, **training_summary(history, args.batch_size)}
     if args.nll > 0 and len(data.test):
         test = points_from_backbones(data.test[: args.nll])
         res["heldout_nll_per_residue_nm"] = heldout_nll_per_residue(model, test, args.length)
     res["wall_seconds"] = time.perf_counter() - t0
-    (args.out / "run.json").write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out / 'model.eqx'}, {args.out / 'run.json'}")
-    print(json.dumps(res))
-    return res
+    return report(args.out / "run.json", res, args.out / "model.eqx")
 
 
 def cmd_sample(args) -> dict:
@@ -138,11 +134,9 @@ def cmd_evaluate(args) -> dict:
     reference = load_fragments(length, args.data_path).test
     res = backbone_metrics(np.asarray(backbones), reference if len(reference) else None)
     res["length"] = length
-    out = args.folder / "metrics.json"
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
-    print(json.dumps(res))
-    return res
+    from .cli import report
+
+    return report(args.folder / "metrics.json", res)
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}
