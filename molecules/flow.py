@@ -103,12 +103,6 @@ class MoleculeFlow(eqx.Module):
         return (x1, carry(out["atom_logits"], types, p_a), carry(out["charge_logits"], charges, p_c),
                 carry(out["bond_logits"], bonds, p_b))
 
-    def no_prediction(self, x):
-        """The self-conditioning input before any prediction: ``x̂₁ = x`` and zero probabilities."""
-        n = x.shape[0]
-        a, c, b = self.network.out_sizes
-        return (x, jnp.zeros((n, a), x.dtype), jnp.zeros((n, c), x.dtype), jnp.zeros((n, n, b), x.dtype))
-
     # ---- sampling ---------------------------------------------------------------------------
 
     def sample(self, key, n: int, *, steps: int = 100, num_atoms=None) -> MolecularGraph:
@@ -138,7 +132,7 @@ class MoleculeFlow(eqx.Module):
         mask = jnp.arange(n) < num_atoms
         maskf = mask.astype(jnp.float32)
         pair = mask[:, None] & mask[None] & ~jnp.eye(n, dtype=bool)
-        k0, k_steps, k_final = jax.random.split(key, 3)
+        k0, k_steps = jax.random.split(key)
         x = centre(self.prior_scale * jax.random.normal(k0, (n, 3)), maskf)
         types = jnp.where(mask, p_a.mask_token, 0)
         charges = jnp.where(mask, p_c.mask_token, 0)
@@ -170,7 +164,7 @@ class MoleculeFlow(eqx.Module):
             return (x, types, charges, bonds, as_previous(prediction)), None
 
         # the first step sees "no prediction yet", as half the training examples do
-        first = (x, types, charges, bonds, self.no_prediction(x))
+        first = (x, types, charges, bonds, self.network.no_prediction(x))
         state, _ = jax.lax.scan(step, first, (jnp.arange(steps - 1, dtype=jnp.float32),
                                               jax.random.split(k_steps, steps - 1)))
         x, types, charges, bonds, previous = state
@@ -256,7 +250,7 @@ class MoleculeFlowMatching(eqx.Module):
         types = jnp.where(keep(k_a, (n,)) | ~mask, g.atom_types, p_a.mask_token)
         charges = jnp.where(keep(k_c, (n,)) | ~mask, g.charges, p_c.mask_token)
         bonds = jnp.where((symmetric_uniform(k_b, n) < p_b.kappa(t)[0]) | ~pair, g.bonds, p_b.mask_token)
-        previous = model.no_prediction(xt)
+        previous = model.network.no_prediction(xt)
         if model.network.self_conditioning:  # half the time, first predict without, then feed that in
             first = as_previous(model.predict(xt, types, charges, bonds, mask, t, previous))
             use = jax.random.bernoulli(k_sc, 0.5)

@@ -173,13 +173,16 @@ class EquivariantNetwork(eqx.Module):
                 "bond_logits": jax.vmap(jax.vmap(self.bond_head))(edges),
                 "velocity": velocity * maskf[:, None]}
 
+    def no_prediction(self, positions):
+        """The self-conditioning input before any prediction: ``x̂₁ = x`` and zero probabilities."""
+        n, dtype = positions.shape[0], positions.dtype
+        a, c, b = self.out_sizes
+        return (positions, jnp.zeros((n, a), dtype), jnp.zeros((n, c), dtype), jnp.zeros((n, n, b), dtype))
+
     def _read_previous(self, previous, positions, scalars, vectors, edges, maskf):
         """Add the previous prediction to the initial node scalars, vectors and edge features."""
-        n = positions.shape[0]
-        a, c, b = self.out_sizes
-        if previous is None:  # as MoleculeFlow.no_prediction
-            previous = (positions, jnp.zeros((n, a), positions.dtype), jnp.zeros((n, c), positions.dtype),
-                        jnp.zeros((n, n, b), positions.dtype))
+        if previous is None:
+            previous = self.no_prediction(positions)
         x1, atom_probs, charge_probs, bond_probs = previous
         scalars = scalars + jax.vmap(self.self_condition_scalars)(
             jnp.concatenate([atom_probs, charge_probs], -1)) * maskf[:, None]

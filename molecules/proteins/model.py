@@ -59,11 +59,9 @@ def points_from_backbones(backbones) -> np.ndarray:
 
 
 def frames_from_points(points, length: int):
-    """``(R (…, L, 3, 3), t (…, L, 3) in Å)`` from manifold points ``(…, 12 L)``."""
-    points = jnp.asarray(points)
-    rotations = points[..., : 9 * length].reshape(*points.shape[:-1], length, 3, 3)
-    translations = points[..., 9 * length :].reshape(*points.shape[:-1], length, 3) / LENGTH_SCALE
-    return rotations, translations
+    """``(R (F, L, 3, 3), t (F, L, 3) in Å)`` from manifold points ``(F, 12 L)``."""
+    rotations, translations = jax.vmap(frame_manifold(length).split)(jnp.asarray(points))
+    return rotations, translations / LENGTH_SCALE
 
 
 def backbones_from_points(points, length: int) -> np.ndarray:
@@ -76,19 +74,18 @@ class FrameField(eqx.Module):
     """The ODE's vector field on :func:`frame_manifold`: a :class:`FrameNetwork` on flat points."""
 
     network: FrameNetwork
+    manifold: Product
     length: int = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, length: int, *, key, **network_kwargs):
         self.network = FrameNetwork(key=key, **network_kwargs)
+        self.manifold = frame_manifold(length)
         self.length, self.shape, self.cond_shape = length, (12 * length,), None
 
     def __call__(self, t, x, condition=None, *, keep=None):
-        rotations = x[: 9 * self.length].reshape(self.length, 3, 3)
-        translations = x[9 * self.length :].reshape(self.length, 3)
-        dr, dt = self.network(t, rotations, translations)
-        return jnp.concatenate([dr.reshape(-1), dt.reshape(-1)])
+        return self.manifold.join(self.network(t, *self.manifold.split(x)))
 
 
 def frameflow(key, length: int, *, rotation_eps: float | None = None, translation_sigma: float = 1.0,
@@ -153,7 +150,7 @@ class FrameFlowMatching(eqx.Module):
 
     def __call__(self, model, x1, condition, key):
         flow = ode_flow_of(model)
-        length = flow.field.length
+        length, manifold = flow.field.length, flow.manifold
         k_prior, k_t = jax.random.split(key)
         n = x1.shape[0]
         x0 = jax.lax.stop_gradient(model.base.sample(k_prior, n))
@@ -163,11 +160,10 @@ class FrameFlowMatching(eqx.Module):
         wr, wt = self.weights
 
         def one(ti, a, b):
-            (r0, c0), (r1, c1) = frames_from_points_model(a, length), frames_from_points_model(b, length)
+            (r0, c0), (r1, c1) = manifold.split(a), manifold.split(b)
             rt, dr = jax.vmap(lambda p, q: rotation_path(p, q, ti, self.rotation_scheduler))(r0, r1)
             ct, dc = (1 - ti) * c0 + ti * c1, c1 - c0
-            v = flow.velocity(ti, jnp.concatenate([rt.reshape(-1), ct.reshape(-1)]))
-            vr, vc = frames_from_points_model(v, length)
+            vr, vc = manifold.split(flow.velocity(ti, manifold.join([rt, ct])))
             # SO(3)'s metric is ½ tr(uᵀv): ‖R[ω]×‖² = |ω|²
             value = (wr * 0.5 * jnp.sum((vr - dr) ** 2) + wt * jnp.sum((vc - dc) ** 2)) / length
             if self.auxiliary_weight > 0:
@@ -177,11 +173,6 @@ class FrameFlowMatching(eqx.Module):
             return value
 
         return jnp.mean(jax.vmap(one)(t, x0, x1))
-
-
-def frames_from_points_model(x, length: int):
-    """One flat point ``(12 L,)`` → ``(R (L, 3, 3), t (L, 3))`` in model units."""
-    return x[: 9 * length].reshape(length, 3, 3), x[9 * length :].reshape(length, 3)
 
 
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = None) -> np.ndarray:

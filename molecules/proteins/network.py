@@ -28,6 +28,12 @@ def _rbf(distance, count: int, top: float):
     return jnp.exp(-(((distance[..., None] - centres) / (top / count)) ** 2))
 
 
+def index_embedding(values, count: int):
+    """``count`` sinusoidal features of residue indices or offsets (wavelengths up to 64·2π)."""
+    angle = values[..., None] / jnp.exp(jnp.linspace(0.0, math.log(64.0), count // 2))
+    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1)
+
+
 def pair_features(rotations, translations, offsets: int, radial: int, top: float):
     """Invariant features of every residue pair ``(L, L, 3 + 9 + radial + offsets)``: ``j``'s
     position and rotation in ``i``'s frame, a radial basis of their distance, and a sinusoidal
@@ -39,10 +45,8 @@ def pair_features(rotations, translations, offsets: int, radial: int, top: float
     n = rotations.shape[0]
     index = jnp.arange(n)
     offset = (index[None, :] - index[:, None]).astype(rotations.dtype)
-    freqs = jnp.exp(jnp.linspace(0.0, math.log(64.0), offsets // 2))
-    angle = offset[..., None] / freqs
     return jnp.concatenate([local, relative_rotation.reshape(n, n, 9), _rbf(distance, radial, top),
-                            jnp.sin(angle), jnp.cos(angle)], -1)
+                            index_embedding(offset, offsets)], -1)
 
 
 class _PointAttention(eqx.Module):
@@ -129,10 +133,9 @@ class FrameNetwork(eqx.Module):
         n = rotations.shape[0]
         pair = jax.vmap(jax.vmap(self.pair_in))(
             pair_features(rotations, translations, self.offsets, self.radial, self.distance_top))
-        position = jnp.arange(n, dtype=rotations.dtype)[:, None] / jnp.exp(
-            jnp.linspace(0.0, math.log(64.0), self.offsets // 2))
+        position = index_embedding(jnp.arange(n, dtype=rotations.dtype), self.offsets)
         tf = jnp.broadcast_to(time_features(t, self.time_embedding), (n, self.time_embedding))
-        h = jax.vmap(self.node_in)(jnp.concatenate([tf, jnp.sin(position), jnp.cos(position)], -1))
+        h = jax.vmap(self.node_in)(jnp.concatenate([tf, position], -1))
         h = scan_layers(self.layers, lambda layer, h, _: layer(h, pair, rotations, translations), h)
         out = jax.vmap(self.head)(h)
         omega, v = out[:, :3], out[:, 3:]
