@@ -14,21 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import DATASETS
+from .datasets import DATASETS, IMAGE_DATASETS
 from .flows import MODELS as DISCRETE_TIME_MODELS
+from .image_flows import IMAGE_MODELS
 
 # continuous-time models: a CNF trained by likelihood and flow matching in four flavours
 CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
 MANIFOLD_MODELS = ("rfm",)
 DISCRETE_MODELS = ("dfm",)  # CTMC discrete flow matching on token sequences (cli_discrete)
-MODELS = tuple(DISCRETE_TIME_MODELS) + CONTINUOUS_MODELS + MANIFOLD_MODELS + DISCRETE_MODELS
+# "residual" is both: a vector flow on vector data, a multi-scale image flow on images
+MODELS = tuple(dict.fromkeys(DISCRETE_TIME_MODELS + CONTINUOUS_MODELS + MANIFOLD_MODELS + DISCRETE_MODELS + IMAGE_MODELS))
 MANIFOLDS = ("sphere", "torus", "so3", "se3")
 # rfm's built-in sets (manifolds.datasets.BUILT_IN): earth events on S², a checkerboard on T², a mixture on SO(3)
 MANIFOLD_DATA = ("volcano", "earthquake", "flood", "fire", "torus-checkerboard", "so3-mixture")
 # dfm's token sets (discrete.datasets.TOKEN_DATA); "checkerboard" is discretized to 128 × 128 cells
 TOKEN_DATA = ("checkerboard", "sorted-ones", "qm9-smiles")
 DISCRETE_SOURCES = ("mask", "uniform")
-ALL_DATA = tuple(dict.fromkeys((*DATASETS, *MANIFOLD_DATA, *TOKEN_DATA)))
+ALL_DATA = tuple(dict.fromkeys((*DATASETS, *IMAGE_DATASETS, *MANIFOLD_DATA, *TOKEN_DATA)))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train a flow and write metrics, model and plots")
     f.add_argument("--model", type=_choice(MODELS, "model"), default="nsf", help=f"one of {', '.join(MODELS)}")
     f.add_argument("--data", type=_choice(ALL_DATA, "data set"), default="checkerboard",
-                   help=f"vectors: {', '.join(DATASETS)}; rfm: {', '.join(MANIFOLD_DATA)}; dfm: {', '.join(TOKEN_DATA)}")
+                   help=f"vectors: {', '.join(DATASETS)}; images ({', '.join(IMAGE_MODELS)}): {', '.join(IMAGE_DATASETS)}; rfm: {', '.join(MANIFOLD_DATA)}; dfm: {', '.join(TOKEN_DATA)}")
     f.add_argument("--manifold", type=_choice(MANIFOLDS, "manifold"),
                    help="rfm only: sphere (default for earth data), torus, so3 or se3 (with --data-path)")
-    f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead")
+    f.add_argument("--data-path", type=Path, help="train on points from a .npy/.csv file (n, dim) instead; "
+                                                 "--data mnist: a local mnist.npz or folder of IDX files")
     f.add_argument("--source", type=_choice(tuple(DATASETS) + DISCRETE_SOURCES, "source"),
                    help="flow-matching models: transport this data set onto --data instead of noise; "
                         "dfm: the source of the discrete path, mask (default) or uniform")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--layers", type=int, help="number of flow layers (model default if omitted)")
     f.add_argument("--width", type=int, default=64, help="hidden width of the conditioners")
+    f.add_argument("--levels", type=int, help="image models: squeeze levels of the multi-scale flow (default: up to 3)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, help="run directory (default runs/MODEL-DATA)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -202,6 +206,12 @@ def cmd_fit(args) -> dict:
         from .cli_discrete import cmd_fit_discrete
 
         return cmd_fit_discrete(args)
+    if args.model in IMAGE_MODELS and (args.model not in DISCRETE_TIME_MODELS or args.data in IMAGE_DATASETS):
+        from .cli_images import cmd_fit_images
+
+        return cmd_fit_images(args)
+    if args.data in IMAGE_DATASETS and args.data not in DATASETS:
+        raise ValueError(f"{args.data} is an image set: use --model {' or '.join(IMAGE_MODELS)}")
     if args.source in DISCRETE_SOURCES:
         raise ValueError(f"--source {args.source} is a discrete source: use --model dfm")
     if args.data in TOKEN_DATA and args.data not in DATASETS:
@@ -238,7 +248,8 @@ def cmd_fit(args) -> dict:
     cap = args.eval_points or (10_000 if args.model in CONTINUOUS_MODELS else None)
     if density:
         for split in ("train", "val", "test"):
-            res[f"{split}_nll"] = metrics.nll(model, getattr(data, split)[:cap])
+            res[f"{split}_nll"] = metrics.nll(model, getattr(data, split)[:cap],
+                                              key=jax.random.fold_in(key_sample, 1) if model.needs_key else None)
         if cap is not None:
             res["nll_points"] = min(cap, len(data.test))
         if data.levels is not None:
@@ -325,7 +336,9 @@ def cmd_eval(args):
         raise ValueError("eval needs --data NAME or --data-path FILE")
     if x.shape[1:] != tuple(model.shape):
         raise ValueError(f"data has dimension {x.shape[1]} but the model in {run} expects {model.shape[0]}")
-    res = {"n": len(x), "nll": metrics.nll(model, x)}
+    import jax
+
+    res = {"n": len(x), "nll": metrics.nll(model, x, key=jax.random.key(args.seed) if model.needs_key else None)}
     if levels is not None:
         res["bits_per_dim"] = metrics.bits_per_dim(res["nll"], x.shape[1], levels)
     print(json.dumps(res))

@@ -192,6 +192,11 @@ class Transformed(Distribution):
         x, logdet = call_with_key(self.bijection, "inverse_and_log_det", y, condition, key)
         return self.base._log_prob(x, None) + logdet
 
+    def data_init(self, y: Array, key=None) -> Transformed:
+        """The flow with data-dependent parameters (ActNorm) set from the batch ``y`` ``(n, *shape)``;
+        :func:`geoflow.fit` calls this on its first batch."""
+        return Transformed(self.base, self.bijection.data_init(jnp.asarray(y), None, key)[0])
+
     def _probe_key(self, key):
         """The key for a randomised log-determinant, independent of the base sample's."""
         return jax.random.fold_in(key, 1) if self.needs_key else None

@@ -12,13 +12,13 @@ from __future__ import annotations
 import jax
 
 from .bijections import (
-    Additive, Affine, Bijection, Chain, Coupling, Elementwise, Invert, MaskedAutoregressive,
+    ActNorm, Additive, Affine, ResidualBlock, Bijection, Chain, Coupling, Elementwise, Invert, MaskedAutoregressive,
     Permute, RationalQuadraticSpline, Reverse, Stack,
 )
 from .bijections.transformers import Transformer
 from .distributions import StandardNormal, Transformed
 
-MODELS = ("nice", "realnvp", "maf", "iaf", "nsf", "nsf-ar")
+MODELS = ("nice", "realnvp", "maf", "iaf", "nsf", "nsf-ar", "residual")
 
 
 def _mixer(key, dim: int, permutation: str) -> Bijection:
@@ -104,7 +104,23 @@ def nsf_ar(key, dim: int, *, layers: int = 8, knots: int = 8, bound: float = 4.0
                                       layers=layers, **kw)
 
 
-CONSTRUCTORS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "nsf": nsf, "nsf-ar": nsf_ar}
+def residual(key, dim: int, *, layers: int = 8, width: int = 64, depth: int = 2, coeff: float = 0.9,
+             log_det: str | None = None, preprocess: Bijection | None = None, **kw) -> Transformed:
+    """Residual flow (Behrmann et al. 2019; Chen et al. 2019): ``layers`` × (ActNorm, invertible
+    residual block of spectrally normalised dense layers). ``log_det`` defaults to ``"exact"``
+    up to 16 dimensions and to the Russian-roulette ``"series"`` (``log_prob`` then takes
+    ``key=``) above."""
+    if kw:
+        raise ValueError(f"residual flows take no {', '.join(kw)}")
+    log_det = ("exact" if dim <= 16 else "series") if log_det is None else log_det
+
+    def layer(k):
+        return Chain([ResidualBlock(k, (dim,), width=width, depth=depth, coeff=coeff, log_det=log_det), ActNorm(dim)])
+
+    return _finish(key, layer, dim, layers, preprocess=preprocess)
+
+
+CONSTRUCTORS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "nsf": nsf, "nsf-ar": nsf_ar, "residual": residual}
 
 
 def make_flow(name: str, key, dim: int, **kw) -> Transformed:

@@ -11,23 +11,27 @@ import numpy as np
 
 
 @eqx.filter_jit
-def _batch_log_prob(model, x, condition):
-    return model.log_prob(x, condition)
+def _batch_log_prob(model, x, condition, key):
+    return model.log_prob(x, condition, key=key)
 
 
-def log_prob_batched(model, x, condition=None, batch_size: int = 10_000) -> np.ndarray:
-    """``model.log_prob`` over ``x`` in batches (bounded memory); returns float64 ``(n,)``."""
+def log_prob_batched(model, x, condition=None, batch_size: int = 10_000, key=None) -> np.ndarray:
+    """``model.log_prob`` over ``x`` in batches (bounded memory); returns float64 ``(n,)``.
+    A model whose density is a randomised estimate (``needs_key``) needs ``key``."""
     x = np.asarray(x)
+    if getattr(model, "needs_key", False) and key is None:
+        raise ValueError(f"{type(model).__name__}'s log-density is a randomised estimate; pass key=")
     out = []
     for i in range(0, len(x), batch_size):
         c = None if condition is None else jnp.asarray(condition[i : i + batch_size])
-        out.append(np.asarray(_batch_log_prob(model, jnp.asarray(x[i : i + batch_size]), c), np.float64))
+        k = None if key is None else jax.random.fold_in(key, i)
+        out.append(np.asarray(_batch_log_prob(model, jnp.asarray(x[i : i + batch_size]), c, k), np.float64))
     return np.concatenate(out)
 
 
-def nll(model, x, condition=None, batch_size: int = 10_000) -> float:
-    """Mean negative log-likelihood in nats per example."""
-    return float(-log_prob_batched(model, x, condition, batch_size).mean())
+def nll(model, x, condition=None, batch_size: int = 10_000, key=None) -> float:
+    """Mean negative log-likelihood in nats per example (``key`` for a randomised estimate)."""
+    return float(-log_prob_batched(model, x, condition, batch_size, key).mean())
 
 
 def bits_per_dim(nll_nats: float, dim: int, levels: int | None = None) -> float:

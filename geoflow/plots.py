@@ -87,19 +87,27 @@ def plot_so3(path, data: np.ndarray, samples: np.ndarray, title: str = "") -> Pa
     return _save(fig, path, title)
 
 
-def plot_images(path, images: np.ndarray, side: int, title: str = "") -> Path:
-    """A grid of ``side × side`` grey images from ``images`` ``(n, side*side)`` in ``[0, 1]``."""
+def plot_images(path, images: np.ndarray, side: int | None = None, title: str = "") -> Path:
+    """A grid of grey images in ``[0, 1]``: ``images`` ``(n, h, w)`` or ``(n, 1, h, w)``, or
+    flattened ``(n, side*side)`` with ``side`` given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    images = np.asarray(images)
+    if side is not None:
+        images = images.reshape(len(images), side, side)
+    elif images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"plot_images expects grey images (n, h, w) or (n, 1, h, w); got {images.shape}")
     n = len(images)
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols, rows))
     for ax, img in zip(np.ravel(axes), images):
-        ax.imshow(np.clip(img.reshape(side, side), 0, 1), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
     for ax in np.ravel(axes):
         ax.axis("off")
     fig.suptitle(title)

@@ -106,6 +106,22 @@ def _as_arrays(data, model, shape=None, check_data=None):
     return x, condition
 
 
+def _data_dependent_init(model, x, loss, key, size: int = 512):
+    """Glow's data-dependent initialisation: a model holding ActNorm layers that have not seen
+    data is initialised on a random batch (dequantised first when the loss says how)."""
+    from .bijections.glow import needs_data_init
+
+    if not needs_data_init(model):
+        return model
+    if not hasattr(model, "data_init"):
+        raise ValueError(f"{type(model).__name__} holds uninitialised ActNorm layers but has no data_init method")
+    k_batch, k_noise, k_init = jax.random.split(key, 3)
+    batch = jnp.asarray(x[np.asarray(jax.random.permutation(k_batch, len(x))[:size])])
+    if hasattr(loss, "dequantize"):
+        batch = loss.dequantize(batch, k_noise)
+    return model.data_init(batch, k_init)
+
+
 def _split(x, c, fraction, key):
     n_val = int(round(fraction * len(x)))
     if n_val == 0 or n_val >= len(x):
@@ -233,6 +249,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     data_shape = loss.data_shape(model) if hasattr(loss, "data_shape") else None
     x, condition = _as_arrays(data, model, data_shape, getattr(loss, "check_data", None))
     split_key, train_key, eval_key = jax.random.split(key, 3)
+    model = _data_dependent_init(model, x, loss, jax.random.fold_in(key, 3))
     if val_data is not None:
         train, val = (x, condition), _as_arrays(val_data, model, data_shape, getattr(loss, "check_data", None))
     elif val_fraction > 0:

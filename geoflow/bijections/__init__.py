@@ -4,12 +4,18 @@ from .autoregressive import MaskedAutoregressive
 from .base import Bijection, Chain, Identity, Invert, Permute, Reverse, Stack
 from .coupling import Coupling
 from .elementwise import Elementwise
+from .glow import ActNorm, InvertibleConv1x1, squeeze, unsqueeze
+from .image_coupling import ImageCoupling
+from .linear import TriangularAffine
+from .multiscale import MultiScale, SplitPrior
+from .residual import ResidualBlock, SpectralNorm
 from .preprocessing import Logit, Standardize, uniform_dequantize
 from .splines import RationalQuadraticSpline
 from .transformers import Additive, Affine, Transformer
 
 __all__ = [
-    "Additive", "Affine", "Bijection", "Chain", "Coupling", "Elementwise", "Identity", "Invert",
+    "ActNorm", "ImageCoupling", "InvertibleConv1x1", "MultiScale", "ResidualBlock", "SpectralNorm",
+    "SplitPrior", "TriangularAffine", "squeeze", "unsqueeze", "Additive", "Affine", "Bijection", "Chain", "Coupling", "Elementwise", "Identity", "Invert",
     "Logit", "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "Reverse", "Stack",
     "Standardize", "Transformer", "uniform_dequantize",
 ]

@@ -54,6 +54,13 @@ class Bijection(eqx.Module):
     def inverse(self, y: Array, condition: Array | None = None, *, key=None) -> Array:
         return call_with_key(self, "inverse_and_log_det", y, condition, key)[0]
 
+    def data_init(self, y: Array, condition: Array | None = None, key=None) -> tuple[Bijection, Array]:
+        """Data-dependent initialisation from a batch ``y`` of shape ``(n, *shape)`` on the data
+        side (Glow's ActNorm): returns the bijection with such parameters set from ``y``, and
+        ``y`` mapped to the latent side. Layers without data-dependent parameters return
+        themselves; containers initialise their children in data → latent order."""
+        return self, _batched_inverse(self, y, condition, key)
+
 
 def call_with_key(bijection: Bijection, method: str, x, condition, key):
     """``bijection.<method>(x, condition)``, passing ``key`` only to a bijection that needs one."""
@@ -65,6 +72,13 @@ def call_with_key(bijection: Bijection, method: str, x, condition, key):
             )
         return getattr(bijection, method)(x, condition, key=key)
     return getattr(bijection, method)(x, condition)
+
+
+def _batched_inverse(bijection: Bijection, y, condition, key):
+    keys = jax.random.split(jax.random.key(0) if key is None else key, y.shape[0])
+    in_axes = (0, None if condition is None else 0, 0)
+    return jax.vmap(lambda yi, ci, ki: bijection.inverse(yi, ci, key=ki if bijection.needs_key else None),
+                    in_axes=in_axes)(y, condition, keys)
 
 
 def _merge_cond_shapes(bijections: Sequence[Bijection]) -> tuple[int, ...] | None:
@@ -112,6 +126,13 @@ class Chain(Bijection):
 
     def inverse_and_log_det(self, y, condition=None, *, key=None):
         return self._run("inverse_and_log_det", self.bijections[::-1], y, condition, key)
+
+    def data_init(self, y, condition=None, key=None):
+        keys = jax.random.split(jax.random.key(0) if key is None else key, len(self.bijections))
+        layers = list(self.bijections)
+        for i in reversed(range(len(layers))):
+            layers[i], y = layers[i].data_init(y, condition, keys[i])
+        return Chain(layers), y
 
     # without log-determinants each layer's own forward/inverse runs, so a continuous block
     # skips its divergence integral when the chain is only sampled or inverted
@@ -268,6 +289,16 @@ class Stack(Bijection):
             return z, total + ld
 
         return scan_layers(self.layers, apply, (x, jnp.zeros((), x.dtype)), keys, reverse=reverse)
+
+    def data_init(self, y, condition=None, key=None):
+        params, static = eqx.partition(self.layers, eqx.is_array)
+        keys = jax.random.split(jax.random.key(0) if key is None else key, self.n)
+        layers = [eqx.combine(jax.tree.map(lambda a: a[i], params), static) for i in range(self.n)]
+        for i in reversed(range(self.n)):
+            layers[i], y = layers[i].data_init(y, condition, keys[i])
+        parts = [eqx.partition(layer, eqx.is_array) for layer in layers]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p for p, _ in parts])
+        return Stack(eqx.combine(stacked, parts[0][1]), self.n), y
 
     def forward_and_log_det(self, x, condition=None, *, key=None):
         return self._scan("forward_and_log_det", x, condition, key, reverse=False)

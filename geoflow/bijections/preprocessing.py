@@ -7,6 +7,8 @@ them as fitted.
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -49,31 +51,47 @@ class Standardize(Bijection):
 
 
 class Logit(Bijection):
-    """Data in ``[0, 1]`` ↔ logit space: ``inverse(x) = logit(α + (1 − 2α)·x)``
-    (RealNVP/MAF preprocessing; α keeps the boundaries finite)."""
+    """Data in ``[0, levels)`` ↔ logit space: ``inverse(y) = logit(α + (1 − 2α)·y / levels)``
+    (the RealNVP/MAF preprocessing; α keeps the boundaries finite).
+
+    The log-determinant includes the division by ``levels``, so a flow ending in this layer
+    has its density in the original data space. For dequantised 8-bit images pass
+    ``levels=256`` and feed pixel values in ``[0, 256)``: ``log_prob`` is then in pixel space
+    and bits/dim are ``−log_prob / (D · log 2)`` with nothing added (the convention of RealNVP,
+    Glow and MAF's reported bits/dim).
+
+    **Arguments:**
+    - `shape`: event shape (an int for vectors).
+    - `alpha`: the margin α in ``[0, 0.5)``; `levels`: the upper end of the data range.
+    """
 
     alpha: float = eqx.field(static=True)
+    levels: float = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
-    def __init__(self, dim: int, alpha: float = 1e-6):
+    def __init__(self, shape: int | tuple[int, ...], alpha: float = 1e-6, levels: float = 1.0):
         if not 0 <= alpha < 0.5:
             raise ValueError(f"alpha must be in [0, 0.5), got {alpha}")
-        self.alpha = alpha
-        self.shape = (dim,)
+        if levels <= 0:
+            raise ValueError(f"levels must be positive, got {levels}")
+        self.alpha, self.levels = alpha, float(levels)
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.cond_shape = None
 
+    def _constant(self, y):
+        # log of d p / d y per element: (1 − 2α) / levels
+        return y.size * (math.log1p(-2 * self.alpha) - math.log(self.levels))
+
     def inverse_and_log_det(self, y, condition=None):
-        p = self.alpha + (1 - 2 * self.alpha) * y
+        p = self.alpha + (1 - 2 * self.alpha) * y / self.levels
         z = jnp.log(p) - jnp.log1p(-p)
-        logdet = jnp.sum(jnp.log1p(-2 * self.alpha) - jnp.log(p) - jnp.log1p(-p))
-        return z, logdet
+        return z, self._constant(y) - jnp.sum(jnp.log(p) + jnp.log1p(-p))
 
     def forward_and_log_det(self, x, condition=None):
         p = jax.nn.sigmoid(x)
-        y = (p - self.alpha) / (1 - 2 * self.alpha)
-        logdet = jnp.sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x) - jnp.log1p(-2 * self.alpha))
-        return y, logdet
+        y = self.levels * (p - self.alpha) / (1 - 2 * self.alpha)
+        return y, jnp.sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x)) - self._constant(x)
 
 
 def uniform_dequantize(key, x: Array, num_levels: int) -> Array:

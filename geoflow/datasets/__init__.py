@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 
+from .images import IMAGE_DATASETS, load_images
 from .toy2d import ENTROPIES, GENERATORS, LOG_PROBS, sample_toy
 
 DATASETS = tuple(GENERATORS) + ("digits",)
@@ -18,7 +19,7 @@ DATASETS = tuple(GENERATORS) + ("digits",)
 class Dataset:
     """Splits of a data set plus what is known about its truth.
 
-    **Fields:** ``train``, ``val``, ``test`` (float32, ``(n, dim)``); ``entropy``: the true
+    **Fields:** ``train``, ``val``, ``test`` (float32, ``(n, dim)``, or ``(n, c, h, w)`` images); ``entropy``: the true
     differential entropy in nats where known; ``levels``: for dequantised integer data the
     number of levels per dimension (bits/dim are then reported in that discrete space).
     """
@@ -31,8 +32,14 @@ class Dataset:
     levels: int | None = None
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one example."""
+        return tuple(self.train.shape[1:])
+
+    @property
     def dim(self) -> int:
-        return self.train.shape[1]
+        """The number of dimensions of one example (pixels for images)."""
+        return int(np.prod(self.train.shape[1:]))
 
 
 def load_dataset(name: str, *, seed: int = 0, n_train: int = 20_000, n_val: int = 2_000,
@@ -51,4 +58,4 @@ def load_dataset(name: str, *, seed: int = 0, n_train: int = 20_000, n_val: int 
     return Dataset(name, train, val, test, entropy=entropy)
 
 
-__all__ = ["DATASETS", "Dataset", "LOG_PROBS", "load_dataset", "sample_toy"]
+__all__ = ["DATASETS", "Dataset", "IMAGE_DATASETS", "load_images", "LOG_PROBS", "load_dataset", "sample_toy"]

@@ -1,0 +1,281 @@
+"""Image flows: Glow's layers, multi-scale RealNVP and Glow, residual flows, dequantisation,
+pixel-space bits/dim, the MNIST loader."""
+
+import gzip
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from geoflow import fit
+from geoflow.bijections import (
+    ActNorm, Chain, ImageCoupling, InvertibleConv1x1, Logit, MultiScale, ResidualBlock, SplitPrior,
+    TriangularAffine, squeeze, unsqueeze,
+)
+from geoflow.dequantization import (
+    UniformDequantization, VariationalDequantization, VariationalDequantizer, VariationallyDequantized,
+    uniform_bound,
+)
+from geoflow.distributions import StandardNormal, Transformed
+from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow, sample_at_temperature
+from helpers import perturb, to_f64
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_CANDIDATES = [ROOT.parent / "shared" / "data" / "mnist.npz", Path("/work/shared/data/mnist.npz")]
+MNIST = next((p for p in MNIST_CANDIDATES if p.is_file()), None)
+needs_mnist = pytest.mark.skipif(MNIST is None, reason="the shared MNIST copy (../shared/data/mnist.npz) is absent")
+
+
+def check_bijection(bijection, x, atol=1e-6):
+    """Inverse ∘ forward is the identity and both log-determinants match autodiff (float64)."""
+    with jax.enable_x64(True):
+        bijection, x = to_f64(bijection), jnp.asarray(x, jnp.float64)
+        n = x.size
+
+        @jax.jit
+        def check(bijection, x):
+            y, ld_forward = bijection.forward_and_log_det(x)
+            back, ld_inverse = bijection.inverse_and_log_det(y)
+            jac = jax.jacfwd(lambda v: bijection.forward(v.reshape(x.shape)).ravel())(x.ravel())
+            return back, ld_forward, ld_inverse, jnp.linalg.slogdet(jac)[1], jac.shape == (n, n)
+
+        back, ld_forward, ld_inverse, expected, _ = check(bijection, x)
+        np.testing.assert_allclose(back, x, atol=atol)
+        np.testing.assert_allclose(ld_forward, expected, rtol=1e-7, atol=atol)
+        np.testing.assert_allclose(ld_inverse, -expected, rtol=1e-7, atol=atol)
+
+
+def test_squeeze_round_trip_and_layout():
+    x = jnp.arange(2 * 4 * 6, dtype=float).reshape(2, 4, 6)
+    s = squeeze(x)
+    assert s.shape == (8, 2, 3)
+    np.testing.assert_array_equal(unsqueeze(s), x)
+    # channel 0..3 of the squeezed image are the four corners of each 2×2 patch of channel 0
+    np.testing.assert_array_equal(s[:4, 0, 0], [x[0, 0, 0], x[0, 0, 1], x[0, 1, 0], x[0, 1, 1]])
+    with pytest.raises(ValueError, match="divisible by 2"):
+        squeeze(jnp.zeros((1, 3, 4)))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4), (4, 4, 4)])
+def test_image_layers_log_det_and_inverse(shape):
+    keys = jax.random.split(jax.random.key(0), 8)
+    x = jax.random.normal(keys[0], shape)
+    layers = [
+        perturb(ActNorm(shape), keys[1]),
+        InvertibleConv1x1(keys[2], shape),
+        perturb(ImageCoupling(keys[3], shape, mask="channel", parity=1, width=8, blocks=1), keys[4]),
+        perturb(ImageCoupling(keys[5], shape, mask="checkerboard", parity=0, width=8), keys[6]),
+        ResidualBlock(keys[7], shape, width=8, log_det="exact"),
+    ]
+    for layer in layers:
+        check_bijection(layer, x)
+
+
+def test_split_prior_and_multiscale_log_det_on_a_tiny_image():
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+    shape = (1, 4, 4)
+    steps = perturb(ImageCoupling(k1, (4, 2, 2), mask="channel", width=8), k2)
+    inner = perturb(ImageCoupling(k3, (2, 2, 2), mask="checkerboard", width=8), k2)
+    prior = perturb(SplitPrior(2, 2, 8, key=k4), k3)
+    before = perturb(ActNorm(shape), k4)
+    check_bijection(MultiScale(shape, steps, inner, prior, before), jax.random.normal(k1, shape))
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: glow(k, (1, 4, 4), depth=2, width=8),
+    lambda k: realnvp_multiscale(k, (1, 4, 4), couplings=2, width=8, blocks=1),
+    lambda k: residual_image_flow(k, (1, 4, 4), depth=1, width=8, log_det="exact"),
+], ids=["glow", "realnvp-ms", "residual"])
+def test_multiscale_models_log_det_and_inverse(make):
+    model = perturb(make(jax.random.key(2)), jax.random.key(3), scale=0.1)
+    pixels = jax.random.uniform(jax.random.key(4), (1, 4, 4), minval=1.0, maxval=255.0)
+    check_bijection(model.bijection, model.bijection.inverse(pixels), atol=1e-5)
+
+
+def test_lu_convolution_determinant_against_slogdet():
+    conv = perturb(InvertibleConv1x1(jax.random.key(5), (6, 3, 5)), jax.random.key(6))
+    sign, logabs = jnp.linalg.slogdet(conv.weight)
+    _, log_det = conv.forward_and_log_det(jnp.zeros((6, 3, 5)))
+    np.testing.assert_allclose(log_det, 15 * logabs, rtol=1e-5)
+    # the 1×1 convolution applies the same matrix at every pixel
+    x = jax.random.normal(jax.random.key(7), (6, 3, 5))
+    np.testing.assert_allclose(conv.forward(x)[:, 1, 2], conv.weight @ x[:, 1, 2], rtol=1e-5, atol=1e-6)
+
+
+def test_actnorm_data_init_gives_zero_mean_unit_variance_per_channel():
+    y = 3.0 + 2.5 * jax.random.normal(jax.random.key(8), (64, 3, 4, 4)) * jnp.array([1.0, 0.1, 4.0])[:, None, None]
+    layer, latent = ActNorm((3, 4, 4)).data_init(y)
+    assert layer.initialized
+    np.testing.assert_allclose(latent.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(latent.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
+    again, _ = layer.data_init(y + 10)  # initialised once: later data leave it alone
+    np.testing.assert_array_equal(again.bias, layer.bias)
+
+
+def test_fit_initialises_actnorm_inside_a_multiscale_flow_on_the_first_batch():
+    from geoflow.datasets import load_images
+
+    data = load_images("digits")
+    model = glow(jax.random.key(9), data.shape, depth=1, width=8, pixel_levels=data.levels)
+    trained, history = fit(model, data.train, key=jax.random.key(10), loss=UniformDequantization(),
+                           val_data=data.val, steps=40, batch_size=32, eval_every=20, progress=False)
+    norms = [leaf for leaf in jax.tree.leaves(trained, is_leaf=lambda n: isinstance(n, ActNorm))
+             if isinstance(leaf, ActNorm)]
+    assert norms and all(n.initialized for n in norms)
+    assert history.train_loss[-1] < history.train_loss[0]
+
+
+def test_temperature_scales_the_base_noise():
+    model = glow(jax.random.key(11), (1, 4, 4), depth=1, width=8)
+    cold = sample_at_temperature(model, jax.random.key(12), 8, 0.0001)
+    # near T = 0 every sample is the image the zero latent maps to
+    np.testing.assert_allclose(cold, jnp.broadcast_to(model.bijection.forward(jnp.zeros((1, 4, 4))), cold.shape), atol=0.1)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        sample_at_temperature(model, jax.random.key(12), 8, 0.0)
+
+
+# ---- pixel-space likelihoods -----------------------------------------------------------------
+
+def test_logit_with_levels_puts_the_density_in_pixel_space():
+    logit = Logit((1, 2, 2), alpha=0.05, levels=256)
+    check_bijection(logit, jax.random.normal(jax.random.key(13), (1, 2, 2)))
+    # the log-determinant includes the 1/256 of the rescaling
+    y = jnp.full((1, 2, 2), 128.0)
+    _, ld = logit.inverse_and_log_det(y)
+    p = 0.05 + 0.9 * 0.5
+    np.testing.assert_allclose(ld, 4 * (math.log(0.9 / 256) - math.log(p * (1 - p))), rtol=1e-6)
+
+
+@needs_mnist
+def test_gaussian_on_logit_mnist_reproduces_the_maf_baseline():
+    from geoflow.datasets.mnist import load_mnist
+
+    arrays = load_mnist(MNIST)
+    rng = np.random.default_rng(0)
+    train = arrays["x_train"][:50_000].reshape(-1, 784) + rng.uniform(size=(50_000, 784))
+    test = arrays["x_test"].reshape(-1, 784) + rng.uniform(size=(10_000, 784))
+    logit = Logit(784, alpha=1e-6, levels=256)
+    with jax.enable_x64(True):
+        z_train = jax.vmap(logit.inverse)(jnp.asarray(train))
+        model = Transformed(StandardNormal(784), Chain([TriangularAffine.fit(z_train), logit]))
+        pixel_ll = np.asarray(model.log_prob(jnp.asarray(test)))
+        logit_ll = pixel_ll - np.asarray(jax.vmap(lambda y: logit.inverse_and_log_det(y)[1])(jnp.asarray(test)))
+    # MAF paper, Table 2: Gaussian −1366.9 ± 1.4 nats (test log-likelihood in logit space)
+    assert abs(logit_ll.mean() - (-1366.9)) < 3.0
+    stderr = logit_ll.std() / math.sqrt(len(logit_ll))
+    assert 0.5 < 2 * stderr < 2.5
+    # the same model in pixel space: about 2.0 bits/dim, and the two differ exactly by the logit Jacobian
+    bpd = -pixel_ll.mean() / (784 * math.log(2))
+    assert 1.9 < bpd < 2.1
+    jac = np.log((1 - 2e-6) / 256) - np.log((p := 1e-6 + (1 - 2e-6) * test / 256) * (1 - p))
+    np.testing.assert_allclose(pixel_ll - logit_ll, jac.sum(1), rtol=1e-9)
+
+
+def test_triangular_affine_fit_and_log_det():
+    x = jax.random.normal(jax.random.key(14), (500, 3)) @ jnp.array([[2.0, 0, 0], [1.0, 0.5, 0], [0, -1.0, 1.0]]).T
+    bij = TriangularAffine.fit(x)
+    np.testing.assert_allclose(bij.lower @ bij.lower.T, np.cov(np.asarray(x), rowvar=False, bias=True), rtol=1e-4, atol=1e-5)
+    check_bijection(perturb(bij, jax.random.key(15), 0.1), jnp.array([0.3, -1.0, 2.0]))
+
+
+# ---- residual flows --------------------------------------------------------------------------
+
+def test_russian_roulette_estimate_averages_to_the_exact_log_det():
+    block = ResidualBlock(jax.random.key(16), (4,), width=16, coeff=0.9, n_exact=1, p=0.5)
+    y = jax.random.normal(jax.random.key(17), (4,))
+    exact = block.exact_log_det(y)
+    draws = jax.jit(jax.vmap(lambda k: block.series_log_det(y, k)))(jax.random.split(jax.random.key(18), 20_000))
+    stderr = float(draws.std() / math.sqrt(draws.size))
+    assert abs(float(draws.mean() - exact)) < 4 * stderr + 1e-4, (float(draws.mean()), float(exact), stderr)
+    # the gradient estimate (Neumann series) averages to the gradient of the exact log-det
+    grad_exact = jax.grad(block.exact_log_det)(y)
+    grad_draws = jax.jit(jax.vmap(jax.grad(block.series_log_det), in_axes=(None, 0)))(y, jax.random.split(jax.random.key(19), 20_000))
+    se = grad_draws.std(0) / math.sqrt(20_000)
+    assert np.all(np.abs(grad_draws.mean(0) - grad_exact) < 5 * se + 1e-3)
+
+
+def test_residual_fixed_point_inverse_reaches_1e_5_and_fails_loudly():
+    block = ResidualBlock(jax.random.key(20), (1, 4, 4), width=8, tol=1e-7)
+    latent = jax.random.normal(jax.random.key(21), (1, 4, 4))
+    data = block.forward(latent)
+    assert float(jnp.max(jnp.abs(data + block.residual(data) - latent))) < 1e-5
+    stuck = ResidualBlock(jax.random.key(20), (1, 4, 4), width=8, tol=1e-7, max_iter=1)
+    with pytest.raises(Exception, match="did not converge"):
+        jax.block_until_ready(stuck.forward(latent))
+
+
+def test_spectral_normalisation_bounds_the_lipschitz_constant():
+    block = ResidualBlock(jax.random.key(22), (6,), width=32, coeff=0.7)
+    jac = jax.jacfwd(block.residual)(jax.random.normal(jax.random.key(23), (6,)))
+    assert float(jnp.linalg.norm(jac, 2)) < 0.75  # Lip(g) ≤ 0.7³ per layer product, up to estimate error
+
+
+# ---- dequantisation --------------------------------------------------------------------------
+
+def test_variational_dequantization_bound_beats_uniform_after_short_training():
+    # toy discrete set: 1×2×2 images with 4 levels whose pixels are all equal (log P = −log 4)
+    rng = np.random.default_rng(0)
+    data = np.repeat(rng.integers(0, 4, size=(2000, 1, 1, 1)), 4, axis=-1).reshape(2000, 1, 2, 2).astype(np.float32)
+
+    def flow(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        layers = [ImageCoupling(k, (1, 2, 2), mask="checkerboard", parity=i % 2, width=16) for i, k in
+                  enumerate(jax.random.split(k1, 4))]
+        return Transformed(StandardNormal((1, 2, 2)), Chain([*layers, Logit((1, 2, 2), alpha=0.01, levels=4)]))
+
+    kw = dict(steps=600, batch_size=128, learning_rate=3e-3, val_fraction=0.0, eval_every=200, progress=False)
+    uniform, _ = fit(flow(jax.random.key(24)), data, key=jax.random.key(25), loss=UniformDequantization(), **kw)
+    model = VariationallyDequantized(flow(jax.random.key(24)),
+                                     VariationalDequantizer(jax.random.key(26), (1, 2, 2), levels=4, couplings=2, width=16))
+    variational, _ = fit(model, data, key=jax.random.key(25), loss=VariationalDequantization(), **kw)
+    uniform_lb = float(jnp.mean(uniform_bound(uniform, data, jax.random.key(27))))
+    variational_lb = float(jnp.mean(variational.elbo(data, jax.random.key(27), samples=4)))
+    print(f"bounds: variational {variational_lb:.3f}, uniform {uniform_lb:.3f}, log P {-math.log(4):.3f}")
+    assert variational_lb >= uniform_lb
+    assert variational_lb <= -math.log(4) + 0.05  # a bound: never above the true log-likelihood (up to MC noise)
+
+
+# ---- MNIST loader ----------------------------------------------------------------------------
+
+@needs_mnist
+def test_mnist_download_checks_sha256_and_caches(tmp_path):
+    from geoflow.datasets.mnist import MNIST_FILES, download_mnist, encode_idx, load_mnist
+
+    arrays = load_mnist(MNIST)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for key, (file, _) in MNIST_FILES.items():  # a local mirror of the original gzipped IDX files
+        (mirror / (file + ".gz")).write_bytes(gzip.compress(encode_idx(arrays[key]), compresslevel=1))
+    cache = tmp_path / "cache"
+    download_mnist(cache, base_url=mirror.as_uri())
+    loaded = load_mnist(cache_dir=cache)
+    np.testing.assert_array_equal(loaded["x_test"], arrays["x_test"])
+    np.testing.assert_array_equal(load_mnist(cache)["y_train"], arrays["y_train"])  # a folder path works too
+    # a corrupted file on the mirror is refused by its checksum
+    bad = arrays["x_test"].copy()
+    bad[0, 0, 0] ^= 1
+    (mirror / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(encode_idx(bad), compresslevel=1))
+    with pytest.raises(ValueError, match="sha256"):
+        download_mnist(tmp_path / "other", base_url=mirror.as_uri())
+
+
+def test_mnist_without_a_file_or_download_is_a_clear_error(tmp_path):
+    from geoflow.datasets.mnist import load_mnist
+
+    with pytest.raises(FileNotFoundError, match="not in the cache"):
+        load_mnist(cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "missing.npz")
+
+
+def test_digits_as_images():
+    from geoflow.datasets import load_dataset, load_images
+
+    images, vectors = load_images("digits"), load_dataset("digits")
+    assert images.shape == (1, 8, 8) and images.levels == 17 and images.dim == 64
+    assert set(np.unique(images.train)) <= set(range(17))
+    # the same split as the dequantised vector set
+    np.testing.assert_array_equal(np.floor(vectors.test * 17), images.test.reshape(-1, 64))
