@@ -38,3 +38,33 @@ def fit_rate(model, data, loss, optimizer, steps: int, batch_size: int):
     t0 = time.perf_counter()
     trained, _ = run()
     return steps / (time.perf_counter() - t0), trained
+
+
+def adam_step_timing(model, loss, batch, reps: int, learning_rate: float = 1e-3):
+    """``(compile seconds, microseconds per step)`` of one jitted Adam step of
+    ``loss(model, batch)`` — the same optimiser and loop for every library, so the figure is
+    the model's own cost."""
+    import equinox as eqx
+    import jax
+    import optax
+
+    opt = optax.adam(learning_rate)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, xb):
+        value, grads = jax.value_and_grad(lambda p: loss(eqx.combine(p, static), xb))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    t0 = time.perf_counter()
+    compiled = step.lower(params, state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    params, state, value = compiled(params, state, batch)
+    jax.block_until_ready(value)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        params, state, value = compiled(params, state, batch)
+    jax.block_until_ready(value)
+    return compile_s, (time.perf_counter() - t0) / reps * 1e6

@@ -26,7 +26,6 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 
 import geoflow as gf
 from geoflow.bijections import Affine, RationalQuadraticSpline
@@ -38,6 +37,8 @@ from flowjax.bijections import Affine as FjAffine, RationalQuadraticSpline as Fj
 from flowjax.distributions import Normal
 from flowjax.flows import coupling_flow as fj_coupling, masked_autoregressive_flow as fj_maf
 from flowjax.train import fit_to_data
+
+from _timing import adam_step_timing
 
 LAYERS, WIDTH, DEPTH, BATCH, LR = 8, 50, 1, 256, 1e-3
 
@@ -55,27 +56,7 @@ def build(lib, config, key, layers=LAYERS):
 
 def step_timing(model, x, reps):
     """Compile time and microseconds per jitted Adam step on one batch."""
-    opt = optax.adam(LR)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, xb):
-        loss, g = jax.value_and_grad(lambda p: -eqx.combine(p, static).log_prob(xb).mean())(params)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
-
-    xb = x[:BATCH]
-    t0 = time.perf_counter()
-    compiled = step.lower(params, state, xb).compile()
-    compile_s = time.perf_counter() - t0
-    params, state, loss = compiled(params, state, xb)
-    jax.block_until_ready(loss)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        params, state, loss = compiled(params, state, xb)
-    jax.block_until_ready(loss)
-    return compile_s, (time.perf_counter() - t0) / reps * 1e6
+    return adam_step_timing(model, lambda m, xb: -m.log_prob(xb).mean(), x[:BATCH], reps, LR)
 
 
 def throughput(fn, reps):

@@ -4,7 +4,6 @@ the uniform-dequantisation bound, with test bits/dim in pixel space and a grid o
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,28 +21,11 @@ def _images(args):
     return load_images(args.data, args.data_path, download=args.data_path is None)
 
 
-def test_bound(model, images, key, batch_size: int = 500) -> np.ndarray:
-    """Uniform-dequantisation bound on ``log P(x)`` per image (nats), in batches; ``(n,)``."""
-    import equinox as eqx
-    import jax
-
-    from .dequantization import uniform_bound
-
-    bound = eqx.filter_jit(uniform_bound)
-    keys = jax.random.split(key, math.ceil(len(images) / batch_size))
-    return np.concatenate([np.asarray(bound(model, images[i * batch_size : (i + 1) * batch_size], k), np.float64)
-                           for i, k in enumerate(keys)])
-
-
-def bits_per_dim(log_likelihood: np.ndarray, dim: int) -> float:
-    """Mean bits per dimension of per-image log-likelihoods (nats) over ``dim`` pixels."""
-    return float(-np.mean(log_likelihood) / (dim * math.log(2)))
-
-
 def cmd_fit_images(args) -> dict:
     import jax
 
-    from .dequantization import UniformDequantization
+    from .dequantization import UniformDequantization, uniform_bound_batched
+    from .metrics import bits_per_dim
     from .image_flows import clip_to_pixels, make_image_flow, sample_at_temperature
     from .plots import plot_images
     from .serialization import save
@@ -63,11 +45,11 @@ def cmd_fit_images(args) -> dict:
     model, history = fit(model, data.train, key=key_fit, loss=UniformDequantization(), val_data=data.val,
                          steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
     test = data.test[: args.eval_points]
-    bound = test_bound(model, test, key_eval)
+    bound = uniform_bound_batched(model, test, key_eval)
     res = {"model": args.model, "data": data.name, "shape": list(data.shape), "levels": data.levels,
            "seed": args.seed, "steps": history.steps[-1] if history.steps else 0,
            "parameters": count_parameters(model), **training_summary(history, args.batch_size),
-           "test_images": len(test), "test_bits_per_dim": bits_per_dim(bound, data.dim),
+           "test_images": len(test), "test_bits_per_dim": bits_per_dim(float(-bound.mean()), data.dim),
            "test_nll": float(-bound.mean())}
     save(out / "model.eqx", model)
     (out / "run.json").write_text(json.dumps({"model": args.model, "data": data.name, "shape": list(data.shape),

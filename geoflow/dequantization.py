@@ -20,6 +20,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .bijections import Chain, ImageCoupling
@@ -34,6 +35,14 @@ def uniform_bound(model: Distribution, x: Float[Array, "n ..."], key) -> Array:
     x = jnp.asarray(x)
     y = x + jax.random.uniform(k_noise, x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else float)
     return model.log_prob(y, key=k_model if model.needs_key else None)
+
+
+def uniform_bound_batched(model: Distribution, images, key, batch_size: int = 500) -> np.ndarray:
+    """:func:`uniform_bound` over many images in jitted batches (bounded memory); float64 ``(n,)``."""
+    bound = eqx.filter_jit(uniform_bound)
+    keys = jax.random.split(key, max(1, math.ceil(len(images) / batch_size)))
+    return np.concatenate([np.asarray(bound(model, jnp.asarray(images[i * batch_size : (i + 1) * batch_size]), k),
+                                      np.float64) for i, k in enumerate(keys)])
 
 
 class UniformDequantization(eqx.Module):

@@ -104,8 +104,9 @@ def nsf_ar(key, dim: int, *, layers: int = 8, knots: int = 8, bound: float = 4.0
                                       layers=layers, **kw)
 
 
-def residual(key, dim: int, *, layers: int = 8, width: int = 64, depth: int = 2, coeff: float = 0.9,
-             log_det: str | None = None, preprocess: Bijection | None = None, **kw) -> Transformed:
+def residual(key, dim: int, *, cond_dim: int | None = None, layers: int = 8, width: int = 64, depth: int = 2,
+             coeff: float = 0.9, log_det: str | None = None, preprocess: Bijection | None = None,
+             **kw) -> Transformed:
     """Residual flow (Behrmann et al. 2019; Chen et al. 2019): ``layers`` × (ActNorm, invertible
     residual block of spectrally normalised dense layers). ``log_det`` defaults to ``"exact"``
     up to 16 dimensions and to the Russian-roulette ``"series"`` (``log_prob`` then takes
@@ -115,7 +116,8 @@ def residual(key, dim: int, *, layers: int = 8, width: int = 64, depth: int = 2,
     log_det = ("exact" if dim <= 16 else "series") if log_det is None else log_det
 
     def layer(k):
-        return Chain([ResidualBlock(k, (dim,), width=width, depth=depth, coeff=coeff, log_det=log_det), ActNorm(dim)])
+        block = ResidualBlock(k, (dim,), cond_dim=cond_dim, width=width, depth=depth, coeff=coeff, log_det=log_det)
+        return Chain([block, ActNorm(dim)])
 
     return _finish(key, layer, dim, layers, preprocess=preprocess)
 

@@ -12,6 +12,7 @@ QM9_FIXTURE = Path(__file__).parent / "qm9_smiles_sample.txt"  # the suite never
 QM9_MOLECULES = Path(__file__).parent / "qm9_sample.csv"
 SMALL = {
     "01-classic-flows.ipynb": "STEPS_2D = 100\nSTEPS_DIGITS = 30\nDATA_2D = 'moons'\nN_TEST = 2000",
+    "02-image-flows.ipynb": "DATA = 'digits'\nMNIST_PATH = None\nSTEPS = 20\nDEPTH, WIDTH = 1, 8\nBATCH = 32\nN_TEST = 64",
     "03-continuous-flows.ipynb": "STEPS_CNF = 20\nSTEPS_FM = 100\nSTEPS_REFLOW = 50\nDATA = '8gaussians'\nN_EVAL = 300\nGRID = 20",
     "04-riemannian-flows.ipynb": "STEPS_EARTH = 30\nSTEPS_SO3 = 30\nWIDTH = 32\nN_EVAL = 200\nMAP = 20",
     "05-discrete-flows.ipynb": f"STEPS_TOY = 30\nSTEPS_SORTED = 30\nSTEPS_QM9 = 20\nQM9_DIM, QM9_DEPTH = 32, 1\n"

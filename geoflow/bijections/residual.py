@@ -80,12 +80,14 @@ class SpectralNorm(eqx.Module):
         return scale * self._linear(x) + (0.0 if bias is None else bias)
 
 
-def _layers_for(key, shape, width: int, depth: int, coeff: float, iterations: int):
-    """Spectrally normalised layers of ``g``: dense for vectors, 3×3/1×1/3×3 convolutions for
-    images (the i-ResNet block)."""
+def _layers_for(key, shape, width: int, depth: int, coeff: float, iterations: int, cond_dim: int = 0):
+    """Spectrally normalised layers of ``g``: dense for vectors (a context vector joins the first
+    layer's input), 3×3/1×1/3×3 convolutions for images (the i-ResNet block)."""
     keys = jax.random.split(key, 2 * (depth + 1))
+    if cond_dim and len(shape) != 1:
+        raise ValueError("conditional residual blocks are built for vectors only")
     if len(shape) == 1:
-        sizes = [shape[0]] + [width] * depth + [shape[0]]
+        sizes = [shape[0] + cond_dim] + [width] * depth + [shape[0]]
         layers = [eqx.nn.Linear(a, b, key=keys[i]) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
         in_shapes = [(a,) for a in sizes[:-1]]
     elif len(shape) == 3:
@@ -106,6 +108,8 @@ class ResidualBlock(Bijection):
 
     **Arguments:**
     - `key`; `shape`: ``(d,)`` (dense layers) or ``(c, h, w)`` (convolutions).
+    - `cond_dim`: size of a context vector fed to ``g`` with the data (vectors only); the
+      spectral norm covers the whole first matrix, so ``g`` stays a contraction in the data.
     - `width`, `depth`: hidden units/channels and number of hidden layers of ``g``.
     - `coeff`: the Lipschitz bound of each layer (< 1); `iterations`: power iterations.
     - `log_det`: ``"series"`` (Russian roulette + Hutchinson; the methods then take ``key=``)
@@ -124,7 +128,7 @@ class ResidualBlock(Bijection):
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
-    def __init__(self, key, shape, *, width: int = 64, depth: int = 2, coeff: float = 0.9,
+    def __init__(self, key, shape, *, cond_dim: int | None = None, width: int = 64, depth: int = 2, coeff: float = 0.9,
                  iterations: int = 10, log_det: str = "series", n_exact: int = 2, p: float = 0.5,
                  tol: float = 1e-6, max_iter: int = 200):
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -132,37 +136,39 @@ class ResidualBlock(Bijection):
             raise ValueError(f"unknown log_det {log_det!r}; expected one of {LOG_DETS}")
         if not 0 < p < 1:
             raise ValueError(f"the roulette parameter p must be in (0, 1), got {p}")
-        self.layers = _layers_for(key, self.shape, width, depth, coeff, iterations)
+        self.layers = _layers_for(key, self.shape, width, depth, coeff, iterations, cond_dim or 0)
         self.log_det, self.n_exact, self.p = log_det, n_exact, p
         self.tol, self.max_iter = tol, max_iter
-        self.cond_shape = None
+        self.cond_shape = None if cond_dim is None else (cond_dim,)
 
     @property
     def needs_key(self) -> bool:
         return self.log_det == "series"
 
-    def residual(self, x: Array) -> Array:
-        """``g(x)``, a contraction."""
+    def residual(self, x: Array, condition: Array | None = None) -> Array:
+        """``g(x)`` (or ``g(x; condition)``), a contraction in ``x``."""
+        if condition is not None:
+            x = jnp.concatenate([x, condition])
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
                 x = lipswish(x)
         return x
 
-    def exact_log_det(self, y: Array) -> Array:
+    def exact_log_det(self, y: Array, condition: Array | None = None) -> Array:
         """``log|det(I + J_g(y))|`` from the full Jacobian."""
         n = math.prod(self.shape)
-        jac = jax.jacfwd(lambda flat: self.residual(flat.reshape(self.shape)).ravel())(y.ravel())
+        jac = jax.jacfwd(lambda flat: self.residual(flat.reshape(self.shape), condition).ravel())(y.ravel())
         return jnp.linalg.slogdet(jnp.eye(n) + jac)[1]
 
-    def series_log_det(self, y: Array, key) -> Array:
+    def series_log_det(self, y: Array, key, condition: Array | None = None) -> Array:
         """Unbiased Russian-roulette estimate of ``log det(I + J_g(y))`` whose gradient is the
         Neumann-series estimate of Residual Flows."""
         k_probe, k_terms = jax.random.split(key)
         v = jax.random.normal(k_probe, self.shape)
         n = self.n_exact + jax.random.geometric(k_terms, self.p) - 1  # geometric counts trials ≥ 1
-        frozen = jax.lax.stop_gradient(self)
-        _, vjp = jax.vjp(frozen.residual, jax.lax.stop_gradient(y))
+        frozen, fixed_condition = jax.lax.stop_gradient((self, condition))
+        _, vjp = jax.vjp(lambda x: frozen.residual(x, fixed_condition), jax.lax.stop_gradient(y))
 
         def survival(k):  # P(N ≥ k)
             return jnp.where(k <= self.n_exact, 1.0, (1 - self.p) ** (k - self.n_exact))
@@ -177,22 +183,22 @@ class ResidualBlock(Bijection):
 
         init = (jnp.asarray(1), v, jnp.zeros((), y.dtype), v)
         _, _, estimate, neumann = jax.lax.while_loop(lambda s: s[0] <= n, body, init)
-        _, jv = jax.jvp(self.residual, (y,), (v,))
+        _, jv = jax.jvp(lambda x: self.residual(x, condition), (y,), (v,))
         surrogate = jnp.vdot(jax.lax.stop_gradient(neumann), jv)
         return jax.lax.stop_gradient(estimate) + surrogate - jax.lax.stop_gradient(surrogate)
 
-    def _log_det_at(self, y, key):
-        return self.exact_log_det(y) if self.log_det == "exact" else self.series_log_det(y, key)
+    def _log_det_at(self, y, condition, key):
+        return self.exact_log_det(y, condition) if self.log_det == "exact" else self.series_log_det(y, key, condition)
 
     def inverse_and_log_det(self, y, condition=None, *, key=None):
-        return y + self.residual(y), self._log_det_at(y, key)
+        return y + self.residual(y, condition), self._log_det_at(y, condition, key)
 
     def forward(self, x, condition=None, *, key=None):
         """``data`` with ``data + g(data) = x``, by fixed-point iteration (no log-determinant)."""
 
         def body(state):
             i, y, _ = state
-            new = x - self.residual(y)
+            new = x - self.residual(y, condition)
             return i + 1, new, jnp.max(jnp.abs(new - y))
 
         init = (jnp.asarray(0), x, jnp.asarray(jnp.inf, x.dtype))
@@ -202,5 +208,5 @@ class ResidualBlock(Bijection):
                             "fixed-point iterations (is the Lipschitz coefficient below 1?)")
 
     def forward_and_log_det(self, x, condition=None, *, key=None):
-        y = self.forward(x)
-        return y, -self._log_det_at(y, key)
+        y = self.forward(x, condition)
+        return y, -self._log_det_at(y, condition, key)
