@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="test NLL of a trained run on a data set or file")
     e.add_argument("--run", type=Path, required=True)
-    e.add_argument("--data", type=_choice(DATASETS, "data set"), help="named data set (its test split)")
+    e.add_argument("--data", type=_choice(tuple(dict.fromkeys(DATASETS + IMAGE_DATASETS)), "data set"),
+                   help="named data set (its test split); an image run defaults to the set it was trained on")
     e.add_argument("--data-path", type=Path, help=".npy/.csv file of points (n, dim)")
     e.add_argument("--seed", type=int, default=0)
     return p
@@ -314,6 +315,11 @@ def cmd_eval(args):
 
     run = _run_dir(args.run)
     model = load(run / "model.eqx")
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    if len(info.get("shape", ())) == 3:  # an image run: the dequantization bound in bits/dim
+        from .cli_images import cmd_eval_images
+
+        return cmd_eval_images(args, model, info)
     if hasattr(model, "elbo"):  # a CTMC model: a bound, named as one
         if args.data_path is None or args.data_path.suffix != ".npy":
             raise ValueError("eval of a dfm run needs --data-path TOKENS.npy (integer sequences (n, L))")

@@ -52,6 +52,10 @@ def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path,
     assert all((tmp_path / f).is_file() for f in ("model.eqx", "samples.png", "samples_t0.7.png"))
     assert main(["sample", "--run", str(tmp_path), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (5, 1, 8, 8)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 271 and 0 < res["bits_per_dim"] < np.log2(17)
 
 
 @pytest.mark.parametrize("argv, message", [

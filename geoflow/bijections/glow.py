@@ -113,7 +113,7 @@ class InvertibleConv1x1(Bijection):
     ``P`` (a permutation) and ``sign`` are fixed at initialisation; ``L`` is unit lower
     triangular and ``U`` strictly upper triangular. The log-determinant is
     ``height · width · Σ log_diag`` — O(c) instead of an O(c³) determinant — and the inverse
-    uses two triangular solves. Starts as a random rotation.
+    is ``W⁻¹`` from two triangular solves. Starts as a random rotation.
     """
 
     permutation: Frozen
@@ -148,10 +148,13 @@ class InvertibleConv1x1(Bijection):
     def forward_and_log_det(self, x, condition=None):
         return jnp.einsum("ij,jhw->ihw", self.weight, x), self._log_det()
 
-    def inverse_and_log_det(self, y, condition=None):
+    def inverse_weight(self) -> Float[Array, "c c"]:
+        """``W⁻¹ = U⁻¹ L⁻¹ Pᵀ`` by two triangular solves on the identity; it depends only on the
+        parameters, so under ``vmap`` it is computed once per batch, not once per image."""
         p, lower, upper = self._factors()
-        c, h, w = self.shape
-        pixels = (p.T @ y.reshape(c, h * w))
-        pixels = solve_triangular(lower, pixels, lower=True, unit_diagonal=True)
-        pixels = solve_triangular(upper, pixels, lower=False)
-        return pixels.reshape(c, h, w), -self._log_det()
+        eye = jnp.eye(self.shape[0], dtype=lower.dtype)
+        inverse = solve_triangular(upper, solve_triangular(lower, eye, lower=True, unit_diagonal=True), lower=False)
+        return inverse @ p.T
+
+    def inverse_and_log_det(self, y, condition=None):
+        return jnp.einsum("ij,jhw->ihw", self.inverse_weight(), y), -self._log_det()
