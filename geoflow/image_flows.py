@@ -9,6 +9,7 @@ bits/dim in the original pixel space (see :mod:`geoflow.dequantization`).
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -153,9 +154,13 @@ def sample_at_temperature(flow: Transformed, key, n: int, temperature: float = 1
         raise ValueError(f"temperature sampling scales a standard normal base; this flow's base is {type(flow.base).__name__}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    noise = temperature * jax.random.normal(key, (n, *flow.shape))
-    keys = jax.random.split(jax.random.fold_in(key, 1), n)
-    return jax.vmap(lambda z, k: flow.bijection.forward(z, key=k if flow.bijection.needs_key else None))(noise, keys)
+    return _forward_batch(flow.bijection, temperature * jax.random.normal(key, (n, *flow.shape)),
+                          jax.random.split(jax.random.fold_in(key, 1), n))
+
+
+@eqx.filter_jit
+def _forward_batch(bijection, latents, keys):
+    return jax.vmap(lambda z, k: bijection.forward(z, key=k if bijection.needs_key else None))(latents, keys)
 
 
 def clip_to_pixels(samples, pixel_levels: int = 256):

@@ -43,9 +43,17 @@ def test_fit_on_digits_reports_bits_per_dim(tmp_path):
 
 
 def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path, capsys):
-    assert main(["fit", "--model", "realnvp-ms", "--data", "digits", "--steps", "30", "--layers", "1", "--levels", "1",
+    assert main(["fit", "--model", "glow", "--data", "digits", "--steps", "30", "--layers", "1", "--levels", "2",
                  "--width", "8", "--batch-size", "32", "--eval-points", "64", "--out", str(tmp_path), "--quiet"]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
+    # fit initialised every ActNorm of the multi-scale flow from its first batch
+    from geoflow import load
+    from geoflow.bijections import ActNorm
+
+    model = load(tmp_path / "model.eqx")
+    norms = [n for n in jax.tree.leaves(model, is_leaf=lambda n: isinstance(n, ActNorm)) if isinstance(n, ActNorm)]
+    assert len(norms) == 2 and all(n.initialized for n in norms)
+    assert m["final_train_loss"] < 64 * np.log(17)  # below the uniform distribution over the pixel levels
     assert m["shape"] == [1, 8, 8] and m["levels"] == 17 and m["test_images"] == 64
     # bits/dim in the 17-level pixel space: below the 4.09 of a uniform distribution over the levels
     assert 0 < m["test_bits_per_dim"] < np.log2(17)
@@ -170,17 +178,26 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
 
 
-def test_riemannian_flow_matching_from_the_command_line(tmp_path, capsys):
-    small = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
-    assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *small]) == 0
+RFM_SMALL = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
+
+
+def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path):
+    assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *RFM_SMALL]) == 0
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert np.isfinite(m["test_nll"]) and m["uniform_nll"] == pytest.approx(np.log(4 * np.pi))
     assert (tmp_path / "v" / "samples.png").is_file()
-    assert main(["fit", "--model", "rfm", "--data", "so3-mixture", "--out", str(tmp_path / "r"), *small]) == 0
+
+
+def test_riemannian_flow_matching_on_so3_from_the_command_line(tmp_path):
+    assert main(["fit", "--model", "rfm", "--data", "so3-mixture", "--out", str(tmp_path / "r"), *RFM_SMALL]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["true_test_nll"] < m["test_nll"] < m["uniform_nll"] + 0.5 and (tmp_path / "r" / "samples.png").is_file()
+
+
+def test_riemannian_flow_matching_on_se3_frames_and_its_errors(tmp_path, capsys):
     from manifolds import SO3
 
+    small = RFM_SMALL
     frames = np.concatenate([np.asarray(SO3().random_uniform(jax.random.key(0), (200,))).reshape(200, 9),
                              5 + np.random.default_rng(0).normal(size=(200, 3))], 1).astype(np.float32)
     np.save(tmp_path / "frames.npy", frames)

@@ -85,7 +85,7 @@ def test_split_prior_and_multiscale_log_det_on_a_tiny_image():
 
 
 @pytest.mark.parametrize("make", [
-    lambda k: glow(k, (1, 4, 4), depth=2, width=8),
+    lambda k: glow(k, (1, 4, 4), depth=1, width=8),
     lambda k: realnvp_multiscale(k, (1, 4, 4), couplings=2, width=8, blocks=1),
     lambda k: residual_image_flow(k, (1, 4, 4), depth=1, width=8, log_det="exact"),
 ], ids=["glow", "realnvp-ms", "residual"])
@@ -113,19 +113,6 @@ def test_actnorm_data_init_gives_zero_mean_unit_variance_per_channel():
     np.testing.assert_allclose(latent.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
     again, _ = layer.data_init(y + 10)  # initialised once: later data leave it alone
     np.testing.assert_array_equal(again.bias, layer.bias)
-
-
-def test_fit_initialises_actnorm_inside_a_multiscale_flow_on_the_first_batch():
-    from geoflow.datasets import load_images
-
-    data = load_images("digits")
-    model = glow(jax.random.key(9), data.shape, depth=1, width=8, pixel_levels=data.levels)
-    trained, history = fit(model, data.train, key=jax.random.key(10), loss=UniformDequantization(),
-                           val_data=data.val, steps=40, batch_size=32, eval_every=20, progress=False)
-    norms = [leaf for leaf in jax.tree.leaves(trained, is_leaf=lambda n: isinstance(n, ActNorm))
-             if isinstance(leaf, ActNorm)]
-    assert norms and all(n.initialized for n in norms)
-    assert history.train_loss[-1] < history.train_loss[0]
 
 
 def test_temperature_scales_the_base_noise():
@@ -226,7 +213,7 @@ def test_variational_dequantization_bound_beats_uniform_after_short_training():
                   enumerate(jax.random.split(k1, 4))]
         return Transformed(StandardNormal((1, 2, 2)), Chain([*layers, Logit((1, 2, 2), alpha=0.01, levels=4)]))
 
-    kw = dict(steps=600, batch_size=128, learning_rate=3e-3, val_fraction=0.0, eval_every=200, progress=False)
+    kw = dict(steps=400, batch_size=128, learning_rate=3e-3, val_fraction=0.0, eval_every=200, progress=False)
     uniform, _ = fit(flow(jax.random.key(24)), data, key=jax.random.key(25), loss=UniformDequantization(), **kw)
     model = VariationallyDequantized(flow(jax.random.key(24)),
                                      VariationalDequantizer(jax.random.key(26), (1, 2, 2), levels=4, couplings=2, width=16))
