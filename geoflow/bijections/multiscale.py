@@ -15,7 +15,6 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from .base import Bijection, call_with_key
 from .glow import check_image_shape, squeeze, unsqueeze
