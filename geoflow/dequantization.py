@@ -25,6 +25,7 @@ from jaxtyping import Array, Float
 
 from .bijections import Chain, ImageCoupling
 from .bijections.glow import check_image_shape
+from .bijections.preprocessing import uniform_dequantize
 from .distributions import Distribution
 
 
@@ -32,8 +33,7 @@ def uniform_bound(model: Distribution, x: Float[Array, "n ..."], key) -> Array:
     """``log p(x + u)`` with ``u ~ U[0,1)``, one draw per example: an unbiased estimate of the
     uniform-dequantisation bound on ``log P(x)`` for integer ``x`` ``(n, *shape)``; returns ``(n,)``."""
     k_noise, k_model = jax.random.split(key)
-    x = jnp.asarray(x)
-    y = x + jax.random.uniform(k_noise, x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else float)
+    y = uniform_dequantize(k_noise, x, 1)  # x + u: the model's density is over pixel values
     return model.log_prob(y, key=k_model if model.needs_key else None)
 
 
@@ -55,7 +55,7 @@ class UniformDequantization(eqx.Module):
         return -jnp.mean(uniform_bound(model, x, key))
 
     def dequantize(self, x, key):
-        return x + jax.random.uniform(key, x.shape, x.dtype)
+        return uniform_dequantize(key, x, 1)
 
 
 class VariationalDequantizer(eqx.Module):
@@ -135,8 +135,10 @@ class VariationallyDequantized(eqx.Module):
 
     def sample(self, key, sample_shape=()):
         """Integer images: flow samples rounded down into ``0 … levels−1``."""
+        from .image_flows import clip_to_pixels
+
         y = self.flow.sample(key, sample_shape)
-        return jnp.clip(jnp.floor(y), 0, self.dequantizer.levels - 1)
+        return clip_to_pixels(y, self.dequantizer.levels)
 
 
 class VariationalDequantization(eqx.Module):
