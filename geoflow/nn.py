@@ -100,11 +100,39 @@ class MLP(eqx.Module):
         self.weights, self.biases = _init_layers(key, [in_size] + [width] * depth + [out_size], zero_last)
         self.activation = activation
 
-    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+    def _hidden(self, x):
         act = ACTIVATIONS[self.activation]
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             x = act(w @ x + b)
-        return self.weights[-1] @ x + self.biases[-1]
+        return x
+
+    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+        return self.weights[-1] @ self._hidden(x) + self.biases[-1]
+
+    def parts(self, x: Float[Array, " in"], n: int) -> tuple[Float[Array, " out/n"], ...]:
+        """The output cut into ``n`` equal consecutive parts (a transformer's parameters)."""
+        return output_parts(self.weights[-1], self.biases[-1], self._hidden(x), n)
+
+
+def output_parts(weight, bias, x, n: int) -> tuple[Array, ...]:
+    """``weight @ x + bias`` cut into ``n`` equal consecutive parts (a transformer's parameters).
+
+    Why the two ways of doing it: under ``vmap`` the product comes out with the batch on its
+    *last* axis. ``split(product + bias)`` makes JAX move the batch to the front before the
+    add, so each part becomes columns of a ``(batch, out)`` array: fine when a part is wide,
+    but a narrow part (one element per example, as in a 2-D coupling layer) is then read with
+    a stride of ``out`` by every consumer, and a spline reads each of its parts several times.
+    Splitting the product first keeps each part a contiguous ``(part, batch)`` block; the bias
+    add then transposes parts wider than one element. Measured on CPU at 100k examples, a
+    spline part of one element runs twice as fast split first, and so does a spline
+    (``n = 23``) with parts of up to 8 elements, while affine parameters (``n = 2``) wider than
+    one element, and any part of 16 elements or more, are faster the plain way (a 32-wide
+    spline's gradient 5× faster).
+    """
+    part = weight.shape[0] // n
+    if part == 1 or (n > 2 and part < 16):
+        return tuple(p + c for p, c in zip(jnp.split(weight @ x, n), jnp.split(bias, n)))
+    return tuple(jnp.split(weight @ x + bias, n))
 
 
 def made_degrees(dim: int, order: str | np.ndarray, key=None) -> Array:
@@ -127,7 +155,8 @@ def made_degrees(dim: int, order: str | np.ndarray, key=None) -> Array:
 class MaskedMLP(eqx.Module):
     """MADE (Germain et al. 2015): an MLP whose masks make output ``i`` depend only on inputs
     of smaller degree. ``params_per_dim`` outputs are produced for every input dimension and
-    returned with shape ``(dim, params_per_dim)``; context inputs connect to every hidden unit.
+    returned parameter-major, as ``params_per_dim`` arrays of shape ``(dim,)`` (the layout
+    transformers take, see :func:`output_parts`); context inputs connect to every hidden unit.
 
     Hidden degrees cycle through ``1..dim-1`` (the deterministic assignment of the MADE paper),
     so every hidden layer has units of every degree.
@@ -150,7 +179,7 @@ class MaskedMLP(eqx.Module):
         degs = [jnp.concatenate([in_deg, jnp.zeros(cond_dim, in_deg.dtype)])]
         for _ in range(depth):
             degs.append(jnp.arange(width) % max(dim - 1, 1) + 1)
-        out_deg = jnp.repeat(in_deg, params_per_dim)
+        out_deg = jnp.tile(in_deg, params_per_dim)  # parameter-major: part j holds every input's j-th
         masks = [degs[i + 1][:, None] >= degs[i][None, :] for i in range(depth)]
         masks.append(out_deg[:, None] > degs[-1][None, :])
         sizes = [dim + cond_dim] + [width] * depth + [dim * params_per_dim]
@@ -160,13 +189,11 @@ class MaskedMLP(eqx.Module):
         self.params_per_dim = params_per_dim
         self.activation = activation
 
-    def __call__(self, x: Float[Array, " dim"], condition=None) -> Float[Array, "dim params"]:
+    def __call__(self, x: Float[Array, " dim"], condition=None) -> tuple[Float[Array, " dim"], ...]:
         if condition is not None:
             x = jnp.concatenate([x, condition])
         act = ACTIVATIONS[self.activation]
-        n = len(self.weights)
-        for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
-            x = jnp.where(m, w, 0.0) @ x + b
-            if i < n - 1:
-                x = act(x)
-        return x.reshape(self.dim, self.params_per_dim)
+        masked = [jnp.where(m, w, 0.0) for w, m in zip(self.weights, self.masks)]
+        for w, b in zip(masked[:-1], self.biases[:-1]):
+            x = act(w @ x + b)
+        return output_parts(masked[-1], self.biases[-1], x, self.params_per_dim)

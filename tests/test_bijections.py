@@ -118,9 +118,9 @@ def test_spline_far_outside_interval_is_finite_with_finite_gradients():
 def test_spline_is_identity_at_zero_parameters_and_monotone():
     spline = RationalQuadraticSpline(knots=8, bound=4.0)
     x = jnp.linspace(-5, 5, 1001)
-    y, ld = spline.forward(x, jnp.zeros((x.size, spline.num_params)))
+    y, ld = spline.forward(x, tuple(jnp.zeros((spline.num_params, x.size))))
     np.testing.assert_allclose(y, x, atol=1e-5)
-    params = jax.random.normal(jax.random.key(0), (1, spline.num_params)) * 2
+    params = tuple(jax.random.normal(jax.random.key(0), (spline.num_params, 1)) * 2)
     ys, lds = jax.vmap(lambda v: spline.forward(v[None], params))(x)
     assert np.all(np.diff(np.asarray(ys[:, 0])) >= 0)
     assert np.all(np.isfinite(np.asarray(lds)))  # log-derivative finite: strictly increasing

@@ -48,7 +48,7 @@ class Coupling(Bijection):
 
     def _params(self, x_fixed, condition):
         inp = x_fixed if condition is None else jnp.concatenate([x_fixed, condition])
-        return self.conditioner(inp).reshape(self.shape[0] - self.split, self.transformer.num_params)
+        return self.conditioner.parts(inp, self.transformer.num_params)
 
     def forward_and_log_det(self, x, condition=None):
         fixed, moved = x[: self.split], x[self.split :]

@@ -19,18 +19,18 @@ class Elementwise(Bijection):
     """
 
     transformer: Transformer
-    params: Float[Array, "dim p"]
+    params: Float[Array, "p dim"]
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, transformer: Transformer, dim: int):
         self.transformer = transformer
-        self.params = jnp.zeros((dim, transformer.num_params))
+        self.params = jnp.zeros((transformer.num_params, dim))
         self.shape = (dim,)
         self.cond_shape = None
 
     def forward_and_log_det(self, x, condition=None):
-        return self.transformer.forward(x, self.params)
+        return self.transformer.forward(x, tuple(self.params))
 
     def inverse_and_log_det(self, y, condition=None):
-        return self.transformer.inverse(y, self.params)
+        return self.transformer.inverse(y, tuple(self.params))

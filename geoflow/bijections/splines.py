@@ -5,14 +5,19 @@ is the identity (linear tails, slope 1 at the boundary knots so the map is C¹).
 clipped into the interval *before* the spline maths and the identity is selected after, so
 far-away inputs give finite values and finite gradients (masking after the maths would leak
 NaN gradients from the unused branch).
+
+Why the loops over bins: the number of bins is small and static, so the knots, the bin search
+and the choice of the bin's knots are written bin by bin (Python loops over ``(d,)`` arrays).
+Every step is then element-wise and XLA fuses the whole spline — softmaxes, cumulative sums,
+search and selection — into one pass over the batch, and its gradient into another. The
+array formulation (softmax over a bin axis, cumulative sums, gathers) ran as dozens of small
+kernels and spent most of its time moving ``(batch, d, K)`` tables through memory.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .transformers import Transformer
 
@@ -22,25 +27,6 @@ def positive(p):
     ``(p + √(p² + 4)) / 2``. It plays the role of softplus for the knot derivatives; XLA's CPU
     softplus (exp, log1p and branches) costs ten times as much and dominated the spline layer."""
     return 0.5 * (p + jnp.sqrt(p * p + 4.0))
-
-
-@jax.custom_jvp
-def _pick(table, idx):
-    """``table[i, idx[i]]`` for a ``(d, K)`` table and ``(d,)`` integer indices.
-
-    A gather going forward (cheapest for density evaluation and sampling). The tangent is
-    written as a one-hot product so that its transpose, the backward pass, is a broadcast
-    multiply instead of the gather's scatter-add, which on CPU costs more than the whole
-    spline layer.
-    """
-    return jnp.take_along_axis(table, idx[:, None], axis=-1)[:, 0]
-
-
-@_pick.defjvp
-def _pick_jvp(primals, tangents):
-    table, idx = primals
-    onehot = idx[:, None] == jnp.arange(table.shape[-1])
-    return _pick(table, idx), jnp.sum(jnp.where(onehot, tangents[0], 0.0), axis=-1)
 
 
 class RationalQuadraticSpline(Transformer):
@@ -73,26 +59,31 @@ class RationalQuadraticSpline(Transformer):
     def num_params(self) -> int:
         return 3 * self.knots - 1
 
+    def _edges(self, raw, floor):
+        """Knot positions ``[-bound, …, bound]`` (``K + 1`` arrays of shape ``(d,)``) from ``K``
+        unnormalised bin sizes: ``floor + (1 − K·floor)·softmax(raw)`` of the interval each."""
+        k, bound = self.knots, self.bound
+        top = raw[0]
+        for r in raw[1:]:
+            top = jnp.maximum(top, r)
+        sizes = [jnp.exp(r - top) for r in raw]
+        partial, total = [], sizes[0]
+        for s in sizes[1:]:
+            partial.append(total)
+            total = total + s
+        scale = 2 * bound * (1 - floor * k) / total
+        inner = [2 * bound * floor * j - bound + scale * p for j, p in enumerate(partial, start=1)]
+        # the ends are exact, so the tails join continuously whatever the rounding
+        return [-bound] + inner + [bound]
+
     def _knots(self, params):
-        """Knot positions ``(d, K+1)`` in x and y and derivatives ``(d, K+1)`` at every knot."""
+        """Knot x and y positions and the derivatives at every knot, each ``K + 1`` arrays
+        ``(d,)``, from the ``3K − 1`` parameter arrays ``(d,)``."""
         k = self.knots
-
-        # cumulative sums as a matmul with a triangular matrix: XLA's cumsum on CPU (and its
-        # gradient) is a reduce-window that costs more than the whole spline
-        upper = np.triu(np.ones((k, k + 1), np.float32), 1)
-
-        def positions(raw, floor):
-            w = floor + (1 - floor * k) * jax.nn.softmax(raw, axis=-1)
-            edges = 2 * self.bound * (w @ upper) - self.bound
-            # exact ends so the tails join continuously whatever the rounding
-            return edges.at[:, 0].set(-self.bound).at[:, -1].set(self.bound)
-
-        xs = positions(params[:, :k], self.min_bin_width)
-        ys = positions(params[:, k : 2 * k], self.min_bin_height)
-        inner = self.min_derivative + (1 - self.min_derivative) * positive(params[:, 2 * k :])
-        ones = jnp.ones_like(inner[:, :1])
-        derivs = jnp.concatenate([ones, inner, ones], axis=-1)
-        return xs, ys, derivs
+        xs = self._edges(params[:k], self.min_bin_width)
+        ys = self._edges(params[k : 2 * k], self.min_bin_height)
+        inner = [self.min_derivative + (1 - self.min_derivative) * positive(c) for c in params[2 * k :]]
+        return xs, ys, [1.0] + inner + [1.0]
 
     def _bin_of(self, v, params, in_y: bool):
         """Clip ``v`` into the interval and return it with its bin's knots: ``x0, y0`` (left
@@ -100,10 +91,14 @@ class RationalQuadraticSpline(Transformer):
         xs, ys, ds = self._knots(params)
         vc = jnp.clip(v, -self.bound, self.bound)
         edges = ys if in_y else xs
-        idx = jnp.sum(vc[:, None] >= edges[:, 1:-1], axis=-1)
-        x0, y0 = _pick(xs, idx), _pick(ys, idx)
-        w, h = _pick(xs, idx + 1) - x0, _pick(ys, idx + 1) - y0
-        return vc, x0, y0, w, h, _pick(ds, idx), _pick(ds, idx + 1)
+        x0, x1, y0, y1, d0, d1 = xs[0], xs[1], ys[0], ys[1], ds[0], ds[1]
+        # the edges increase, so the last bin whose left edge lies below v is v's bin
+        for j in range(1, self.knots):
+            above = vc >= edges[j]
+            x0, x1 = jnp.where(above, xs[j], x0), jnp.where(above, xs[j + 1], x1)
+            y0, y1 = jnp.where(above, ys[j], y0), jnp.where(above, ys[j + 1], y1)
+            d0, d1 = jnp.where(above, ds[j], d0), jnp.where(above, ds[j + 1], d1)
+        return vc, x0, y0, x1 - x0, y1 - y0, d0, d1
 
     def forward(self, x, params):
         inside = jnp.abs(x) < self.bound

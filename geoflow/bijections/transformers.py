@@ -1,7 +1,10 @@
 """Element-wise monotone maps whose parameters come from a conditioner network.
 
 A *transformer* (the term of Papamakarios et al. 2021) maps a vector ``x`` of shape ``(d,)``
-element by element, with per-element parameters ``params`` of shape ``(d, num_params)``.
+element by element. Its per-element parameters come parameter-major: ``params`` is a tuple of
+``num_params`` arrays of shape ``(d,)``, the ``j``-th holding every element's ``j``-th
+parameter. Conditioners produce them with :func:`geoflow.nn.output_parts`, which keeps each
+one a contiguous block under ``vmap`` (why: see there).
 Coupling layers, MADE layers and :class:`~geoflow.bijections.Elementwise` all use them.
 Every transformer maps zero parameters to the identity, so zero-initialised conditioners
 start each layer as the identity.
@@ -10,6 +13,7 @@ start each layer as the identity.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -26,11 +30,11 @@ class Transformer(eqx.Module):
         """Parameters per element."""
 
     @abc.abstractmethod
-    def forward(self, x: Float[Array, " d"], params: Float[Array, "d p"]) -> tuple[Array, Array]:
+    def forward(self, x: Float[Array, " d"], params: Sequence[Float[Array, " d"]]) -> tuple[Array, Array]:
         """``(y, sum log|dy/dx|)``."""
 
     @abc.abstractmethod
-    def inverse(self, y: Float[Array, " d"], params: Float[Array, "d p"]) -> tuple[Array, Array]:
+    def inverse(self, y: Float[Array, " d"], params: Sequence[Float[Array, " d"]]) -> tuple[Array, Array]:
         """``(x, sum log|dx/dy|)``."""
 
 
@@ -42,10 +46,12 @@ class Additive(Transformer):
         return 1
 
     def forward(self, x, params):
-        return x + params[:, 0], jnp.zeros((), x.dtype)
+        (shift,) = params
+        return x + shift, jnp.zeros((), x.dtype)
 
     def inverse(self, y, params):
-        return y - params[:, 0], jnp.zeros((), y.dtype)
+        (shift,) = params
+        return y - shift, jnp.zeros((), y.dtype)
 
 
 def bounded_log_scale(raw: Array, bound: float) -> Array:
@@ -69,8 +75,9 @@ class Affine(Transformer):
         return 2 if self.shift else 1
 
     def _unpack(self, params):
-        log_scale = bounded_log_scale(params[:, -1], self.max_log_scale)
-        t = params[:, 0] if self.shift else 0.0
+        """Parameters ``(shift, raw log-scale)``, or ``(raw log-scale,)`` without shift."""
+        log_scale = bounded_log_scale(params[-1], self.max_log_scale)
+        t = params[0] if self.shift else 0.0
         return t, log_scale
 
     def forward(self, x, params):
