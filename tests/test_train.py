@@ -156,3 +156,28 @@ def test_second_fit_with_same_shapes_does_not_recompile(moons):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
+
+
+def test_short_last_chunk_reuses_the_compiled_chunk_and_trains_every_step(moons):
+    import optax
+
+    compiles = []
+
+    def listener(event, duration, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    opt = optax.adam(1e-3)
+    kw = dict(key=jax.random.key(6), val_fraction=0.0, progress=False, optimizer=opt)
+    gf.fit(_small(), moons.train, steps=200, eval_every=100, **kw)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        short, history = gf.fit(_small(), moons.train, steps=250, eval_every=100, **kw)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    assert history.steps == [100, 200, 250] and np.isfinite(history.train_loss).all()
+    # the same 250 steps in chunks of 50: skipped steps of the padded chunk changed nothing
+    even, _ = gf.fit(_small(), moons.train, steps=250, eval_every=50, **kw)
+    for a, b in zip(jax.tree.leaves(eqx.filter(short, eqx.is_array)), jax.tree.leaves(eqx.filter(even, eqx.is_array))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
