@@ -165,7 +165,6 @@ class MaskedMLP(eqx.Module):
     weights: tuple[Float[Array, "out in"], ...]
     biases: tuple[Float[Array, " out"], ...]
     masks: tuple[Bool[Array, "out in"], ...]
-    dim: int = eqx.field(static=True)
     params_per_dim: int = eqx.field(static=True)
     activation: str = eqx.field(static=True)
 
@@ -185,7 +184,6 @@ class MaskedMLP(eqx.Module):
         sizes = [dim + cond_dim] + [width] * depth + [dim * params_per_dim]
         self.weights, self.biases = _init_layers(key, sizes, zero_last)
         self.masks = tuple(masks)
-        self.dim = dim
         self.params_per_dim = params_per_dim
         self.activation = activation
 
