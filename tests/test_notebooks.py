@@ -11,12 +11,15 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 QM9_FIXTURE = Path(__file__).parent / "qm9_smiles_sample.txt"  # the suite never needs qm9pack
 QM9_MOLECULES = Path(__file__).parent / "qm9_sample.csv"
 SMALL = {
-    "01-classic-flows.ipynb": "STEPS_2D = 100\nSTEPS_DIGITS = 30\nDATA_2D = 'moons'\nN_TEST = 2000",
+    "01-classic-flows.ipynb": "STEPS_2D = 100\nSTEPS_DIGITS = 30\nDATA_2D = 'moons'\nN_TEST = 2000\n"
+                             "MODELS = {'RealNVP': 'realnvp', 'NSF': 'nsf'}",
     "02-image-flows.ipynb": "DATA = 'digits'\nMNIST_PATH = None\nSTEPS = 20\nDEPTH, WIDTH = 1, 8\nBATCH = 32\nN_TEST = 64",
     "03-continuous-flows.ipynb": "STEPS_CNF = 20\nSTEPS_FM = 100\nSTEPS_REFLOW = 50\nDATA = '8gaussians'\nN_EVAL = 300\nGRID = 20",
-    "04-riemannian-flows.ipynb": "STEPS_EARTH = 30\nSTEPS_SO3 = 30\nWIDTH = 32\nN_EVAL = 200\nMAP = 20",
+    "04-riemannian-flows.ipynb": "STEPS_EARTH = 30\nSTEPS_SO3 = 30\nWIDTH = 32\nN_EVAL = 200\nMAP = 20\n"
+                                 "EARTH_SETS = ('volcano', 'fire')\nTOL = 1e-3",
     "05-discrete-flows.ipynb": f"STEPS_TOY = 30\nSTEPS_SORTED = 30\nSTEPS_QM9 = 20\nQM9_DIM, QM9_DEPTH = 32, 1\n"
-                               f"QM9_PATH = {str(QM9_FIXTURE)!r}\nN_SAMPLES = 300\nN_ELBO = 100",
+                               f"QM9_PATH = {str(QM9_FIXTURE)!r}\nN_SAMPLES = 300\nN_ELBO = 100\nWIDTH, BATCH = 32, 128\n"
+                               "SAMPLING_STEPS = 8\nELBO_SAMPLES = 4\nSTEP_COUNTS, ETAS = (4,), (0.0, 5.0)",
     "06-molecules.ipynb": f"QM9_PATH = {str(QM9_MOLECULES)!r}\nSUBSET = 200\nSTEPS = 10\nSCALARS, VECTORS, LAYERS = 8, 2, 1\n"
                           "N_SAMPLES = 6\nSAMPLING_STEPS = 5",
     "07-protein-backbones.ipynb": "LENGTH = 8\nSTEPS = 10\nWIDTH, LAYERS = 16, 1\nN_SAMPLES = 4\nSAMPLING_STEPS = 4\nN_NLL = 2",
