@@ -249,7 +249,9 @@ class Identity(Bijection):
 class Stack(Bijection):
     """``n`` identical layers with stacked parameters, run with ``jax.lax.scan``.
 
-    Compile time does not grow with depth: the layer is traced once. Build it with
+    Compile time does not grow with depth: the layer is traced once. Each layer is
+    checkpointed (``jax.checkpoint``): gradients recompute its intermediates from its input, so
+    training memory does not grow with the layers' insides. Build it with
     :meth:`Stack.from_init`, which calls the layer constructor under ``eqx.filter_vmap``.
 
     **Arguments:**
@@ -288,7 +290,9 @@ class Stack(Bijection):
             z, ld = call_with_key(layer, method, z, condition, k)
             return z, total + ld
 
-        return scan_layers(self.layers, apply, (x, jnp.zeros((), x.dtype)), keys, reverse=reverse)
+        # remat: a training step of an 8-layer MAF with splines 9.6 -> 6.8 ms, coupling splines
+        # 1.8 -> 1.6 ms, affine MAF unchanged, a multi-scale Glow 6% slower (CPU, batch 256 / 64)
+        return scan_layers(self.layers, apply, (x, jnp.zeros((), x.dtype)), keys, reverse=reverse, remat=True)
 
     def data_init(self, y, condition=None, key=None):
         params, static = eqx.partition(self.layers, eqx.is_array)
