@@ -95,6 +95,35 @@ def test_multiscale_models_log_det_and_inverse(make):
     check_bijection(model.bijection, model.bijection.inverse(pixels), atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel, bias", [(3, True), (1, True), (3, False), (5, True)])
+def test_patch_product_convolution_equals_equinox_and_its_gradient(kernel, bias):
+    """conv_chw (patches @ kernel, channels-last inside) computes eqx.nn.Conv2d's values and the
+    same gradients with respect to the image and the weights."""
+    import equinox as eqx
+    from geoflow.nn import conv_chw
+
+    layer = eqx.nn.Conv2d(3, 5, kernel, padding=kernel // 2, use_bias=bias, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 6, 7))
+    np.testing.assert_allclose(conv_chw(layer, x), layer(x), atol=1e-5)
+    loss = lambda f: lambda layer, x: jnp.sum(jnp.sin(f(layer, x)))
+    ours = jax.grad(loss(conv_chw), argnums=(0, 1))(layer, x)
+    theirs = jax.grad(loss(lambda l, x: l(x)), argnums=(0, 1))(layer, x)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_patch_product_convolution_rejects_what_it_does_not_compute():
+    import equinox as eqx
+    from geoflow.nn import conv_chw
+
+    strided = eqx.nn.Conv2d(2, 2, 3, stride=2, padding=1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="stride-1.*'same' zero padding"):
+        conv_chw(strided, jnp.ones((2, 8, 8)))
+    unpadded = eqx.nn.Conv2d(2, 2, 3, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="padding"):
+        conv_chw(unpadded, jnp.ones((2, 8, 8)))
+
+
 def test_lu_convolution_determinant_against_slogdet():
     conv = perturb(InvertibleConv1x1(jax.random.key(5), (6, 3, 5)), jax.random.key(6))
     sign, logabs = jnp.linalg.slogdet(conv.weight)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..nn import conv_hwc
 from .base import Bijection
 from .glow import check_image_shape
 from .transformers import bounded_log_scale
@@ -47,10 +48,12 @@ class ConvNet(eqx.Module):
         self.conv_out = conv_out
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "o h w"]:
-        h = self.conv_in(x)
+        # channels-last inside, as patch products (see geoflow.nn.conv_hwc for why)
+        h = conv_hwc(self.conv_in, x.transpose(1, 2, 0))
         for first, second in self.blocks:
-            h = h + second(jax.nn.relu(first(jax.nn.relu(h))))
-        return self.conv_out(jax.nn.relu(self.conv_mid(jax.nn.relu(h))))
+            h = h + conv_hwc(second, jax.nn.relu(conv_hwc(first, jax.nn.relu(h))))
+        out = conv_hwc(self.conv_out, jax.nn.relu(conv_hwc(self.conv_mid, jax.nn.relu(h))))
+        return out.transpose(2, 0, 1)
 
 
 def checkerboard(height: int, width: int, parity: int) -> Float[Array, "1 h w"]:

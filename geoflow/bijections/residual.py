@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..nn import Frozen
+from ..nn import Frozen, conv_chw
 from .base import Bijection
 
 LOG_DETS = ("series", "exact")
@@ -58,8 +58,10 @@ class SpectralNorm(eqx.Module):
         self.start = Frozen(jax.random.normal(key, in_shape))
 
     def _linear(self, v):
+        """The layer without its bias (convolutions as patch products, see ``conv_chw``)."""
+        out = conv_chw(self.layer, v) if isinstance(self.layer, eqx.nn.Conv2d) else self.layer(v)
         bias = self.layer.bias
-        return self.layer(v) - (0.0 if bias is None else bias)
+        return out - (0.0 if bias is None else bias)
 
     def sigma(self) -> Array:
         """Power-iteration estimate of the operator norm of the un-normalised weight."""
