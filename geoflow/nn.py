@@ -57,11 +57,11 @@ def scan_layers(stacked, apply, carry, xs=None, reverse: bool = False, remat: bo
     return carry
 
 
-def conv_hwc(layer: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Float[Array, "h w o"]:
+def conv_hwc(layer: eqx.nn.Conv2d, x: Float[Array, "h w c"], bias: bool = True) -> Float[Array, "h w o"]:
     """``layer`` (an ``eqx.nn.Conv2d`` with stride 1 and "same" zero padding) applied to one
     image stored height × width × channels, as one matrix product of its patches
     ``(h, w, k·k·c)`` with the kernel ``(k·k·c, o)``. The result equals ``layer`` on the
-    channels-first image.
+    channels-first image; ``bias=False`` leaves out the layer's bias (its linear part alone).
 
     Why not ``layer(x)``: flows run their layers in a ``lax.scan`` (:func:`scan_layers`), and
     inside a loop body XLA:CPU does not rewrite convolutions into the channels-last form its
@@ -84,12 +84,12 @@ def conv_hwc(layer: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Float[Array, "h 
     # kernel rows in the patches' order: (row offset, column offset, input channel)
     kernel = layer.weight.transpose(2, 3, 1, 0).reshape(kh * kw * in_ch, out_ch)
     y = patches @ kernel
-    return y if layer.bias is None else y + layer.bias.reshape(out_ch)
+    return y if layer.bias is None or not bias else y + layer.bias.reshape(out_ch)
 
 
-def conv_chw(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"]) -> Float[Array, "o h w"]:
+def conv_chw(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"], bias: bool = True) -> Float[Array, "o h w"]:
     """:func:`conv_hwc` on a channels-first image: the same values as ``layer(x)``."""
-    return conv_hwc(layer, x.transpose(1, 2, 0)).transpose(2, 0, 1)
+    return conv_hwc(layer, x.transpose(1, 2, 0), bias).transpose(2, 0, 1)
 
 
 def get_activation(name: str):

@@ -5,6 +5,7 @@ import gzip
 import math
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +22,7 @@ from geoflow.dequantization import (
 )
 from geoflow.distributions import StandardNormal, Transformed
 from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow, sample_at_temperature
+from geoflow.nn import conv_chw
 from helpers import perturb, to_f64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,12 +101,11 @@ def test_multiscale_models_log_det_and_inverse(make):
 def test_patch_product_convolution_equals_equinox_and_its_gradient(kernel, bias):
     """conv_chw (patches @ kernel, channels-last inside) computes eqx.nn.Conv2d's values and the
     same gradients with respect to the image and the weights."""
-    import equinox as eqx
-    from geoflow.nn import conv_chw
-
     layer = eqx.nn.Conv2d(3, 5, kernel, padding=kernel // 2, use_bias=bias, key=jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (3, 6, 7))
     np.testing.assert_allclose(conv_chw(layer, x), layer(x), atol=1e-5)
+    linear_part = layer(x) - (0.0 if layer.bias is None else layer.bias)
+    np.testing.assert_allclose(conv_chw(layer, x, bias=False), linear_part, atol=1e-5)
     loss = lambda f: lambda layer, x: jnp.sum(jnp.sin(f(layer, x)))
     ours = jax.grad(loss(conv_chw), argnums=(0, 1))(layer, x)
     theirs = jax.grad(loss(lambda l, x: l(x)), argnums=(0, 1))(layer, x)
@@ -113,9 +114,6 @@ def test_patch_product_convolution_equals_equinox_and_its_gradient(kernel, bias)
 
 
 def test_patch_product_convolution_rejects_what_it_does_not_compute():
-    import equinox as eqx
-    from geoflow.nn import conv_chw
-
     strided = eqx.nn.Conv2d(2, 2, 3, stride=2, padding=1, key=jax.random.key(0))
     with pytest.raises(ValueError, match="stride-1.*'same' zero padding"):
         conv_chw(strided, jnp.ones((2, 8, 8)))

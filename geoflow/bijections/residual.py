@@ -59,9 +59,9 @@ class SpectralNorm(eqx.Module):
 
     def _linear(self, v):
         """The layer without its bias (convolutions as patch products, see ``conv_chw``)."""
-        out = conv_chw(self.layer, v) if isinstance(self.layer, eqx.nn.Conv2d) else self.layer(v)
-        bias = self.layer.bias
-        return out - (0.0 if bias is None else bias)
+        if isinstance(self.layer, eqx.nn.Conv2d):
+            return conv_chw(self.layer, v, bias=False)
+        return self.layer.weight @ v
 
     def sigma(self) -> Array:
         """Power-iteration estimate of the operator norm of the un-normalised weight."""
