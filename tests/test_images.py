@@ -13,7 +13,7 @@ import pytest
 
 from geoflow import fit
 from geoflow.bijections import (
-    ActNorm, Chain, ImageCoupling, InvertibleConv1x1, Logit, MultiScale, ResidualBlock, SplitPrior,
+    ActNorm, Chain, ImageCoupling, InvertibleConv1x1, Logit, MultiScale, ResidualBlock, SplitPrior, Stack,
     TriangularAffine, squeeze, unsqueeze,
 )
 from geoflow.dequantization import (
@@ -21,6 +21,7 @@ from geoflow.dequantization import (
     uniform_bound,
 )
 from geoflow.distributions import StandardNormal, Transformed
+from geoflow.bijections.glow import needs_data_init
 from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow, sample_at_temperature
 from geoflow.nn import conv_chw
 from helpers import perturb, to_f64
@@ -140,6 +141,31 @@ def test_actnorm_data_init_gives_zero_mean_unit_variance_per_channel():
     np.testing.assert_allclose(latent.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
     again, _ = layer.data_init(y + 10)  # initialised once: later data leave it alone
     np.testing.assert_array_equal(again.bias, layer.bias)
+
+
+def test_stack_data_init_matches_initialising_each_layer_in_turn():
+    """A Stack initialises in a scan; the result is the layers initialised one by one, latent
+    side last, each on the previous layer's latents."""
+    make = lambda k: Chain([ActNorm((2, 4, 4)), InvertibleConv1x1(k, (2, 4, 4))])
+    stack = Stack.from_init(make, jax.random.split(jax.random.key(20), 3))
+    y = 1.5 + 3.0 * jax.random.normal(jax.random.key(21), (32, 2, 4, 4))
+    initialised, latent = stack.data_init(y)
+    assert not needs_data_init(initialised)
+    params, static = eqx.partition(stack.layers, eqx.is_array)
+    expected_latent = y
+    for i in reversed(range(3)):
+        layer, expected_latent = eqx.combine(jax.tree.map(lambda a: a[i], params), static).data_init(expected_latent)
+        np.testing.assert_allclose(initialised.layers.bijections[0].bias[i], layer.bijections[0].bias, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(initialised.layers.bijections[0].log_scale[i], layer.bijections[0].log_scale,
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latent, expected_latent, rtol=1e-4, atol=1e-5)
+    # the data-side layer (the last) sees the data; its ActNorm sees them through the 1×1
+    # convolution's inverse and leaves them with zero mean and unit variance per channel
+    last = eqx.combine(jax.tree.map(lambda a: a[2], eqx.filter(initialised.layers, eqx.is_array)),
+                       eqx.filter(initialised.layers, eqx.is_array, inverse=True))
+    after_actnorm = jax.vmap(lambda image: last.bijections[0].inverse(last.bijections[1].inverse(image)))(y)
+    np.testing.assert_allclose(after_actnorm.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(after_actnorm.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
 
 
 def test_temperature_scales_the_base_noise():

@@ -295,14 +295,21 @@ class Stack(Bijection):
         return scan_layers(self.layers, apply, (x, jnp.zeros((), x.dtype)), keys, reverse=reverse, remat=True)
 
     def data_init(self, y, condition=None, key=None):
+        # a scan in data → latent order, like the inverse: the layer is traced once, so compiling
+        # the initialisation does not grow with depth (unrolled, a Glow's took ~15 s)
         params, static = eqx.partition(self.layers, eqx.is_array)
         keys = jax.random.split(jax.random.key(0) if key is None else key, self.n)
-        layers = [eqx.combine(jax.tree.map(lambda a: a[i], params), static) for i in range(self.n)]
-        for i in reversed(range(self.n)):
-            layers[i], y = layers[i].data_init(y, condition, keys[i])
-        parts = [eqx.partition(layer, eqx.is_array) for layer in layers]
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p for p, _ in parts])
-        return Stack(eqx.combine(stacked, parts[0][1]), self.n), y
+        initialised_static = []  # the static part after init (ActNorm's flag flips): traced once
+
+        def init_layer(y, layer_params_and_key):
+            layer_params, k = layer_params_and_key
+            layer, y = eqx.combine(layer_params, static).data_init(y, condition, k)
+            new_params, new_static = eqx.partition(layer, eqx.is_array)
+            initialised_static.append(new_static)
+            return y, new_params
+
+        y, stacked = jax.lax.scan(init_layer, y, (params, keys), reverse=True)
+        return Stack(eqx.combine(stacked, initialised_static[0]), self.n), y
 
     def forward_and_log_det(self, x, condition=None, *, key=None):
         return self._scan("forward_and_log_det", x, condition, key, reverse=False)
