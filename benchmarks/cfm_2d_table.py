@@ -16,8 +16,8 @@ Data sets, as defined in that runner:
 
 Published OT-CFM W2: 0.303, 0.601, 0.130, 0.144 (the targets to beat).
 
-Usage: python benchmarks/cfm_2d_table.py [--quick] [--steps N] [--seeds K] [--n-eval M]
-                                         [--tasks T ...] [--methods M ...] [--out PATH]
+Usage: python benchmarks/cfm_2d_table.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--n-eval M]
+                                         [--tasks T ...] [--methods M ...] [--floor] [--out PATH]
 """
 
 from __future__ import annotations
@@ -101,14 +101,24 @@ def run_one(task, method, seed, steps, n_eval):
     return {"w2": w2, "fit_s": fit_s, "w2_s": time.perf_counter() - t1, "steps_per_s": hist.steps_per_second}
 
 
+def sampling_floor(task, n_eval, seed=0):
+    """W2 between two independent ``n_eval``-point samples of the target: no model can be
+    expected to score below it with this estimator."""
+    rng = np.random.default_rng(20_000 + seed)
+    target_fn = TASKS[task][1]
+    return wasserstein(target_fn(n_eval, rng), target_fn(n_eval, rng))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=20_000, help="≈ the runner's 1,000 epochs of 19 batches")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (runs seeds seed-start … seed-start+seeds−1)")
     ap.add_argument("--n-eval", type=int, default=10_000)
     ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    ap.add_argument("--floor", action="store_true", help="also report each task's two-sample W2 floor")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cfm_2d_table.json",
                     help="where to write the figures (a subset run can go to its own file)")
     args = ap.parse_args()
@@ -116,10 +126,14 @@ def main():
         args.steps, args.seeds, args.n_eval = 300, 1, 1000
     out = {"args": {**vars(args), "out": str(args.out)}, "published_ot_cfm": PUBLISHED_OT_CFM, "results": {}}
     for task in args.tasks:
+        if args.floor:
+            out.setdefault("floor_w2", {})[task] = floor = sampling_floor(task, args.n_eval)
+            print(f"{task:18s} two-sample W2 floor at {args.n_eval} points: {floor:.3f}", flush=True)
         for method in args.methods:
-            runs = [run_one(task, method, s, args.steps, args.n_eval) for s in range(args.seeds)]
+            seeds = range(args.seed_start, args.seed_start + args.seeds)
+            runs = [run_one(task, method, s, args.steps, args.n_eval) for s in seeds]
             w2 = np.array([r["w2"] for r in runs])
-            row = {"w2_mean": float(w2.mean()), "w2_std": float(w2.std()), "w2": w2.tolist(),
+            row = {"w2_mean": float(w2.mean()), "w2_std": float(w2.std()), "w2": w2.tolist(), "seeds": list(seeds),
                    "fit_s_mean": float(np.mean([r["fit_s"] for r in runs])),
                    "w2_s_mean": float(np.mean([r["w2_s"] for r in runs])),
                    "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs]))}
