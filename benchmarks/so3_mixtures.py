@@ -8,7 +8,7 @@ the rotation angle (total volume 8π²). RSGM's published figures (0.89 / 0.20 /
 1.5·log 2 ≈ 1.04 nats above the true mixtures' ceiling in this convention, i.e. they use a
 volume 2^{3/2} times smaller (distance θ/√2); we print our figures in both conventions.
 
-Usage: python benchmarks/so3_mixtures.py [--quick] [--steps N] [--seeds K]
+Usage: python benchmarks/so3_mixtures.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--k K ...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -51,15 +51,18 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (runs seed-start … seed-start+seeds−1)")
+    ap.add_argument("--out", type=Path, help="where to write the figures (default: results/so3_mixtures[_k…].json)")
     ap.add_argument("--n-test", type=int, default=5_000)
     ap.add_argument("--k", type=int, nargs="+", default=[16, 32, 64], help="mixture sizes to run")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.seeds, args.n_test = 300, 1, 500
-    out = {"args": vars(args), "published_rsgm": PUBLISHED_RSGM, "to_rsgm_convention": TO_RSGM_CONVENTION,
+    out = {"args": {**vars(args), "out": None if args.out is None else str(args.out)},
+           "published_rsgm": PUBLISHED_RSGM, "to_rsgm_convention": TO_RSGM_CONVENTION,
            "results": {}}
     for k in args.k:
-        runs = [run(k, s, args.steps, args.n_test) for s in range(args.seeds)]
+        runs = [run(k, s, args.steps, args.n_test) for s in range(args.seed_start, args.seed_start + args.seeds)]
         ll = np.array([r["test_ll"] for r in runs])
         row = {"test_ll_mean": float(ll.mean()), "test_ll_std": float(ll.std()), "test_ll": ll.tolist(),
                "true_ll_mean": float(np.mean([r["true_ll"] for r in runs])),
@@ -71,7 +74,7 @@ def main():
               f"ceiling {row['true_ll_mean']:.3f} / {row['true_ll_mean'] + TO_RSGM_CONVENTION:.3f})  "
               f"fit {row['fit_s_mean']:.0f} s", flush=True)
     name = "so3_mixtures.json" if args.k == [16, 32, 64] else f"so3_mixtures_k{'-'.join(map(str, args.k))}.json"
-    path = Path(__file__).parent / "results" / name
+    path = args.out or Path(__file__).parent / "results" / name
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
 
