@@ -125,12 +125,12 @@ def main():
     if args.quick:
         args.steps, args.seeds, args.n_eval = 300, 1, 1000
     out = {"args": {**vars(args), "out": str(args.out)}, "published_ot_cfm": PUBLISHED_OT_CFM, "results": {}}
+    seeds = range(args.seed_start, args.seed_start + args.seeds)
     for task in args.tasks:
         if args.floor:
             out.setdefault("floor_w2", {})[task] = floor = sampling_floor(task, args.n_eval)
             print(f"{task:18s} two-sample W2 floor at {args.n_eval} points: {floor:.3f}", flush=True)
         for method in args.methods:
-            seeds = range(args.seed_start, args.seed_start + args.seeds)
             runs = [run_one(task, method, s, args.steps, args.n_eval) for s in seeds]
             w2 = np.array([r["w2"] for r in runs])
             row = {"w2_mean": float(w2.mean()), "w2_std": float(w2.std()), "w2": w2.tolist(), "seeds": list(seeds),

@@ -119,8 +119,11 @@ def _data_dependent_init(model, x, loss, key, size: int = 512):
     batch = jnp.asarray(x[np.asarray(jax.random.permutation(k_batch, len(x))[:size])])
     if hasattr(loss, "dequantize"):
         batch = loss.dequantize(batch, k_noise)
-    # compiled, not eager: op by op, a multi-scale Glow's init took ~20 s of every image fit
-    return eqx.filter_jit(lambda m, b, k: m.data_init(b, k))(model, batch, k_init)
+    return _compiled_data_init(model, batch, k_init)
+
+
+# compiled, not eager: op by op, a multi-scale Glow's init took ~20 s of every image fit
+_compiled_data_init = eqx.filter_jit(lambda model, batch, key: model.data_init(batch, key))
 
 
 def _split(x, c, fraction, key):

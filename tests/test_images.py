@@ -151,18 +151,18 @@ def test_stack_data_init_matches_initialising_each_layer_in_turn():
     y = 1.5 + 3.0 * jax.random.normal(jax.random.key(21), (32, 2, 4, 4))
     initialised, latent = stack.data_init(y)
     assert not needs_data_init(initialised)
-    params, static = eqx.partition(stack.layers, eqx.is_array)
+    layer_of = lambda stacked, i: eqx.combine(jax.tree.map(lambda a: a[i], eqx.filter(stacked, eqx.is_array)),
+                                              eqx.filter(stacked, eqx.is_array, inverse=True))
     expected_latent = y
     for i in reversed(range(3)):
-        layer, expected_latent = eqx.combine(jax.tree.map(lambda a: a[i], params), static).data_init(expected_latent)
+        layer, expected_latent = layer_of(stack.layers, i).data_init(expected_latent)
         np.testing.assert_allclose(initialised.layers.bijections[0].bias[i], layer.bijections[0].bias, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(initialised.layers.bijections[0].log_scale[i], layer.bijections[0].log_scale,
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(latent, expected_latent, rtol=1e-4, atol=1e-5)
     # the data-side layer (the last) sees the data; its ActNorm sees them through the 1×1
     # convolution's inverse and leaves them with zero mean and unit variance per channel
-    last = eqx.combine(jax.tree.map(lambda a: a[2], eqx.filter(initialised.layers, eqx.is_array)),
-                       eqx.filter(initialised.layers, eqx.is_array, inverse=True))
+    last = layer_of(initialised.layers, 2)
     after_actnorm = jax.vmap(lambda image: last.bijections[0].inverse(last.bijections[1].inverse(image)))(y)
     np.testing.assert_allclose(after_actnorm.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(after_actnorm.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
