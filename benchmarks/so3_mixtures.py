@@ -8,7 +8,7 @@ the rotation angle (total volume 8π²). RSGM's published figures (0.89 / 0.20 /
 1.5·log 2 ≈ 1.04 nats above the true mixtures' ceiling in this convention, i.e. they use a
 volume 2^{3/2} times smaller (distance θ/√2); we print our figures in both conventions.
 
-Usage: python benchmarks/so3_mixtures.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--k K ...] [--out PATH]
+Usage: python benchmarks/so3_mixtures.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--width W] [--ema DECAY] [--k K ...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ PUBLISHED_RSGM = {16: 0.89, 32: 0.20, 64: -0.49}
 TO_RSGM_CONVENTION = 1.5 * math.log(2)
 
 
-def run(k, seed, steps, n_test):
+def run(k, seed, steps, n_test, width=256, ema=None):
     key = jax.random.key(seed)
     data = load_so3_mixture(k, seed, n_test=n_test)
     train, val, test = data.train, data.val, data.test
-    model = rfm(jax.random.fold_in(key, 4), SO3(), width=256, depth=4, activation="silu")
+    model = rfm(jax.random.fold_in(key, 4), SO3(), width=width, depth=4, activation="silu")
     t0 = time.perf_counter()
     model, hist = gf.fit(model, train, key=jax.random.fold_in(key, 5), val_data=val, loss=GeodesicFlowMatching(),
                          steps=steps, batch_size=512, learning_rate=1e-3, eval_every=min(1000, steps // 3),
-                         progress=False)
+                         progress=False, ema_decay=ema)
     fit_s = time.perf_counter() - t0
     ll = float(with_solver(model, ODESolver(rtol=1e-5, atol=1e-5)).log_prob(test).mean())
     return {"test_ll": ll, "true_ll": float(data.true_log_prob(test).mean()), "fit_s": fit_s,
@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (runs seed-start … seed-start+seeds−1)")
     ap.add_argument("--out", type=Path, help="where to write the figures (default: results/so3_mixtures[_k…].json)")
     ap.add_argument("--n-test", type=int, default=5_000)
+    ap.add_argument("--width", type=int, default=256, help="hidden width of the 4-layer MLP")
+    ap.add_argument("--ema", type=float, metavar="DECAY", help="train with a parameter moving average (fit's ema_decay)")
     ap.add_argument("--k", type=int, nargs="+", default=[16, 32, 64], help="mixture sizes to run")
     args = ap.parse_args()
     if args.quick:
@@ -62,7 +64,7 @@ def main():
            "published_rsgm": PUBLISHED_RSGM, "to_rsgm_convention": TO_RSGM_CONVENTION,
            "results": {}}
     for k in args.k:
-        runs = [run(k, s, args.steps, args.n_test) for s in range(args.seed_start, args.seed_start + args.seeds)]
+        runs = [run(k, s, args.steps, args.n_test, args.width, args.ema) for s in range(args.seed_start, args.seed_start + args.seeds)]
         ll = np.array([r["test_ll"] for r in runs])
         row = {"test_ll_mean": float(ll.mean()), "test_ll_std": float(ll.std()), "test_ll": ll.tolist(),
                "true_ll_mean": float(np.mean([r["true_ll"] for r in runs])),

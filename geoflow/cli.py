@@ -16,6 +16,7 @@ import numpy as np
 
 from .datasets import DATASETS, IMAGE_DATASETS
 from .flows import MODELS as DISCRETE_TIME_MODELS
+from .cli_training import add_training_arguments, fit_options
 from .image_flows import IMAGE_MODELS
 
 # continuous-time models: a CNF trained by likelihood and flow matching in four flavours
@@ -69,15 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--sigma", type=float, help="flow-matching smoothing σ (default 0; 0.1 for sb-fm)")
     f.add_argument("--eval-points", type=int,
                    help="NLL on at most this many points per split (default: all; 10,000 for continuous models)")
-    f.add_argument("--steps", type=int, default=6000)
-    f.add_argument("--batch-size", type=int, default=256)
-    f.add_argument("--lr", type=float, default=1e-3)
+    add_training_arguments(f, steps=6000, batch_size=256)
     f.add_argument("--layers", type=int, help="number of flow layers (model default if omitted)")
     f.add_argument("--width", type=int, default=64, help="hidden width of the conditioners")
     f.add_argument("--levels", type=int, help="image models: squeeze levels of the multi-scale flow (default: up to 3)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, help="run directory (default runs/MODEL-DATA)")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("--run", type=Path, required=True)
@@ -233,8 +231,7 @@ def cmd_fit(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
     model, loss = _build_model(args.model, data, args, key_model)
-    train_kw = dict(val_data=data.val, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                    progress=not args.quiet)
+    train_kw = dict(val_data=data.val, **fit_options(args))
     model, history = fit(model, data.train, key=key_fit, loss=loss, **train_kw)
     res = {"model": args.model, "data": data.name, "dim": data.dim, "seed": args.seed, "steps": history.steps[-1] if history.steps else 0,
            "stop_reason": history.stop_reason,

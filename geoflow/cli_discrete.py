@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import DISCRETE_SOURCES, TOKEN_DATA, count_parameters
+from .cli_training import fit_options
 
 
 def _token_data(args):
@@ -46,7 +47,7 @@ def cmd_fit_discrete(args) -> dict:
         model = dfm(key_model, data.length, data.vocab_size, source=source, denoiser="transformer",
                     dim=max(args.width, 64), depth=depth)
     model, history = fit(model, data.train, key=key_fit, loss=DiscreteFlowMatching(), val_data=data.val,
-                         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+                         **fit_options(args))
     test = data.test[: args.eval_points or 5_000]
     elbo = np.asarray(model.elbo(test, key_elbo, samples=32))
     res = {"model": "dfm", "source": source, "data": data.name, "length": data.length, "vocab_size": data.vocab_size,

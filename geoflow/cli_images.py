@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import count_parameters, report, training_summary
+from .cli_training import fit_options
 
 
 def _images(args):
@@ -43,7 +44,7 @@ def cmd_fit_images(args) -> dict:
         kw["couplings" if args.model == "realnvp-ms" else "depth"] = args.layers
     model = make_image_flow(args.model, key_model, data.shape, **kw)
     model, history = fit(model, data.train, key=key_fit, loss=UniformDequantization(), val_data=data.val,
-                         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+                         **fit_options(args))
     test = data.test[: args.eval_points]
     bound = uniform_bound_batched(model, test, key_eval)
     res = {"model": args.model, "data": data.name, "shape": list(data.shape), "levels": data.levels,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import MANIFOLD_DATA, _read_points, count_parameters
+from .cli_training import fit_options
 
 
 def _manifold_data(args):
@@ -87,7 +88,7 @@ def cmd_fit_manifold(args) -> dict:
     key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
     model = rfm(key_model, manifold, prior=prior, width=max(args.width, 64))
     model, history = fit(model, data.train, key=key_fit, loss=GeodesicFlowMatching(), val_data=data.val,
-                         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+                         **fit_options(args))
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
     cap = args.eval_points
     res = {"model": "rfm", "manifold": type(manifold).__name__, "data": data.name, "seed": args.seed,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_training import add_training_arguments, fit_options
+
 
 def add_parser(sub, choice):
     m = sub.add_parser("molecules", help="3-D molecule generation (QM9): train, sample, evaluate")
@@ -23,15 +25,12 @@ def add_parser(sub, choice):
     t.add_argument("--data", type=choice(("qm9",), "molecule data set"), default="qm9")
     t.add_argument("--data-path", type=Path, help="a qm9pack-format CSV instead of qm9pack's installed files")
     t.add_argument("--subset", type=int, help="train on this many molecules drawn at random")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
+    add_training_arguments(t, steps=2000, batch_size=32)
     t.add_argument("--scalars", type=int, default=64, help="scalar channels of the network")
     t.add_argument("--vectors", type=int, default=16, help="vector channels (each parity) of the network")
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/molecules-qm9"))
-    t.add_argument("--quiet", action="store_true")
     s = msub.add_parser("sample", help="sample molecules from a trained run into an SDF file")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
@@ -59,7 +58,7 @@ def cmd_train(args) -> dict:
     model = MoleculeFlow(data.vocabulary, QM9_MAX_ATOMS, counts, key=jax.random.key(args.seed), scalars=args.scalars,
                          vectors=args.vectors, layers=args.layers)
     model, history = fit(model, data.graphs, key=jax.random.key(args.seed + 1), loss=MoleculeFlowMatching(),
-                         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+                         **fit_options(args))
     args.out.mkdir(parents=True, exist_ok=True)
     save(args.out / "model.eqx", model)
     (args.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_training import add_training_arguments, fit_options
+
 
 def add_parser(sub, choice):
     p = sub.add_parser("proteins", help="protein backbone fragments on SE(3)^N: train, sample, evaluate")
@@ -26,9 +28,7 @@ def add_parser(sub, choice):
     t.add_argument("--length", type=int, required=True, help="residues per fragment")
     t.add_argument("--data-path", type=Path, help="backbones .npz (embedded format), a PDB file or a folder of them")
     t.add_argument("--stride", type=int, help="residues between fragment starts (default length // 2)")
-    t.add_argument("--steps", type=int, default=3000)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
+    add_training_arguments(t, steps=3000, batch_size=64)
     t.add_argument("--width", type=int, default=128)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--rotation-rate", type=float, default=0.0,
@@ -39,7 +39,6 @@ def add_parser(sub, choice):
     t.add_argument("--nll", type=int, default=0, help="report the exact held-out NLL per residue on this many fragments")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/proteins"))
-    t.add_argument("--quiet", action="store_true")
     s = psub.add_parser("sample", help="sample backbones into PDB files")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
@@ -79,8 +78,8 @@ def cmd_train(args) -> dict:
     data = load_fragments(args.length, args.data_path, args.stride)
     points = points_from_backbones(data.train)
     model = frameflow(jax.random.key(args.seed), args.length, width=args.width, layers=args.layers)
-    model, history = fit(model, points, key=jax.random.key(args.seed + 1), loss=_loss(args), steps=args.steps,
-                         batch_size=args.batch_size, learning_rate=args.lr, progress=not args.quiet)
+    model, history = fit(model, points, key=jax.random.key(args.seed + 1), loss=_loss(args),
+                         **fit_options(args))
     args.out.mkdir(parents=True, exist_ok=True)
     save(args.out / "model.eqx", model)
     res = {"length": args.length, "train_fragments": len(data.train), "test_fragments": len(data.test),

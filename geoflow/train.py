@@ -154,8 +154,21 @@ def _put(a, mesh):
     return jax.device_put(a, sharding)
 
 
+def _ema_update(ema, params, decay, step):
+    """One step of the exponential moving average of the parameters after ``step`` updates.
+
+    The effective decay ``min(decay, (1 + step) / (10 + step))`` starts small, so the average
+    forgets the initial parameters within the first few hundred steps instead of being pulled
+    towards them for ~1/(1 − decay) steps. ``ema=None`` (averaging off) stays ``None``."""
+    if ema is None:
+        return None
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+
 @eqx.filter_jit
-def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optimizer, batch_sharding):
+def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optimizer, batch_sharding,
+                 ema_decay=None):
     """The first ``active`` (traced, at most ``num_steps``) optimisation steps of one
     ``lax.scan`` over ``num_steps``; the rest are skipped by a ``lax.cond`` at no cost. A run
     whose last chunk is shorter than ``eval_every`` thus reuses the compiled chunk instead of
@@ -163,14 +176,17 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
 
     A step whose loss or gradient is not finite is not applied and freezes every later step,
     so the returned parameters are the last good ones and ``bad_step`` says where it broke.
+
+    ``ema`` (``None`` when averaging is off) is the moving average of the parameters, updated
+    after every applied step with ``ema_decay``.
     """
-    params, opt_state, static, step0, bad_step, active = state
+    params, opt_state, ema, static, step0, bad_step, active = state
 
     def one_step(carry, i):
         return jax.lax.cond(i < active, optimisation_step, lambda c, _: (c, jnp.full((), jnp.nan)), carry, i)
 
     def optimisation_step(carry, i):
-        params, opt_state, bad_step = carry
+        params, opt_state, ema, bad_step = carry
         step = step0 + i
         k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
         idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
@@ -189,14 +205,15 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
         updates, new_opt = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        ema = keep(_ema_update(ema, new_params, ema_decay, step), ema)
         params, opt_state = keep(new_params, params), keep(new_opt, opt_state)
         bad_step = jnp.where((bad_step < 0) & ~ok, step, bad_step)
-        return (params, opt_state, bad_step), value
+        return (params, opt_state, ema, bad_step), value
 
-    (params, opt_state, bad_step), losses = jax.lax.scan(
-        one_step, (params, opt_state, bad_step), jnp.arange(num_steps)
+    (params, opt_state, ema, bad_step), losses = jax.lax.scan(
+        one_step, (params, opt_state, ema, bad_step), jnp.arange(num_steps)
     )
-    return params, opt_state, bad_step, losses
+    return params, opt_state, ema, bad_step, losses
 
 
 @eqx.filter_jit
@@ -227,7 +244,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         weight_decay: float = 0.0, val_data=None, val_fraction: float = 0.1,
         eval_every: int = 100, patience: int | None = None, restore_best: bool = True,
         progress: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
-        devices=None, eval_batch_size: int = 4096, callback=None):
+        devices=None, eval_batch_size: int = 4096, callback=None, ema_decay: float | None = None):
     """Train ``model`` on ``data``; returns ``(trained_model, History)``.
 
     **Arguments:**
@@ -250,6 +267,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
       After ``jax.distributed.initialize()`` the mesh spans every host's devices.
     - `callback`: ``callback(step, model, history)`` after every chunk (after the checkpoint
       is written); returning ``True`` stops training (``history.stop_reason == "callback"``).
+    - `ema_decay`: keep an exponential moving average of the parameters with this decay (e.g.
+      0.999; the first steps use ``min(ema_decay, (1 + step) / (10 + step))``). The average is
+      the model that is validated, passed to `callback`, kept as the best and returned; the
+      optimiser keeps stepping the raw parameters. ``None`` (default): no averaging.
 
     A non-finite loss or gradient stops training with a warning; the model returned is the
     last one with finite loss (``history.stop_reason == "nan"``).
@@ -268,6 +289,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         train, val = (x, condition), None
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     mesh = _mesh(devices)
     if mesh is not None and batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")
@@ -279,6 +302,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
                                    None if clip_norm is None else float(clip_norm), float(weight_decay))
     params, static = eqx.partition(model, trainable(model))
     opt_state = optimizer.init(params)
+    ema = None if ema_decay is None else params
     history = History()
     step, best_params, best_val = 0, None, math.inf
     checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -286,11 +310,15 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         saved = load(checkpoint)
         params, _ = eqx.partition(saved["model"], trainable(saved["model"]))
         opt_state, step, history = saved["opt_state"], int(saved["step"]), saved["history"]
+        if ema_decay is not None:
+            if saved.get("ema_model") is None:
+                raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
+            ema = eqx.partition(saved["ema_model"], trainable(saved["ema_model"]))[0]
         best_params = None if saved["best_model"] is None else eqx.partition(saved["best_model"], trainable(saved["best_model"]))[0]
         best_val = math.inf if history.best_val_loss is None else history.best_val_loss
 
     tx, tc = _put(train[0], mesh), _put(train[1], mesh)
-    params, opt_state = _put_tree(params, mesh), _put_tree(opt_state, mesh)
+    params, opt_state, ema = _put_tree(params, mesh), _put_tree(opt_state, mesh), _put_tree(ema, mesh)
     vx = vc = None
     if val is not None:
         vx, vc = _put(val[0], mesh), _put(val[1], mesh)
@@ -307,10 +335,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     while step < steps:
         n = min(chunk, steps - step)
         t0 = time.perf_counter()
-        state = (params, opt_state, static, jnp.asarray(step, jnp.int32), bad_step, jnp.asarray(n, jnp.int32))
-        params, opt_state, bad_step, losses = _train_chunk(
+        state = (params, opt_state, ema, static, jnp.asarray(step, jnp.int32), bad_step, jnp.asarray(n, jnp.int32))
+        params, opt_state, ema, bad_step, losses = _train_chunk(
             state, tx, tc, train_key, num_steps=chunk, batch_size=batch_size, loss=loss,
             optimizer=optimizer, batch_sharding=batch_sharding,
+            ema_decay=None if ema_decay is None else float(ema_decay),
         )
         losses = np.asarray(losses)[:n]
         dt = time.perf_counter() - t0
@@ -332,14 +361,16 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         step += n
         history.steps.append(step)
         history.train_loss.append(float(losses.mean()))
-        model_now = eqx.combine(params, static)
+        # the model a user gets: the parameter average when there is one
+        evaluated = params if ema is None else ema
+        model_now = eqx.combine(evaluated, static)
         postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
         if vx is not None:
             v = float(_eval_loss(model_now, vx, vc, eval_key, loss=loss, batch_size=eval_batch_size))
             history.val_loss.append(v)
             postfix["val"] = f"{v:.4f}"
             if v < best_val:
-                best_val, best_params, stale = v, params, 0
+                best_val, best_params, stale = v, evaluated, 0
                 history.best_step, history.best_val_loss = step, v
             else:
                 stale += 1
@@ -350,8 +381,9 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
             bar.update(n)
         if checkpoint is not None:
             best_model = None if best_params is None else eqx.combine(best_params, static)
-            save(checkpoint, {"model": model_now, "opt_state": opt_state, "step": step,
-                              "history": history, "best_model": best_model})
+            save(checkpoint, {"model": eqx.combine(params, static), "opt_state": opt_state, "step": step,
+                              "history": history, "best_model": best_model,
+                              "ema_model": None if ema is None else model_now})
         if patience is not None and stale >= patience:
             history.stop_reason = "early_stopping"
             break
@@ -363,9 +395,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     history.wall_time += time.perf_counter() - start
     if timed_seconds > 0:
         history.steps_per_second = timed_steps / timed_seconds
+    final = params if ema is None else ema
     if restore_best and best_params is not None and history.stop_reason != "nan":
-        params = best_params
-    return eqx.combine(params, static), history
+        final = best_params
+    return eqx.combine(final, static), history
 
 
 def _put_tree(tree, mesh):

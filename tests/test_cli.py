@@ -13,7 +13,7 @@ from geoflow.cli import main
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["fit", "--model", "maf", "--data", "8gaussians", "--steps", "200", "--layers", "2",
-                 "--width", "16", "--out", str(out), "--quiet"]) == 0
+                 "--width", "16", "--ema", "0.99", "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -74,6 +74,7 @@ def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path,
     (["fit", "--model", "glow", "--data", "digits", "--levels", "4"], "allows 1..3 squeeze levels, got levels=4"),
     (["fit", "--model", "glow9"], "unknown model 'glow9'; expected one of nice, realnvp, maf, iaf, nsf, nsf-ar"),
     (["fit", "--data", "spiral"], "unknown data set 'spiral'; expected one of moons"),
+    (["fit", "--model", "maf", "--data", "moons", "--steps", "5", "--ema", "1.5"], "ema_decay must be in [0, 1), got 1.5"),
     (["sample", "--run", "/nonexistent/run", "--out", "x.npy"], "has no model.eqx"),
     (["eval", "--run", "/nonexistent/run", "--data", "moons"], "has no model.eqx"),
 ])

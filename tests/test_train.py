@@ -184,3 +184,57 @@ def test_short_last_chunk_reuses_the_compiled_chunk_and_trains_every_step(moons)
     even, _ = gf.fit(_small(), moons.train, steps=250, eval_every=50, **kw)
     for a, b in zip(jax.tree.leaves(eqx.filter(short, eqx.is_array)), jax.tree.leaves(eqx.filter(even, eqx.is_array))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _Point(eqx.Module):
+    """A model that is only a parameter vector, so a fit's parameter path is known exactly."""
+
+    theta: jax.Array
+    shape: tuple = eqx.field(static=True, default=(1,))
+
+
+def _climb(model, x, condition, key):
+    """Gradient −1 on every coordinate: plain SGD at rate lr moves θ to θ₀ + lr·k after k steps."""
+    return -jnp.sum(model.theta)
+
+
+def _expected_average(theta0, lr, steps, decay):
+    ema = np.array(theta0, dtype=np.float64)
+    for s in range(steps):
+        d = min(decay, (1 + s) / (10 + s))
+        ema = d * ema + (1 - d) * (theta0 + lr * (s + 1))
+    return ema
+
+
+def test_ema_is_the_moving_average_of_the_parameter_path():
+    import optax
+
+    theta0 = np.array([0.0, 1.0, -2.0], np.float32)
+    # 25 steps in chunks of 10: the average is carried across chunks and through the padded last one
+    kw = dict(key=jax.random.key(0), loss=_climb, optimizer=optax.sgd(0.1), steps=25, eval_every=10,
+              val_fraction=0.0, progress=False)
+    raw, _ = gf.fit(_Point(jnp.asarray(theta0)), np.zeros((8, 1)), **kw)
+    np.testing.assert_allclose(raw.theta, theta0 + 2.5, rtol=1e-6)
+    averaged, _ = gf.fit(_Point(jnp.asarray(theta0)), np.zeros((8, 1)), ema_decay=0.9, **kw)
+    np.testing.assert_allclose(averaged.theta, _expected_average(theta0, 0.1, 25, 0.9), rtol=1e-5)
+    assert np.all(np.asarray(averaged.theta) < theta0 + 2.5 - 0.2)  # it lags the raw path
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        gf.fit(_Point(jnp.asarray(theta0)), np.zeros((8, 1)), ema_decay=1.0, **kw)
+
+
+def test_resume_with_ema_matches_uninterrupted_run(tmp_path):
+    import optax
+
+    theta0 = jnp.zeros(3)
+    kw = dict(key=jax.random.key(0), loss=_climb, optimizer=optax.sgd(0.1), steps=40, eval_every=10,
+              val_fraction=0.0, progress=False, ema_decay=0.95)
+    full, _ = gf.fit(_Point(theta0), np.zeros((8, 1)), **kw)
+    ckpt = tmp_path / "ckpt.pkl"
+    gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=ckpt, callback=lambda step, m, h: step >= 20, **kw)
+    resumed, _ = gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=ckpt, resume=True, **kw)
+    np.testing.assert_allclose(resumed.theta, full.theta, rtol=1e-6)
+    np.testing.assert_allclose(full.theta, _expected_average(np.zeros(3), 0.1, 40, 0.95), rtol=1e-5)
+    no_average = {**kw, "ema_decay": None}
+    gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=tmp_path / "plain.pkl", **no_average)
+    with pytest.raises(ValueError, match="holds no parameter average"):
+        gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=tmp_path / "plain.pkl", resume=True, **kw)
