@@ -17,7 +17,7 @@ Data sets, as defined in that runner:
 Published OT-CFM W2: 0.303, 0.601, 0.130, 0.144 (the targets to beat).
 
 Usage: python benchmarks/cfm_2d_table.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--n-eval M]
-                                         [--tasks T ...] [--methods M ...] [--floor] [--out PATH]
+                                         [--tasks T ...] [--methods M ...] [--ema DECAY] [--floor] [--out PATH]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ TASKS = {  # name: (source sampler or None for N(0, I), target sampler)
 }
 
 
-def run_one(task, method, seed, steps, n_eval):
+def run_one(task, method, seed, steps, n_eval, ema=None):
     source_fn, target_fn = TASKS[task]
     rng = np.random.default_rng(seed)
     x_train = target_fn(10_000, rng)
@@ -84,7 +84,7 @@ def run_one(task, method, seed, steps, n_eval):
     t0 = time.perf_counter()
     model, hist = gf.fit(model, x_train, key=jax.random.fold_in(key, 1), loss=cfm(kind, sigma=sigma), steps=steps,
                          batch_size=512, optimizer=optax.adamw(1e-3, weight_decay=1e-5), val_fraction=0.0,
-                         eval_every=min(1000, steps), progress=False)
+                         eval_every=min(1000, steps), progress=False, ema_decay=ema)
     fit_s = time.perf_counter() - t0
     # generate from fresh source points, compare with fresh target points
     eval_rng = np.random.default_rng(10_000 + seed)
@@ -118,6 +118,8 @@ def main():
     ap.add_argument("--n-eval", type=int, default=10_000)
     ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    ap.add_argument("--ema", type=float, metavar="DECAY",
+                    help="not in the runner: train with a parameter moving average (fit's ema_decay)")
     ap.add_argument("--floor", action="store_true", help="also report each task's two-sample W2 floor")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cfm_2d_table.json",
                     help="where to write the figures (a subset run can go to its own file)")
@@ -131,7 +133,7 @@ def main():
             out.setdefault("floor_w2", {})[task] = floor = sampling_floor(task, args.n_eval)
             print(f"{task:18s} two-sample W2 floor at {args.n_eval} points: {floor:.3f}", flush=True)
         for method in args.methods:
-            runs = [run_one(task, method, s, args.steps, args.n_eval) for s in seeds]
+            runs = [run_one(task, method, s, args.steps, args.n_eval, args.ema) for s in seeds]
             w2 = np.array([r["w2"] for r in runs])
             row = {"w2_mean": float(w2.mean()), "w2_std": float(w2.std()), "w2": w2.tolist(), "seeds": list(seeds),
                    "fit_s_mean": float(np.mean([r["fit_s"] for r in runs])),

@@ -260,8 +260,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     - `eval_every`: steps per jitted chunk; validation, progress and checkpoints happen then.
     - `patience`: stop after this many evaluations without improvement (``None``: never).
     - `restore_best`: return the parameters with the best validation loss.
-    - `checkpoint`: a file written after every chunk; with `resume=True` an existing one is
-      loaded and training continues from its step, identically to an uninterrupted run.
+    - `checkpoint`: a file written after every chunk (a dict: ``model``, the raw parameters being
+      optimised; ``ema_model``, their average or ``None``; ``best_model``; ``opt_state``;
+      ``step``; ``history``); with `resume=True` an existing one is loaded and training
+      continues from its step, identically to an uninterrupted run.
     - `devices`: ``None`` (default device), ``"all"``, a count, or a list of devices for data
       parallelism: the batch is sharded over a one-axis ``Mesh``, parameters are replicated.
       After ``jax.distributed.initialize()`` the mesh spans every host's devices.
