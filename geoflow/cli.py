@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_training import add_training_arguments, fit_options
 from .datasets import DATASETS, IMAGE_DATASETS
 from .flows import MODELS as DISCRETE_TIME_MODELS
-from .cli_training import add_training_arguments, fit_options
 from .image_flows import IMAGE_MODELS
 
 # continuous-time models: a CNF trained by likelihood and flow matching in four flavours

@@ -310,13 +310,13 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if resume and checkpoint is not None and checkpoint.exists():
         saved = load(checkpoint)
-        params, _ = eqx.partition(saved["model"], trainable(saved["model"]))
+        params = _trainable_params(saved["model"])
         opt_state, step, history = saved["opt_state"], int(saved["step"]), saved["history"]
         if ema_decay is not None:
             if saved.get("ema_model") is None:
                 raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
-            ema = eqx.partition(saved["ema_model"], trainable(saved["ema_model"]))[0]
-        best_params = None if saved["best_model"] is None else eqx.partition(saved["best_model"], trainable(saved["best_model"]))[0]
+            ema = _trainable_params(saved["ema_model"])
+        best_params = _trainable_params(saved["best_model"])
         best_val = math.inf if history.best_val_loss is None else history.best_val_loss
 
     tx, tc = _put(train[0], mesh), _put(train[1], mesh)
@@ -401,6 +401,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     if restore_best and best_params is not None and history.stop_reason != "nan":
         final = best_params
     return eqx.combine(final, static), history
+
+
+def _trainable_params(model):
+    """The trainable part of a saved model (``None`` stays ``None``)."""
+    return None if model is None else eqx.partition(model, trainable(model))[0]
 
 
 def _put_tree(tree, mesh):
