@@ -72,3 +72,41 @@ def adam_step_timing(model, loss, batch, reps: int, learning_rate: float = 1e-3,
         jax.block_until_ready(value)
         best = min(best, (time.perf_counter() - t0) / reps)
     return compile_s, best * 1e6
+
+
+def bare_mlp_rate(sizes, activation: str, batch: int, steps: int, learning_rate: float = 1e-3) -> float:
+    """Steps per second of the barest JAX training loop for an MLP of layer ``sizes`` (e.g.
+    ``[3, 64, 64, 64, 2]``): AdamW on the squared error against fixed inputs and targets, every
+    step fused in one jitted ``lax.scan``. No data sampling, no path, no library code — the
+    ceiling any JAX implementation of that network's training step can reach on this machine,
+    against which a library's own rate (and the ratio to a peer) can be read."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    act = getattr(jax.nn, activation)
+    keys = jax.random.split(jax.random.key(0), len(sizes))
+    weights = [(jax.random.normal(k, (a, b)) / a**0.5, jnp.zeros(b)) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    inputs = jax.random.normal(keys[-1], (batch, sizes[0]))
+    targets = jnp.zeros((batch, sizes[-1]))
+    opt = optax.adamw(learning_rate)
+
+    def predict(w, x):
+        for a, b in w[:-1]:
+            x = act(x @ a + b)
+        return x @ w[-1][0] + w[-1][1]
+
+    @jax.jit
+    def train(w):
+        def step(carry, _):
+            w, state = carry
+            value, grads = jax.value_and_grad(lambda w: jnp.mean((predict(w, inputs) - targets) ** 2))(w)
+            updates, state = opt.update(grads, state, w)
+            return (optax.apply_updates(w, updates), state), value
+
+        return jax.lax.scan(step, (w, opt.init(w)), None, length=steps)[1]
+
+    train(weights).block_until_ready()
+    t0 = time.perf_counter()
+    train(weights).block_until_ready()
+    return steps / (time.perf_counter() - t0)

@@ -9,7 +9,9 @@ lr 1e-3; two moons. Measured:
   flow_matching's ``ODESolver.sample(step_size=0.01)`` and torchdiffeq's ``odeint`` as in
   torchcfm's examples);
 - likelihood evaluation: 2,000 points, exact divergence, 100 Euler steps (flow_matching's
-  ``compute_likelihood(exact_divergence=True)``; torchcfm has no likelihood routine).
+  ``compute_likelihood(exact_divergence=True)``; torchcfm has no likelihood routine);
+- for reference, the bare JAX training step of the same network (AdamW on fixed inputs in one
+  jitted scan, no data sampling or path): the ceiling for any JAX code on this machine.
 
 Usage: python benchmarks/fm_vs_torch.py [--quick]
 """
@@ -31,7 +33,7 @@ from flow_matching.solver import ODESolver as FmODESolver
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, ExactOptimalTransportConditionalFlowMatcher
 from torchdiffeq import odeint
 
-from _timing import fit_rate, loop_rate, timed
+from _timing import bare_mlp_rate, fit_rate, loop_rate, timed
 
 from geoflow.continuous import cfm, fixed, flow_matching, with_solver
 from geoflow.datasets import sample_toy
@@ -98,6 +100,9 @@ def main():
                "torchcfm": torch_train_rate("torchcfm", kind, data, steps[kind])[0]}
         if kind == "i-cfm":
             row["flow_matching"], torch_net = torch_train_rate("flow_matching", kind, data, steps[kind])
+            # the network's own training step in a bare jitted loop: the most any JAX code can reach
+            row["bare_jax_mlp_step"] = bare_mlp_rate([3, 64, 64, 64, 2], "selu", BATCH, steps[kind])
+            row["bare_ratio_vs_torchcfm"] = row["bare_jax_mlp_step"] / row["torchcfm"]
         row["ratio_vs_torchcfm"] = row["geoflow"] / row["torchcfm"]
         if "flow_matching" in row:
             row["ratio_vs_flow_matching"] = row["geoflow"] / row["flow_matching"]
