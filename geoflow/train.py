@@ -7,7 +7,10 @@ stopping and checkpoints), not once per step. Minibatches are drawn on device wi
 function of its key, and a resumed run continues exactly where it stopped.
 
 A loss is any ``loss(model, x, condition, key) -> scalar``; the default is maximum likelihood.
-Later packages (flow matching, CTMC) pass their own.
+Later packages (flow matching, CTMC) pass their own. A loss may also define
+``prepare(model, x, condition, key)``: work that does not depend on the trained parameters
+(minibatch OT's assignment). ``fit`` then runs it for every step of a chunk before the chunk's
+scan, a block of steps at a time, and calls ``loss(..., prepared=...)`` with each step's result.
 """
 
 from __future__ import annotations
@@ -166,6 +169,9 @@ def _ema_update(ema, params, decay, step):
     return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
+_PREPARE_BLOCK = 64  # steps whose prepared work is computed together (64 OT problems: 64 MB of costs)
+
+
 @eqx.filter_jit
 def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optimizer, batch_sharding,
                  ema_decay=None):
@@ -179,25 +185,46 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
 
     ``ema`` (``None`` when averaging is off) is the moving average of the parameters, updated
     after every applied step with ``ema_decay``.
+
+    A loss with ``prepare`` has it run for the chunk's active steps before the scan (vmapped over
+    blocks of up to ``_PREPARE_BLOCK`` steps), and each step's result passed as ``prepared``.
     """
     params, opt_state, ema, static, step0, bad_step, active = state
 
-    def one_step(carry, i):
-        return jax.lax.cond(i < active, optimisation_step, lambda c, _: (c, jnp.full((), jnp.nan)), carry, i)
+    def batch_of(i):
+        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step0 + i))
+        idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
+        return x[idx], None if condition is None else condition[idx], k_loss
 
-    def optimisation_step(carry, i):
+    # a loss's parameter-free work (OT-CFM's assignments) for every active step of the chunk,
+    # a block of steps at a time so that a host solver gets the whole block at once (all cores)
+    prepared = None
+    if hasattr(loss, "prepare"):
+        model0 = eqx.combine(params, static)
+        n_blocks = -(-num_steps // _PREPARE_BLOCK)
+        block = -(-num_steps // n_blocks)  # equal blocks, so that padding wastes under n_blocks steps
+        blocks = jnp.arange(n_blocks * block).reshape(n_blocks, block)
+        prepare_block = jax.vmap(lambda i: loss.prepare(model0, *batch_of(i)))
+        skipped = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(prepare_block, blocks[0]))
+        prepared = jax.lax.map(lambda b: jax.lax.cond(b[0] < active, prepare_block, lambda _: skipped, b), blocks)
+        prepared = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num_steps], prepared)
+
+    def one_step(carry, inputs):
+        return jax.lax.cond(inputs[0] < active, optimisation_step, lambda c, _: (c, jnp.full((), jnp.nan)),
+                            carry, inputs)
+
+    def optimisation_step(carry, inputs):
+        i, prep = inputs
         params, opt_state, ema, bad_step = carry
         step = step0 + i
-        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
-        idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
-        xb = x[idx]
-        cb = None if condition is None else condition[idx]
+        xb, cb, k_loss = batch_of(i)
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             cb = None if cb is None else jax.lax.with_sharding_constraint(cb, batch_sharding)
+        extra = {} if prep is None else {"prepared": prep}
 
         def loss_of(p):
-            return loss(eqx.combine(p, static), xb, cb, k_loss)
+            return loss(eqx.combine(p, static), xb, cb, k_loss, **extra)
 
         value, grads = eqx.filter_value_and_grad(loss_of)(params)
         grad_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
@@ -211,7 +238,7 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
         return (params, opt_state, ema, bad_step), value
 
     (params, opt_state, ema, bad_step), losses = jax.lax.scan(
-        one_step, (params, opt_state, ema, bad_step), jnp.arange(num_steps)
+        one_step, (params, opt_state, ema, bad_step), (jnp.arange(num_steps), prepared)
     )
     return params, opt_state, ema, bad_step, losses
 

@@ -59,6 +59,50 @@ def test_minibatch_ot_lowers_the_transport_cost():
     assert len(np.unique(np.asarray(paired), axis=0)) == 256
 
 
+
+def test_stacked_assignments_are_each_optimal():
+    """A vmapped exact assignment hands the host a stack, solved in threads: each permutation
+    must reach the optimal cost of SciPy's Hungarian solver on its own problem."""
+    from scipy.optimize import linear_sum_assignment
+
+    from geoflow.continuous import exact_assignment
+
+    costs = jax.vmap(lambda k: squared_distances(*jax.random.normal(k, (2, 64, 3))))(jax.random.split(jax.random.key(0), 6))
+    perms = np.asarray(jax.jit(jax.vmap(exact_assignment))(costs))
+    for cost, perm in zip(np.asarray(costs, np.float64), perms):
+        rows, cols = linear_sum_assignment(cost)
+        assert sorted(perm.tolist()) == list(range(64))
+        np.testing.assert_allclose(cost[np.arange(64), perm].sum(), cost[rows, cols].sum(), rtol=1e-9)
+
+
+def test_prepared_pairing_is_the_inline_one():
+    """OT-CFM's ``prepare`` (what fit solves ahead of a chunk) gives the very pairing, and loss,
+    that the loss computes inline; other couplings, or a trainable source, prepare nothing."""
+    model = flow_matching(jax.random.key(0), 2, width=16, depth=2)
+    x1 = jnp.asarray(sample_toy("moons", 1500, seed=0))  # above the 1,024-point block
+    loss, key = cfm("ot-cfm"), jax.random.key(4)
+    prepared = jax.jit(lambda x, k: loss.prepare(model, x, None, k))(x1, key)
+    x0 = model.base.sample(jax.random.split(key, 5)[0], 1500)
+    np.testing.assert_array_equal(x0[prepared], couple("exact", x0, x1, key))
+    np.testing.assert_allclose(loss(model, x1, None, key, prepared=prepared), loss(model, x1, None, key), rtol=1e-6)
+    assert cfm("i-cfm").prepare(model, x1, None, key) is None
+    trainable_source = eqx.tree_at(lambda m: m.base, model, gf.DiagonalNormal(jnp.zeros(2), 1.0))
+    assert loss.prepare(trainable_source, x1, None, key) is None
+
+
+def test_fit_with_prepared_assignments_trains_as_inline():
+    """fit solves OT-CFM's assignments for a chunk before its scan: the training run must match
+    one whose loss solves each step's assignment inside the step."""
+    x = sample_toy("8gaussians", 2000, seed=0)
+    model = flow_matching(jax.random.key(0), 2, width=16, depth=2)
+    loss = cfm("ot-cfm")
+    run = lambda l: gf.fit(model, x, key=jax.random.key(1), loss=l, steps=30, batch_size=128, eval_every=20,
+                           val_fraction=0.0, progress=False)
+    (ahead, h_ahead), (inline, h_inline) = run(loss), run(lambda m, xb, c, k: loss(m, xb, c, k))
+    np.testing.assert_allclose(h_ahead.train_loss, h_inline.train_loss, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(eqx.filter(ahead, eqx.is_array)), jax.tree.leaves(eqx.filter(inline, eqx.is_array))):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
 def test_sinkhorn_plan_has_uniform_marginals():
     cost = squared_distances(jax.random.normal(jax.random.key(0), (50, 2)), jax.random.normal(jax.random.key(1), (50, 2)))
     plan = jnp.exp(sinkhorn_log_plan(cost, 0.5, tol=1e-5))

@@ -12,6 +12,10 @@ are coupled block by block, as minibatch OT is defined.
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +30,7 @@ def squared_distances(a, b):
     return jnp.maximum(jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2 * a @ b.T, 0.0)
 
 
-def _assignment_host(cost):
+def _solve_one(cost):
     cost = np.asarray(cost, np.float64)
     n = cost.shape[0]
     # for uniform weights on equal-size sets the optimal plan is a permutation matrix / n
@@ -34,10 +38,34 @@ def _assignment_host(cost):
     return np.argmax(plan, axis=1).astype(np.int32)
 
 
+@functools.cache
+def _host_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="geoflow-ot")
+
+
+# below this size a thread's hand-off costs more than the solve (29 atoms: 13 ms in threads
+# against 9 ms in turn for 128 problems; 64 points: 1.6× faster in threads; 512: 1.9×, 2 cores)
+_THREADED_FROM = 64
+
+
+def _assignment_host(cost):
+    """One problem ``(n, n)``, or a stack ``(..., n, n)`` (a vmapped call) solved on all host
+    cores at once when the problems are large enough: POT releases the GIL, so threads scale."""
+    cost = np.asarray(cost)
+    if cost.ndim == 2:
+        return _solve_one(cost)
+    flat = cost.reshape(-1, *cost.shape[-2:])
+    threaded = len(flat) > 1 and cost.shape[-1] >= _THREADED_FROM
+    solved = list(_host_threads().map(_solve_one, flat)) if threaded else [_solve_one(c) for c in flat]
+    return np.stack(solved).reshape(cost.shape[:-1])
+
+
 def exact_assignment(cost):
-    """The permutation ``π`` minimising ``Σ_i cost[i, π(i)]`` (square ``cost``), jittable."""
-    out = jax.ShapeDtypeStruct((cost.shape[0],), jnp.int32)
-    return jax.pure_callback(_assignment_host, out, cost, vmap_method="sequential")
+    """The permutation ``π`` minimising ``Σ_i cost[i, π(i)]`` for a square ``cost`` ``(n, n)``;
+    jittable. Under ``vmap`` the whole stack of problems goes to the host in one call and is
+    solved in parallel threads."""
+    out = jax.ShapeDtypeStruct(cost.shape[:-1], jnp.int32)
+    return jax.pure_callback(_assignment_host, out, cost, vmap_method="expand_dims")
 
 
 def sinkhorn_log_plan(cost, epsilon: float | None = None, tol: float = 1e-3, max_iterations: int = 1000):
@@ -72,6 +100,16 @@ def sinkhorn_log_plan(cost, epsilon: float | None = None, tol: float = 1e-3, max
     return f[:, None] + g[None, :] - scaled
 
 
+def exact_pairing(x0, x1, block: int = 1024):
+    """Indices ``π`` ``(n,)`` such that ``x0[π]`` is the minibatch-OT partner of ``x1``
+    (squared Euclidean cost), solved per block of ``block`` examples; no gradient flows."""
+    n = x1.shape[0]
+    if n > block:
+        return jnp.concatenate([exact_pairing(x0[i : i + block], x1[i : i + block], block) + i
+                                for i in range(0, n, block)])
+    return exact_assignment(jax.lax.stop_gradient(squared_distances(x1, x0)))  # rows: data points
+
+
 def couple(kind: str, x0, x1, key, epsilon: float | None = None, block: int = 1024):
     """``x0`` reordered (or resampled) to pair with ``x1``: batch shapes ``(n, *event)``."""
     if kind not in COUPLINGS:
@@ -79,14 +117,14 @@ def couple(kind: str, x0, x1, key, epsilon: float | None = None, block: int = 10
     n = x1.shape[0]
     if kind == "independent":
         return x0
+    if kind == "exact":
+        return x0[exact_pairing(x0, x1, block)]
     if n > block:
         starts = range(0, n, block)
         keys = jax.random.split(key, len(starts))
         return jnp.concatenate([couple(kind, x0[i : i + block], x1[i : i + block], k, epsilon, block)
                                 for i, k in zip(starts, keys)])
     cost = squared_distances(x1, x0)  # rows: data points, columns: source points
-    if kind == "exact":
-        return x0[exact_assignment(jax.lax.stop_gradient(cost))]
     if kind == "sinkhorn":
         log_plan = sinkhorn_log_plan(jax.lax.stop_gradient(cost), epsilon)
         return x0[jax.random.categorical(key, log_plan, axis=1)]

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from ..distributions import Distribution, StandardNormal, Transformed
-from ..nn import Frozen
+from ..nn import Frozen, trainable
 from .cnf import ODEFlow, make_field
-from .couplings import COUPLINGS, couple
+from .couplings import COUPLINGS, couple, exact_pairing
 from .ode import ODESolver
 from .paths import AffinePath, BridgePath, CondOT
 
@@ -111,7 +111,20 @@ class FlowMatching(eqx.Module):
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
-    def __call__(self, model, x1, condition, key):
+    def prepare(self, model, x1, condition, key):
+        """The exact coupling's assignment for one step, ``(n,)`` indices into the source batch;
+        ``None`` for the other couplings, or when the source has trainable parameters.
+
+        It depends only on the data batch, the key and the (untrained) source, so
+        :func:`geoflow.fit` solves a block of steps' assignments at once before its scan, on
+        every host core, and passes each step its own as ``prepared``.
+        """
+        if self.coupling != "exact" or jax.tree.leaves(eqx.filter(model.base, trainable(model.base))):
+            return None
+        k_src = jax.random.split(key, 5)[0]  # the same source batch as __call__ draws
+        return exact_pairing(model.base.sample(k_src, x1.shape[0]), x1)
+
+    def __call__(self, model, x1, condition, key, prepared=None):
         flow = ode_flow_of(model)
         if flow.manifold is not None:
             raise ValueError("FlowMatching regresses on straight Euclidean paths; on a manifold use "
@@ -119,7 +132,7 @@ class FlowMatching(eqx.Module):
         k_src, k_pair, k_t, k_eps, k_drop = jax.random.split(key, 5)
         n = x1.shape[0]
         x0 = jax.lax.stop_gradient(model.base.sample(k_src, n))
-        x0 = couple(self.coupling, x0, x1, k_pair, self.epsilon)
+        x0 = x0[prepared] if prepared is not None else couple(self.coupling, x0, x1, k_pair, self.epsilon)
         t = jax.random.uniform(k_t, (n,))
         eps = jax.random.normal(k_eps, x1.shape)
         xt, ut = jax.vmap(self.path.sample)(t, x0, x1, eps)
