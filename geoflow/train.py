@@ -169,7 +169,23 @@ def _ema_update(ema, params, decay, step):
     return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
-_PREPARE_BLOCK = 64  # steps whose prepared work is computed together (64 OT problems: 64 MB of costs)
+# examples whose prepared work is computed together: 64 steps of 512 (64 OT problems of 512
+# points, 64 MB of costs) — enough problems for every core, bounded memory for large batches
+_PREPARE_EXAMPLES = 32_768
+
+
+def _prepare_chunk(prepare_step, num_steps, active, max_block):
+    """``prepare_step(i)`` for the steps ``i < num_steps`` of a chunk, stacked on a leading axis
+    (zeros past ``active``). The steps run vmapped in equal blocks of at most ``max_block``, so a
+    host solver inside (OT-CFM's assignment) gets a whole block in one call and uses every core;
+    blocks that start past ``active`` are skipped."""
+    n_blocks = -(-num_steps // max_block)
+    block = -(-num_steps // n_blocks)  # equal blocks: the padding wastes fewer than n_blocks steps
+    blocks = jnp.arange(n_blocks * block).reshape(n_blocks, block)
+    prepare_block = jax.vmap(prepare_step)
+    skipped = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(prepare_block, blocks[0]))
+    prepared = jax.lax.map(lambda b: jax.lax.cond(b[0] < active, prepare_block, lambda _: skipped, b), blocks)
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num_steps], prepared)
 
 
 @eqx.filter_jit
@@ -187,7 +203,7 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
     after every applied step with ``ema_decay``.
 
     A loss with ``prepare`` has it run for the chunk's active steps before the scan (vmapped over
-    blocks of up to ``_PREPARE_BLOCK`` steps), and each step's result passed as ``prepared``.
+    blocks of up to ``_PREPARE_EXAMPLES`` examples), and each step's result passed as ``prepared``.
     """
     params, opt_state, ema, static, step0, bad_step, active = state
 
@@ -196,18 +212,11 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
         idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
         return x[idx], None if condition is None else condition[idx], k_loss
 
-    # a loss's parameter-free work (OT-CFM's assignments) for every active step of the chunk,
-    # a block of steps at a time so that a host solver gets the whole block at once (all cores)
     prepared = None
     if hasattr(loss, "prepare"):
-        model0 = eqx.combine(params, static)
-        n_blocks = -(-num_steps // _PREPARE_BLOCK)
-        block = -(-num_steps // n_blocks)  # equal blocks, so that padding wastes under n_blocks steps
-        blocks = jnp.arange(n_blocks * block).reshape(n_blocks, block)
-        prepare_block = jax.vmap(lambda i: loss.prepare(model0, *batch_of(i)))
-        skipped = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(prepare_block, blocks[0]))
-        prepared = jax.lax.map(lambda b: jax.lax.cond(b[0] < active, prepare_block, lambda _: skipped, b), blocks)
-        prepared = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num_steps], prepared)
+        model = eqx.combine(params, static)
+        prepared = _prepare_chunk(lambda i: loss.prepare(model, *batch_of(i)), num_steps, active,
+                                  max(1, _PREPARE_EXAMPLES // batch_size))
 
     def one_step(carry, inputs):
         return jax.lax.cond(inputs[0] < active, optimisation_step, lambda c, _: (c, jnp.full((), jnp.nan)),
