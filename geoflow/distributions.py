@@ -23,6 +23,7 @@ from jaxtyping import Array, Float
 from .bijections import Bijection
 from .bijections.base import call_with_key
 from .checks import check_condition, check_event, check_finite
+from .nn import Frozen
 
 
 class Distribution(eqx.Module):
@@ -139,8 +140,7 @@ class DiagonalNormal(Distribution):
 class Uniform(Distribution):
     """Uniform on the box ``[low, high]``; ``-inf`` outside it (a true zero density)."""
 
-    low: Float[Array, " dim"]
-    high: Float[Array, " dim"]
+    bounds: Frozen  # (2, dim): low and high, fixed (not trained by fit, nor weight-decayed)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
@@ -149,12 +149,20 @@ class Uniform(Distribution):
         low, high = jnp.broadcast_arrays(low, high)
         if not bool(jnp.all(high > low)):
             raise ValueError(f"Uniform needs high > low everywhere, got low={low}, high={high}")
-        self.low, self.high = low, high
+        self.bounds = Frozen(jnp.stack([low, high]))
         self.shape = low.shape
         self.cond_shape = None
 
+    @property
+    def low(self) -> Float[Array, " dim"]:
+        return jax.lax.stop_gradient(self.bounds.value)[0]
+
+    @property
+    def high(self) -> Float[Array, " dim"]:
+        return jax.lax.stop_gradient(self.bounds.value)[1]
+
     def _log_prob(self, x, condition=None):
-        low, high = jax.lax.stop_gradient((self.low, self.high))
+        low, high = self.low, self.high
         inside = jnp.all((x >= low) & (x <= high))
         return jnp.where(inside, -jnp.sum(jnp.log(high - low)), -jnp.inf)
 

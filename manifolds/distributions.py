@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geoflow.distributions import Distribution
+from geoflow.nn import Frozen
 
 from .base import Manifold
 from .product import Power, Product
@@ -44,7 +45,7 @@ class WrappedNormal(Distribution):
     powers). ``log_prob`` is exact, against the Riemannian volume."""
 
     manifold: Manifold
-    mean: jax.Array
+    fixed_mean: Frozen  # a fixed prior: not trained by fit, nor weight-decayed off the manifold
     sigma: float = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
@@ -53,11 +54,15 @@ class WrappedNormal(Distribution):
         if not sigma > 0:
             raise ValueError(f"WrappedNormal needs sigma > 0, got {sigma}")
         self.manifold, self.sigma = manifold, float(sigma)
-        self.mean = manifold.check(jnp.asarray(mean, jnp.float32), "mean")
+        self.fixed_mean = Frozen(manifold.check(jnp.asarray(mean, jnp.float32), "mean"))
         self.shape, self.cond_shape = tuple(manifold.shape), None
 
+    @property
+    def mean(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.fixed_mean.value)
+
     def _log_prob(self, x, condition=None):
-        return self.manifold.wrapped_normal_log_prob(jax.lax.stop_gradient(self.mean), x, self.sigma)
+        return self.manifold.wrapped_normal_log_prob(self.mean, x, self.sigma)
 
     def _sample(self, key, condition=None):
         return self.manifold.exp(self.mean, self.sigma * self.manifold.random_tangent_normal(key, self.mean))
@@ -147,10 +152,8 @@ class IGSO3(Distribution):
     marginal ``(1 − cos ω)/π · f(ω)`` and the axis uniformly.
     """
 
-    mean: jax.Array
-    grid: jax.Array
-    log_density: jax.Array
-    cdf: jax.Array
+    fixed_mean: Frozen
+    table: Frozen  # (3, grid): angle grid, log-density and CDF of the angle — fixed, never trained
     eps: float = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True, default=(3, 3))
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
@@ -159,17 +162,32 @@ class IGSO3(Distribution):
         if not eps > 0:
             raise ValueError(f"IGSO3 needs eps > 0, got {eps}")
         self.eps = float(eps)
-        self.mean = jnp.eye(3) if mean is None else jnp.asarray(mean, jnp.float32)
+        self.fixed_mean = Frozen(jnp.eye(3) if mean is None else jnp.asarray(mean, jnp.float32))
         grid = np.linspace(0.0, np.pi, grid_size)
         density = igso3_density(grid, self.eps, terms=max(2000, int(40 / self.eps)))
         marginal = (1 - np.cos(grid)) / np.pi * density
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (marginal[1:] + marginal[:-1]) * np.diff(grid))])
-        self.grid = jnp.asarray(grid, jnp.float32)
-        self.log_density = jnp.asarray(np.log(density) - math.log(8 * math.pi**2), jnp.float32)
-        self.cdf = jnp.asarray(cdf / cdf[-1], jnp.float32)
+        log_density = np.log(density) - math.log(8 * math.pi**2)
+        self.table = Frozen(jnp.asarray(np.stack([grid, log_density, cdf / cdf[-1]]), jnp.float32))
+
+    @property
+    def mean(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.fixed_mean.value)
+
+    @property
+    def grid(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.table.value)[0]
+
+    @property
+    def log_density(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.table.value)[1]
+
+    @property
+    def cdf(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.table.value)[2]
 
     def _log_prob(self, r, condition=None):
-        omega = jnp.linalg.norm(matrix_to_rotvec(jax.lax.stop_gradient(self.mean).T @ r))
+        omega = jnp.linalg.norm(matrix_to_rotvec(self.mean.T @ r))
         return jnp.interp(omega, self.grid, self.log_density)
 
     def _sample(self, key, condition=None):
@@ -187,14 +205,23 @@ class WrappedNormalMixtureSO3(Distribution):
     Its exact density against the Riemannian volume is :meth:`SO3.wrapped_normal_log_prob`.
     """
 
-    means: jax.Array
-    sigmas: jax.Array
+    fixed_means: Frozen  # a target density: fixed, never trained
+    fixed_sigmas: Frozen
     shape: tuple[int, ...] = eqx.field(static=True, default=(3, 3))
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, means, sigmas):
-        self.means = jnp.asarray(means, jnp.float32)
-        self.sigmas = jnp.broadcast_to(jnp.asarray(sigmas, jnp.float32), self.means.shape[:1])
+        means = jnp.asarray(means, jnp.float32)
+        self.fixed_means = Frozen(means)
+        self.fixed_sigmas = Frozen(jnp.broadcast_to(jnp.asarray(sigmas, jnp.float32), means.shape[:1]))
+
+    @property
+    def means(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.fixed_means.value)
+
+    @property
+    def sigmas(self) -> jax.Array:
+        return jax.lax.stop_gradient(self.fixed_sigmas.value)
 
     @classmethod
     def random(cls, key, k: int, concentration: float = 100.0):
@@ -205,9 +232,8 @@ class WrappedNormalMixtureSO3(Distribution):
         return cls(SO3().random_uniform(k_mean, (k,)), 1 / jnp.sqrt(precision))
 
     def _log_prob(self, r, condition=None):
-        sigmas = jax.lax.stop_gradient(self.sigmas)
         so3 = SO3()
-        per = jax.vmap(lambda m, s: so3.wrapped_normal_log_prob(jax.lax.stop_gradient(m), r, s))(self.means, sigmas)
+        per = jax.vmap(lambda m, s: so3.wrapped_normal_log_prob(m, r, s))(self.means, self.sigmas)
         return jax.nn.logsumexp(per) - jnp.log(per.shape[0])
 
     def _sample(self, key, condition=None):

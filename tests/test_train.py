@@ -238,3 +238,22 @@ def test_resume_with_ema_matches_uninterrupted_run(tmp_path):
     gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=tmp_path / "plain.pkl", **no_average)
     with pytest.raises(ValueError, match="holds no parameter average"):
         gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=tmp_path / "plain.pkl", resume=True, **kw)
+
+
+def test_fixed_distribution_arrays_are_not_trained():
+    """Bounds, fitted moments, prior means and the IGSO(3) tables are fixed: ``trainable`` leaves
+    them out, so fit with weight decay cannot shrink them (it once could: a Uniform's bounds or
+    a WrappedNormal's mean were plain arrays, and only stop_gradient guarded them)."""
+    from manifolds import SO3, GeodesicFlowMatching, rfm
+    from manifolds.distributions import IGSO3, WrappedNormal, WrappedNormalMixtureSO3
+
+    fixed = [gf.Uniform(-jnp.ones(2), jnp.ones(2)), gf.bijections.Standardize(jnp.zeros(2), jnp.ones(2)),
+             IGSO3(0.5), WrappedNormal(SO3(), jnp.eye(3), 0.3), WrappedNormalMixtureSO3.random(jax.random.key(0), 4)]
+    for d in fixed:
+        assert not jax.tree.leaves(eqx.filter(d, gf.nn.trainable(d))), type(d).__name__
+    model = rfm(jax.random.key(0), SO3(), prior=IGSO3(0.5), width=16, depth=2)
+    data = IGSO3(0.3).sample(jax.random.key(1), 256)
+    trained, _ = gf.fit(model, data, key=jax.random.key(2), loss=GeodesicFlowMatching(), steps=20, batch_size=64,
+                        weight_decay=0.5, learning_rate=1e-2, val_fraction=0.0, progress=False)
+    np.testing.assert_array_equal(trained.base.table.value, model.base.table.value)
+    np.testing.assert_array_equal(trained.base.mean, jnp.eye(3))

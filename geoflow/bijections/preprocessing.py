@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..nn import Frozen
 from .base import Bijection
 
 
 class Standardize(Bijection):
     """``data = mean + std · z``: the inverse standardises data. Fit with :meth:`fit`."""
 
-    mean: Float[Array, " dim"]
-    std: Float[Array, " dim"]
+    moments: Frozen  # (2, dim): mean and std, fixed once fitted (not trained, nor weight-decayed)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
@@ -31,9 +31,17 @@ class Standardize(Bijection):
             raise ValueError(f"mean and std must be vectors of one shape, got {mean.shape}, {std.shape}")
         if not bool(jnp.all(std > 0)):
             raise ValueError("Standardize needs std > 0 in every dimension")
-        self.mean, self.std = mean, std
+        self.moments = Frozen(jnp.stack([mean, std]))
         self.shape = mean.shape
         self.cond_shape = None
+
+    @property
+    def mean(self) -> Float[Array, " dim"]:
+        return jax.lax.stop_gradient(self.moments.value)[0]
+
+    @property
+    def std(self) -> Float[Array, " dim"]:
+        return jax.lax.stop_gradient(self.moments.value)[1]
 
     @classmethod
     def fit(cls, data: Float[Array, "n dim"], eps: float = 1e-6) -> Standardize:
@@ -42,11 +50,11 @@ class Standardize(Bijection):
         return cls(data.mean(0), data.std(0) + eps)
 
     def forward_and_log_det(self, x, condition=None):
-        mean, std = jax.lax.stop_gradient((self.mean, self.std))
+        mean, std = self.mean, self.std
         return mean + std * x, jnp.sum(jnp.log(std))
 
     def inverse_and_log_det(self, y, condition=None):
-        mean, std = jax.lax.stop_gradient((self.mean, self.std))
+        mean, std = self.mean, self.std
         return (y - mean) / std, -jnp.sum(jnp.log(std))
 
 
