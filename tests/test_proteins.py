@@ -190,6 +190,22 @@ def test_frame_flow_trains_and_samples_valid_frames():
     assert lp.shape == (2,) and bool(jnp.all(jnp.isfinite(lp)))
 
 
+
+def test_prepared_translation_pairing_is_the_inline_one():
+    """With ``ot=True`` fit pairs prior and data ahead of a chunk (``prepare``): the loss with the
+    prepared pairing must be the loss that pairs inline, and the pairing must lower the cost."""
+    points = jnp.asarray(points_from_backbones(load_fragments(8, stride=4).train)[:24])
+    model = frameflow(jax.random.key(0), 8, width=16, pair=8, layers=1, heads=2, head_dim=4, num_points=2)
+    loss, key = FrameFlowMatching(ot=True), jax.random.key(3)
+    prepared = loss.prepare(model, points, None, key)
+    assert sorted(np.asarray(prepared).tolist()) == list(range(24))
+    np.testing.assert_allclose(loss(model, points, None, key, prepared=prepared), loss(model, points, None, key),
+                               rtol=1e-5)
+    x0 = model.base.sample(jax.random.split(key)[0], 24)[:, 9 * 8 :]
+    cost = lambda a: float(jnp.sum((a - points[:, 9 * 8 :]) ** 2))
+    assert cost(x0[prepared]) < cost(x0)
+    assert FrameFlowMatching().prepare(model, points, None, key) is None
+
 def test_backbone_metrics_on_known_structures():
     helix, strand = chain(HELIX), chain(STRAND)
     assert "".join(secondary_structure(helix)).count("a") >= 16

@@ -57,6 +57,12 @@ def ode_flow_of(model) -> ODEFlow:
     return bijection
 
 
+def source_is_trained(model) -> bool:
+    """Whether the source (``model.base``) has trainable parameters. Then its samples change
+    within a chunk, and a loss must not pair them ahead of the steps in ``prepare``."""
+    return bool(jax.tree.leaves(eqx.filter(model.base, trainable(model.base))))
+
+
 def with_solver(model, solver: ODESolver):
     """The same model integrating with ``solver`` (e.g. ``fixed(20)`` for fast sampling)."""
     ode_flow_of(model)
@@ -119,7 +125,7 @@ class FlowMatching(eqx.Module):
         :func:`geoflow.fit` solves a block of steps' assignments at once before its scan, on
         every host core, and passes each step its own as ``prepared``.
         """
-        if self.coupling != "exact" or jax.tree.leaves(eqx.filter(model.base, trainable(model.base))):
+        if self.coupling != "exact" or source_is_trained(model):
             return None
         k_src = jax.random.split(key, 5)[0]  # the same source batch as __call__ draws
         return exact_pairing(model.base.sample(k_src, x1.shape[0]), x1)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from geoflow.continuous import ODEFlow, ODESolver, ode_flow_of
-from geoflow.continuous.couplings import exact_assignment, squared_distances
+from geoflow.continuous.couplings import exact_pairing
+from geoflow.continuous.matching import source_is_trained
 from geoflow.continuous.ode import fixed
 from geoflow.continuous.paths import CondOT, Scheduler
 from geoflow.distributions import Transformed
@@ -132,6 +133,12 @@ def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6):
     return position + jnp.sum((d_hat - d) ** 2 * near) / jnp.maximum(jnp.sum(near), 1)
 
 
+def _translation_pairing(x0, x1, length: int):
+    """Minibatch-OT indices pairing prior fragments ``x0`` with data ``x1`` (flat points
+    ``(n, 12·length)``) by their CA translations, the last ``3·length`` coordinates."""
+    return exact_pairing(x0[:, 9 * length :], x1[:, 9 * length :])
+
+
 class FrameFlowMatching(eqx.Module):
     """``E[w_R Σᵢ ‖v_R − Ṙᵢ‖² + w_t Σᵢ ‖v_t − ṫᵢ‖²] / L`` along geodesics: rotations from the
     prior to the data with ``rotation_scheduler`` (``Exponential(10)`` moves them early, as
@@ -148,14 +155,24 @@ class FrameFlowMatching(eqx.Module):
     auxiliary_weight: float = eqx.field(static=True, default=0.0)
     auxiliary_after: float = eqx.field(static=True, default=0.75)
 
-    def __call__(self, model, x1, condition, key):
+    def prepare(self, model, x1, condition, key):
+        """The OT pairing of prior and data translations for one step (``None`` without
+        ``ot``): parameter-free, so :func:`geoflow.fit` solves a block of steps' at once."""
+        if not self.ot or source_is_trained(model):
+            return None
+        x0 = model.base.sample(jax.random.split(key)[0], x1.shape[0])  # the prior batch __call__ draws
+        return _translation_pairing(x0, x1, ode_flow_of(model).field.length)
+
+    def __call__(self, model, x1, condition, key, prepared=None):
         flow = ode_flow_of(model)
         length, manifold = flow.field.length, flow.manifold
         k_prior, k_t = jax.random.split(key)
         n = x1.shape[0]
         x0 = jax.lax.stop_gradient(model.base.sample(k_prior, n))
-        if self.ot:
-            x0 = x0[exact_assignment(squared_distances(x1[:, 9 * length :], x0[:, 9 * length :]))]
+        if prepared is not None:
+            x0 = x0[prepared]
+        elif self.ot:
+            x0 = x0[_translation_pairing(x0, x1, length)]
         t = jax.random.uniform(k_t, (n,))
         wr, wt = self.weights
 
