@@ -9,8 +9,10 @@ function of its key, and a resumed run continues exactly where it stopped.
 A loss is any ``loss(model, x, condition, key) -> scalar``; the default is maximum likelihood.
 Later packages (flow matching, CTMC) pass their own. A loss may also define
 ``prepare(model, x, condition, key)``: work that does not depend on the trained parameters
-(minibatch OT's assignment). ``fit`` then runs it for every step of a chunk before the chunk's
-scan, a block of steps at a time, and calls ``loss(..., prepared=...)`` with each step's result.
+(minibatch OT's assignment). ``fit`` then runs it for every step of a chunk, as a program of its
+own on one device before the chunk's scan, a block of steps at a time, and calls
+``loss(..., prepared=...)`` with each step's result. Such a loss is validated on one device too:
+a host callback inside a sharded program stalls its collectives.
 """
 
 from __future__ import annotations
@@ -174,22 +176,33 @@ def _ema_update(ema, params, decay, step):
 _PREPARE_EXAMPLES = 32_768
 
 
-def _prepare_chunk(prepare_step, num_steps, active, max_block):
-    """``prepare_step(i)`` for the steps ``i < num_steps`` of a chunk, stacked on a leading axis
-    (zeros past ``active``). The steps run vmapped in equal blocks of at most ``max_block``, so a
-    host solver inside (OT-CFM's assignment) gets a whole block in one call and uses every core;
-    blocks that start past ``active`` are skipped."""
+def _step_batch(x, condition, key, step, batch_size):
+    """Step ``step``'s minibatch and loss key: a pure function of the run's key and the step."""
+    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
+    idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
+    return x[idx], None if condition is None else condition[idx], k_loss
+
+
+@eqx.filter_jit
+def _prepare_chunk(model, x, condition, key, step0, active, *, num_steps, batch_size, loss):
+    """``loss.prepare`` for the steps ``step0 + i`` (``i < num_steps``) of a chunk, stacked on a
+    leading axis (zeros past ``active``). It is a program of its own, run on one device before
+    the chunk (a host callback inside a sharded program stalls its collectives). The steps run
+    vmapped in equal blocks of at most ``_PREPARE_EXAMPLES`` examples, so a host solver inside
+    (OT-CFM's assignment) gets a whole block in one call and uses every core; blocks that start
+    past ``active`` are skipped."""
+    max_block = max(1, _PREPARE_EXAMPLES // batch_size)
     n_blocks = -(-num_steps // max_block)
     block = -(-num_steps // n_blocks)  # equal blocks: the padding wastes fewer than n_blocks steps
     blocks = jnp.arange(n_blocks * block).reshape(n_blocks, block)
-    prepare_block = jax.vmap(prepare_step)
+    prepare_block = jax.vmap(lambda i: loss.prepare(model, *_step_batch(x, condition, key, step0 + i, batch_size)))
     skipped = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(prepare_block, blocks[0]))
     prepared = jax.lax.map(lambda b: jax.lax.cond(b[0] < active, prepare_block, lambda _: skipped, b), blocks)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num_steps], prepared)
 
 
 @eqx.filter_jit
-def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optimizer, batch_sharding,
+def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, loss, optimizer, batch_sharding,
                  ema_decay=None):
     """The first ``active`` (traced, at most ``num_steps``) optimisation steps of one
     ``lax.scan`` over ``num_steps``; the rest are skipped by a ``lax.cond`` at no cost. A run
@@ -202,21 +215,9 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
     ``ema`` (``None`` when averaging is off) is the moving average of the parameters, updated
     after every applied step with ``ema_decay``.
 
-    A loss with ``prepare`` has it run for the chunk's active steps before the scan (vmapped over
-    blocks of up to ``_PREPARE_EXAMPLES`` examples), and each step's result passed as ``prepared``.
+    ``prepared`` (``None``, or :func:`_prepare_chunk`'s stack) gives each step its ``prepared=``.
     """
     params, opt_state, ema, static, step0, bad_step, active = state
-
-    def batch_of(i):
-        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step0 + i))
-        idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
-        return x[idx], None if condition is None else condition[idx], k_loss
-
-    prepared = None
-    if hasattr(loss, "prepare"):
-        model = eqx.combine(params, static)
-        prepared = _prepare_chunk(lambda i: loss.prepare(model, *batch_of(i)), num_steps, active,
-                                  max(1, _PREPARE_EXAMPLES // batch_size))
 
     def one_step(carry, inputs):
         return jax.lax.cond(inputs[0] < active, optimisation_step, lambda c, _: (c, jnp.full((), jnp.nan)),
@@ -226,7 +227,7 @@ def _train_chunk(state, x, condition, key, *, num_steps, batch_size, loss, optim
         i, prep = inputs
         params, opt_state, ema, bad_step = carry
         step = step0 + i
-        xb, cb, k_loss = batch_of(i)
+        xb, cb, k_loss = _step_batch(x, condition, key, step, batch_size)
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             cb = None if cb is None else jax.lax.with_sharding_constraint(cb, batch_sharding)
@@ -361,6 +362,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     if val is not None:
         vx, vc = _put(val[0], mesh), _put(val[1], mesh)
 
+    # a loss with `prepare` calls a host solver, which must not run inside a sharded program:
+    # its work for the training steps, and its validation, run on one device
+    prepare_data = _on_one_device((tx, tc), mesh) if hasattr(loss, "prepare") else None
+    one_device_eval = mesh is not None and hasattr(loss, "prepare") and vx is not None
+    val_on_one = _on_one_device((vx, vc), mesh) if one_device_eval else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -373,9 +379,15 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     while step < steps:
         n = min(chunk, steps - step)
         t0 = time.perf_counter()
-        state = (params, opt_state, ema, static, jnp.asarray(step, jnp.int32), bad_step, jnp.asarray(n, jnp.int32))
+        step0, active = jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32)
+        state = (params, opt_state, ema, static, step0, bad_step, active)
+        prepared = None
+        if hasattr(loss, "prepare"):  # a program of its own, on one device
+            prepared = _put_tree(_prepare_chunk(eqx.combine(_on_one_device(params, mesh), static), *prepare_data,
+                                                train_key, step0, active, num_steps=chunk, batch_size=batch_size,
+                                                loss=loss), mesh)
         params, opt_state, ema, bad_step, losses = _train_chunk(
-            state, tx, tc, train_key, num_steps=chunk, batch_size=batch_size, loss=loss,
+            state, tx, tc, train_key, prepared, num_steps=chunk, batch_size=batch_size, loss=loss,
             optimizer=optimizer, batch_sharding=batch_sharding,
             ema_decay=None if ema_decay is None else float(ema_decay),
         )
@@ -404,7 +416,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         model_now = eqx.combine(evaluated, static)
         postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
         if vx is not None:
-            v = float(_eval_loss(model_now, vx, vc, eval_key, loss=loss, batch_size=eval_batch_size))
+            if one_device_eval:  # the loss calls the host inside; keep that out of a sharded program
+                v = float(_eval_loss(_on_one_device(model_now, mesh), *val_on_one, eval_key, loss=loss,
+                                     batch_size=eval_batch_size))
+            else:
+                v = float(_eval_loss(model_now, vx, vc, eval_key, loss=loss, batch_size=eval_batch_size))
             history.val_loss.append(v)
             postfix["val"] = f"{v:.4f}"
             if v < best_val:
@@ -442,6 +458,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
 def _trainable_params(model):
     """The trainable part of a saved model (``None`` stays ``None``)."""
     return None if model is None else eqx.partition(model, trainable(model))[0]
+
+
+def _on_one_device(tree, mesh):
+    """``tree`` on the default device (a copy of replicated arrays when there is a mesh)."""
+    return tree if mesh is None else jax.device_put(tree, jax.devices()[0])
 
 
 def _put_tree(tree, mesh):

@@ -129,8 +129,16 @@ MULTI_DEVICE = textwrap.dedent("""
     kw = dict(key=jax.random.key(1), steps=300, batch_size=256, eval_every=50, progress=False)
     _, single = gf.fit(model, x, **kw)
     _, multi = gf.fit(model, x, devices=4, **kw)
+    # OT-CFM calls POT on the host; inside a sharded program that stalled the all-reduce
+    from geoflow.continuous import cfm, flow_matching
+    fm, ot = flow_matching(jax.random.key(0), 2, width=16, depth=2), cfm("ot-cfm")
+    kw.update(steps=40, batch_size=128, eval_every=20)
+    _, ot_single = gf.fit(fm, x, loss=ot, **kw)
+    _, ot_multi = gf.fit(fm, x, loss=ot, devices=4, **kw)
     print(json.dumps({"single": single.train_loss, "multi": multi.train_loss,
-                      "vs": single.val_loss, "vm": multi.val_loss}))
+                      "vs": single.val_loss, "vm": multi.val_loss,
+                      "ot_single": ot_single.train_loss + ot_single.val_loss,
+                      "ot_multi": ot_multi.train_loss + ot_multi.val_loss}))
 """)
 
 
@@ -142,6 +150,7 @@ def test_data_parallel_training_matches_single_device():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(res["vm"], res["vs"], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(res["ot_multi"], res["ot_single"], rtol=2e-3, atol=2e-3)
 
 
 def test_second_fit_with_same_shapes_does_not_recompile(moons):
