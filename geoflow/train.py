@@ -364,9 +364,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
 
     # a loss with `prepare` calls a host solver, which must not run inside a sharded program:
     # its work for the training steps, and its validation, run on one device
-    prepare_data = _on_one_device((tx, tc), mesh) if hasattr(loss, "prepare") else None
-    one_device_eval = mesh is not None and hasattr(loss, "prepare") and vx is not None
-    val_on_one = _on_one_device((vx, vc), mesh) if one_device_eval else None
+    host_solver = hasattr(loss, "prepare")
+    on_eval_device = (lambda tree: _on_one_device(tree, mesh)) if host_solver else (lambda tree: tree)
+    prepare_data = _on_one_device((tx, tc), mesh) if host_solver else None
+    val_data_on_device = None if vx is None else on_eval_device((vx, vc))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -382,7 +383,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         step0, active = jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32)
         state = (params, opt_state, ema, static, step0, bad_step, active)
         prepared = None
-        if hasattr(loss, "prepare"):  # a program of its own, on one device
+        if host_solver:  # a program of its own, on one device
             prepared = _put_tree(_prepare_chunk(eqx.combine(_on_one_device(params, mesh), static), *prepare_data,
                                                 train_key, step0, active, num_steps=chunk, batch_size=batch_size,
                                                 loss=loss), mesh)
@@ -416,11 +417,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         model_now = eqx.combine(evaluated, static)
         postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
         if vx is not None:
-            if one_device_eval:  # the loss calls the host inside; keep that out of a sharded program
-                v = float(_eval_loss(_on_one_device(model_now, mesh), *val_on_one, eval_key, loss=loss,
-                                     batch_size=eval_batch_size))
-            else:
-                v = float(_eval_loss(model_now, vx, vc, eval_key, loss=loss, batch_size=eval_batch_size))
+            v = float(_eval_loss(on_eval_device(model_now), *val_data_on_device, eval_key, loss=loss,
+                                 batch_size=eval_batch_size))
             history.val_loss.append(v)
             postfix["val"] = f"{v:.4f}"
             if v < best_val:
