@@ -156,6 +156,12 @@ def test_reflow_straightens_and_distillation_stays_close(ot_model):
     many = sw(straighter.sample(jax.random.key(1), 3000), test)
     one = sw(one_step.sample(jax.random.key(1), 3000), test)
     assert one < 3.0 * many + 0.05
+    x = one_step.sample(jax.random.key(2), 4)
+    for refused in (lambda: one_step.log_prob(x), lambda: one_step.bijection.inverse(x[0]),
+                    lambda: one_step.sample_and_log_prob(jax.random.key(3), 4)):
+        with pytest.raises(ValueError, match="only samples"):
+            refused()
+    assert np.all(np.isfinite(np.asarray(straighter.log_prob(x))))  # the teacher keeps its density
 
 
 def test_data_to_data_transport_moves_the_source_onto_the_target():

@@ -9,11 +9,11 @@ from .matching import EmpiricalSource, FlowMatching, cfm, flow_matching, ode_flo
 from .ode import ODESolver, fixed, make_solver
 from .paths import (AffinePath, BridgePath, CondOT, Cosine, Polynomial, Scheduler, VariancePreserving,
                     make_path)
-from .rectified import OneStepDistillation, PairedFlowMatching, distill, reflow, reflow_pairs, straightness
+from .rectified import OneStepDistillation, OneStepFlow, PairedFlowMatching, distill, reflow, reflow_pairs, straightness
 
 __all__ = [
     "AffinePath", "BridgePath", "COUPLINGS", "ConcatSquashMLP", "CondOT", "Cosine", "EmpiricalSource",
-    "FIELDS", "FlowMatching", "Guided", "ODEFlow", "ODEResult", "ODESolver", "OneStepDistillation",
+    "FIELDS", "FlowMatching", "Guided", "ODEFlow", "ODEResult", "ODESolver", "OneStepDistillation", "OneStepFlow",
     "PairedFlowMatching", "Polynomial", "RegularizedLikelihood", "Scheduler", "TimeMLP",
     "VariancePreserving", "cfm", "cnf", "couple", "distill", "exact_assignment", "exact_divergence",
     "fixed", "flow_matching", "hutchinson_divergence", "make_field", "make_path", "make_solver",

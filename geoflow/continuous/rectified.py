@@ -9,8 +9,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..distributions import Transformed
 from ..train import fit
-from .matching import _regress, ode_flow_of, with_solver
+from .cnf import ODEFlow
+from .matching import _regress, ode_flow_of
 from .ode import fixed
 
 
@@ -66,12 +68,38 @@ def reflow(model, key, *, pairs: int = 20_000, rounds: int = 1, **fit_kwargs):
     return model, histories
 
 
+class OneStepFlow(ODEFlow):
+    """A distilled sampler ``x ↦ x + v(0, x)``: one Euler step of a field trained forward only.
+
+    It samples; it has no inverse and no density. Nothing makes ``x + v(0, x)`` injective, and
+    the reverse Euler step ``y − v(1, y)`` uses a velocity the distillation never trained, so
+    ``inverse``, ``log_prob`` and ``sample_and_log_prob`` raise instead of returning numbers
+    that mean nothing. The teacher (the model passed to :func:`distill`) keeps its exact density.
+    """
+
+    def __init__(self, field, manifold=None):
+        super().__init__(field, fixed(1, "euler"), "exact", manifold)
+
+    def integrate(self, x, condition=None, *, key=None, reverse: bool = False, log_det: bool = True,
+                  penalties: bool = False):
+        if reverse or log_det or penalties:
+            raise ValueError("a distilled one-step model (OneStepFlow) only samples: its single Euler step was "
+                             "trained forward and is not invertible in general, so it has no inverse, log_prob "
+                             "or sample_and_log_prob; evaluate densities with the teacher model instead")
+        return super().integrate(x, condition, key=key, log_det=False)
+
+    def with_trace(self, trace: str) -> OneStepFlow:
+        return self
+
+
 def distill(model, key, *, pairs: int = 20_000, **fit_kwargs):
     """A one-step sampler distilled from ``model``: same field, trained on the model's pairs,
-    integrating with a single Euler step. Returns ``(one_step_model, history)``."""
+    integrating with a single Euler step (:class:`OneStepFlow`: it samples, and refuses
+    ``inverse`` and ``log_prob``). Returns ``(one_step_model, history)``."""
     k_pairs, k_fit = jax.random.split(key)
     data = reflow_pairs(model, k_pairs, pairs)
-    student = with_solver(model, fixed(1, "euler"))
+    teacher = ode_flow_of(model)
+    student = Transformed(model.base, OneStepFlow(teacher.field, teacher.manifold))
     return fit(student, data, key=k_fit, loss=OneStepDistillation(), **fit_kwargs)
 
 
