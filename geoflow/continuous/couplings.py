@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -68,36 +69,60 @@ def exact_assignment(cost):
     return jax.pure_callback(_assignment_host, out, cost, vmap_method="expand_dims")
 
 
-def sinkhorn_log_plan(cost, epsilon: float | None = None, tol: float = 1e-3, max_iterations: int = 1000):
+def sinkhorn_log_plan(cost, epsilon: float | None = None, tol: float = 1e-3, max_iterations: int = 2000,
+                      scaling: float = 0.9, relaxation: float = 1.8):
     """Log of the entropic OT plan between uniform marginals: ``P ∝ exp((f_i + g_j − C_ij)/ε)``.
 
     ``epsilon`` is in the cost's units (squared distance); ``None`` takes 5% of the mean cost,
-    which works across data scales. Iterates until the row marginals are within ``tol``
-    (relative, L1) of uniform, at most ``max_iterations`` times.
+    which works across data scales. The iterations anneal ε from the mean cost down to
+    ``epsilon`` by a factor ``scaling`` per iteration (ε-scaling: the potentials of a larger ε
+    warm-start the next), then iterate at ``epsilon`` until the row marginals are within ``tol``
+    (relative, L1) of uniform, over-relaxed by ``relaxation`` ∈ [1, 2) there (Thibault et al.
+    2021; ``1`` is plain Sinkhorn). On 512 points of 8 Gaussians at ε = 0.02 this takes 144
+    iterations where plain Sinkhorn takes about 1,900. Returns ``(log_plan (n, m), row_error)``:
+    a ``row_error`` above ``tol`` means ``max_iterations`` ran out.
     """
+    if not 1.0 <= relaxation < 2.0:
+        raise ValueError(f"relaxation must be in [1, 2), got {relaxation}")
+    if not 0.0 < scaling <= 1.0:
+        raise ValueError(f"scaling must be in (0, 1], got {scaling}")
     n, m = cost.shape
-    epsilon = 0.05 * jnp.mean(cost) if epsilon is None else epsilon
-    scaled = cost / epsilon
+    epsilon = 0.05 * jnp.mean(cost) if epsilon is None else jnp.asarray(epsilon, cost.dtype)
     log_a, log_b = -jnp.log(n) * jnp.ones(n), -jnp.log(m) * jnp.ones(m)
 
-    def update(f, g):
-        f = log_a - jax.nn.logsumexp(g[None, :] - scaled, axis=1)
-        return f, log_b - jax.nn.logsumexp(f[:, None] - scaled, axis=0)
+    def update(f, g, eps, w=1.0):  # potentials in the cost's units, so they carry over between ε
+        f = (1 - w) * f + w * eps * (log_a - jax.nn.logsumexp((g[None, :] - cost) / eps, axis=1))
+        return f, (1 - w) * g + w * eps * (log_b - jax.nn.logsumexp((f[:, None] - cost) / eps, axis=0))
 
-    def row_error(f, g):  # after a g-update the columns are exact; the rows carry the error
-        rows = jnp.exp(f + jax.nn.logsumexp(g[None, :] - scaled, axis=1))
+    def row_error(f, g, eps):  # after a g-update the columns are exact; the rows carry the error
+        rows = jnp.exp(f / eps + jax.nn.logsumexp((g[None, :] - cost) / eps, axis=1))
         return jnp.sum(jnp.abs(rows * n - 1)) / n
 
     def cond(state):
-        i, f, g = state
-        return (i < max_iterations) & (row_error(f, g) > tol)
+        i, f, g, eps = state
+        return (i < max_iterations) & ((eps > epsilon) | (row_error(f, g, eps) > tol))
 
     def body(state):
-        i, f, g = state
-        return (i + 1, *update(f, g))
+        i, f, g, eps = state
+        eps = jnp.maximum(eps * scaling, epsilon)
+        return (i + 1, *update(f, g, eps, jnp.where(eps > epsilon, 1.0, relaxation)), eps)
 
-    _, f, g = jax.lax.while_loop(cond, body, (0, *update(jnp.zeros(n), jnp.zeros(m))))
-    return f[:, None] + g[None, :] - scaled
+    start = jnp.maximum(jnp.mean(cost), epsilon)
+    _, f, g, eps = jax.lax.while_loop(cond, body, (0, *update(jnp.zeros(n), jnp.zeros(m), start), start))
+    f, g = update(f, g, eps)  # an unrelaxed update: the columns exact, the rows carrying the error
+    return (f[:, None] + g[None, :] - cost) / eps, row_error(f, g, eps)
+
+
+def _warn_unconverged(error):
+    warnings.warn(f"Sinkhorn reached its iteration cap with row marginals {float(error):.2e} from uniform "
+                  "(relative L1); the coupling is only approximately entropic OT. Raise epsilon or the cap "
+                  "(sinkhorn_log_plan's max_iterations)", RuntimeWarning, stacklevel=2)
+
+
+def _warn_if_unconverged(error, tol: float = 1e-3):
+    """A warning from inside a compiled program when Sinkhorn stopped at its cap: the host
+    callback runs only in that branch, so a converged solve pays nothing for it."""
+    jax.lax.cond(error > tol, lambda e: jax.debug.callback(_warn_unconverged, e), lambda e: None, error)
 
 
 def exact_pairing(x0, x1, block: int = 1024):
@@ -126,5 +151,6 @@ def couple(kind: str, x0, x1, key, epsilon: float | None = None, block: int = 10
                                 for i, k in zip(starts, keys)])
     cost = squared_distances(x1, x0)  # rows: data points, columns: source points
     if kind == "sinkhorn":
-        log_plan = sinkhorn_log_plan(jax.lax.stop_gradient(cost), epsilon)
+        log_plan, error = sinkhorn_log_plan(jax.lax.stop_gradient(cost), epsilon)
+        _warn_if_unconverged(error)
         return x0[jax.random.categorical(key, log_plan, axis=1)]
