@@ -67,6 +67,7 @@ def main():
             test = points_from_backbones(data.test[: args.nll])
             t0 = time.perf_counter()
             row["heldout_nll_per_residue_nm"] = nll(model, test, batch_size=16) / length
+            row["nll_solver"] = model.bijection.solver.description
             row["prior_nll_per_residue_nm"] = float(-np.mean(np.asarray(model.base.log_prob(test)))) / length
             row["nll_s"] = time.perf_counter() - t0
         out["lengths"][str(length)] = row

@@ -87,6 +87,7 @@ def cmd_train(args) -> dict:
     if args.nll > 0 and len(data.test):
         test = points_from_backbones(data.test[: args.nll])
         res["heldout_nll_per_residue_nm"] = heldout_nll_per_residue(model, test, args.length)
+        res["nll_solver"] = model.bijection.solver.description
     res["wall_seconds"] = time.perf_counter() - t0
     return report(args.out / "run.json", res, args.out / "model.eqx")
 

@@ -17,9 +17,15 @@ def _batch_log_prob(model, x, condition, key):
     return model.log_prob(x, condition) if key is None else model.log_prob(x, condition, key=key)
 
 
-def log_prob_batched(model, x, condition=None, batch_size: int = 10_000, key=None) -> np.ndarray:
+def log_prob_batched(model, x, condition=None, batch_size: int = 10_000, key=None, solver=None) -> np.ndarray:
     """``model.log_prob`` over ``x`` in batches (bounded memory); returns float64 ``(n,)``.
-    A model whose density is a randomised estimate (``needs_key``) needs ``key``."""
+    A model whose density is a randomised estimate (``needs_key``) needs ``key``. For a
+    continuous model, ``solver`` (an ``ODESolver``) sets the likelihood's accuracy, e.g.
+    ``ODESolver(rtol=1e-6, atol=1e-6)``; ``None`` keeps the model's own."""
+    if solver is not None:
+        from .continuous.matching import with_solver
+
+        model = with_solver(model, solver)
     x = np.asarray(x)
     if getattr(model, "needs_key", False) and key is None:
         raise ValueError(f"{type(model).__name__}'s log-density is a randomised estimate; pass key=")
@@ -31,9 +37,10 @@ def log_prob_batched(model, x, condition=None, batch_size: int = 10_000, key=Non
     return np.concatenate(out)
 
 
-def nll(model, x, condition=None, batch_size: int = 10_000, key=None) -> float:
-    """Mean negative log-likelihood in nats per example (``key`` for a randomised estimate)."""
-    return float(-log_prob_batched(model, x, condition, batch_size, key).mean())
+def nll(model, x, condition=None, batch_size: int = 10_000, key=None, solver=None) -> float:
+    """Mean negative log-likelihood in nats per example (``key`` for a randomised estimate,
+    ``solver`` for a continuous model's accuracy, as in :func:`log_prob_batched`)."""
+    return float(-log_prob_batched(model, x, condition, batch_size, key, solver).mean())
 
 
 def bits_per_dim(nll_nats: float, dim: int, levels: int | None = None) -> float:

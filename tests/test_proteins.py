@@ -181,13 +181,16 @@ def test_frame_flow_trains_and_samples_valid_frames():
     # much of the rotation loss is irreducible (a uniform prior): a fifth off shows learning
     assert hist.train_loss[-1] < 0.85 * hist.train_loss[0], hist.train_loss
     from geoflow.continuous.matching import with_solver
-    from geoflow.continuous.ode import fixed
+    from geoflow.continuous.ode import ODESolver, fixed
     samples = with_solver(trained, fixed(10)).sample(jax.random.key(2), 5)
     assert bool(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(samples).all())  # rotations, centred
     backbones = sample_backbones(trained, jax.random.key(2), 5, steps=10)
     assert backbones.shape == (5, 8, 4, 3) and np.all(np.isfinite(backbones))
-    lp = trained.log_prob(jnp.asarray(points[:2]))
+    x = jnp.asarray(points[:2])
+    lp = trained.log_prob(x)  # the default solver: adaptive, rtol = atol = 1e-5
     assert lp.shape == (2,) and bool(jnp.all(jnp.isfinite(lp)))
+    finer = with_solver(trained, ODESolver(rtol=1e-7, atol=1e-7)).log_prob(x)
+    np.testing.assert_allclose(lp / (6 * 8), finer / (6 * 8), atol=1e-3)  # nats per dimension
 
 
 

@@ -44,6 +44,14 @@ class ODESolver(eqx.Module):
             raise ValueError(f"steps={self.steps} exceeds max_steps={self.max_steps}")
 
     @property
+    def description(self) -> str:
+        """What the solver does, for run records: ``"Tsit5, adaptive (rtol 1e-05, atol 1e-05)"``."""
+        name = type(self.solver).__name__
+        if self.steps is None:
+            return f"{name}, adaptive (rtol {self.rtol:g}, atol {self.atol:g})"
+        return f"{name}, {self.steps} fixed steps"
+
+    @property
     def evaluations_per_step(self) -> int:
         return _STAGES.get(type(self.solver).__name__, 1)
 
