@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..nn import Frozen, conv_chw
+from ..nn import conv_chw
 from .base import Bijection
 
 LOG_DETS = ("series", "exact")
@@ -34,28 +34,41 @@ def lipswish(x: Array) -> Array:
     return jax.nn.silu(x) / 1.1
 
 
+def circular_conv_norm(weight: Array, size: tuple[int, int]) -> Array:
+    """The operator norm of a stride-1 convolution with ``weight`` ``(out, in, kh, kw)`` on
+    ``size`` images with zero padding, bounded above (Sedghi et al. 2019).
+
+    The zero-padded convolution is a crop of the circular one on a grid of at least
+    ``h + kh − 1`` by ``w + kw − 1``, so its norm is at most the circular operator's, which
+    the 2-D FFT block-diagonalises: the largest singular value over the grid's frequencies
+    of the kernel's ``out × in`` transfer matrix."""
+    out_c, in_c, kh, kw = weight.shape
+    grid = (size[0] + kh - 1, size[1] + kw - 1)
+    transfer = jnp.fft.fft2(weight, s=grid).transpose(2, 3, 0, 1).reshape(-1, out_c, in_c)
+    gram = jnp.einsum("foi,foj->fij", transfer.conj(), transfer)
+    return jnp.sqrt(jnp.max(jnp.linalg.eigvalsh(gram)[:, -1]))
+
+
 class SpectralNorm(eqx.Module):
     """A linear layer (``eqx.nn.Linear`` or ``eqx.nn.Conv2d``) whose weight is rescaled so that
-    its operator norm is at most ``coeff``: ``W ← W · min(1, coeff / σ̂)``.
+    its operator norm is at most ``coeff``: ``W ← W · min(1, coeff / σ)``.
 
-    ``σ̂`` comes from ``iterations`` power iterations on the layer's linear operator (for a
-    convolution, the whole operator on images of shape ``in_shape``) started from a fixed
-    random vector. Models carry no hidden state, so the iteration restarts at every call; the
-    estimate is a lower bound of σ, which is why ``coeff`` keeps a margin below 1. The singular
-    vector is held constant for the gradient (Miyato et al. 2018).
+    ``σ`` is never an underestimate, so ``Lip(g) ≤ coeff`` holds at every step: for a dense
+    layer it is the largest singular value (an SVD of the weight); for a convolution on
+    images of shape ``in_shape``, the FFT bound of :func:`circular_conv_norm`. (A power
+    iteration restarted at each call, the usual shortcut for stateless models, estimates σ
+    from below and can let a block lose invertibility.) ``σ`` is held constant for the
+    gradient (Miyato et al. 2018).
     """
 
     layer: eqx.Module
-    start: Frozen
     coeff: float = eqx.field(static=True)
-    iterations: int = eqx.field(static=True)
+    in_shape: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, layer: eqx.Module, in_shape: tuple[int, ...], *, key, coeff: float = 0.9,
-                 iterations: int = 10):
+    def __init__(self, layer: eqx.Module, in_shape: tuple[int, ...], *, coeff: float = 0.9):
         if not 0 < coeff < 1:
             raise ValueError(f"the Lipschitz coefficient must be in (0, 1) for an invertible block, got {coeff}")
-        self.layer, self.coeff, self.iterations = layer, coeff, iterations
-        self.start = Frozen(jax.random.normal(key, in_shape))
+        self.layer, self.coeff, self.in_shape = layer, coeff, tuple(in_shape)
 
     def _linear(self, v):
         """The layer without its bias (convolutions as patch products, see ``conv_chw``)."""
@@ -64,28 +77,35 @@ class SpectralNorm(eqx.Module):
         return self.layer.weight @ v
 
     def sigma(self) -> Array:
-        """Power-iteration estimate of the operator norm of the un-normalised weight."""
-        layer = jax.lax.stop_gradient(self)
+        """The operator norm of the un-normalised weight (an upper bound for convolutions)."""
+        weight = jax.lax.stop_gradient(self.layer.weight)
+        if isinstance(self.layer, eqx.nn.Conv2d):
+            if weight.shape[2:] == (1, 1):  # a 1×1 convolution is one matrix at every pixel
+                return jnp.linalg.norm(weight[:, :, 0, 0], 2)
+            return circular_conv_norm(weight, self.in_shape[1:])
+        return jnp.linalg.norm(weight, 2)
 
-        def step(_, v):
-            out, transpose = jax.vjp(layer._linear, v)
-            v = transpose(out)[0]
-            return v / (jnp.linalg.norm(v) + 1e-12)
-
-        v0 = self.start.value / jnp.linalg.norm(self.start.value)
-        v = jax.lax.stop_gradient(jax.lax.fori_loop(0, self.iterations, step, v0))
-        return jnp.linalg.norm(self._linear(v))
+    def normalized(self) -> eqx.Module:
+        """The plain layer with its weight rescaled: compute it once, outside loops, because
+        ``σ`` costs more than applying the layer."""
+        scale = jnp.minimum(1.0, self.coeff / (self.sigma() + 1e-12))
+        return eqx.tree_at(lambda l: l.weight, self.layer, self.layer.weight * scale)
 
     def __call__(self, x):
-        scale = jnp.minimum(1.0, self.coeff / (self.sigma() + 1e-12))
-        bias = self.layer.bias
-        return scale * self._linear(x) + (0.0 if bias is None else bias)
+        return apply_layer(self.normalized(), x)
 
 
-def _layers_for(key, shape, width: int, depth: int, coeff: float, iterations: int, cond_dim: int = 0):
+def apply_layer(layer: eqx.Module, x: Array) -> Array:
+    """A dense layer on a vector, or a convolution on a channels-first image."""
+    if isinstance(layer, eqx.nn.Conv2d):
+        return conv_chw(layer, x)
+    return layer.weight @ x + (0.0 if layer.bias is None else layer.bias)
+
+
+def _layers_for(key, shape, width: int, depth: int, coeff: float, cond_dim: int = 0):
     """Spectrally normalised layers of ``g``: dense for vectors (a context vector joins the first
     layer's input), 3×3/1×1/3×3 convolutions for images (the i-ResNet block)."""
-    keys = jax.random.split(key, 2 * (depth + 1))
+    keys = jax.random.split(key, depth + 1)
     if cond_dim and len(shape) != 1:
         raise ValueError("conditional residual blocks are built for vectors only")
     if len(shape) == 1:
@@ -101,8 +121,7 @@ def _layers_for(key, shape, width: int, depth: int, coeff: float, iterations: in
         in_shapes = [(a, h, w) for a in channels[:-1]]
     else:
         raise ValueError(f"a residual block acts on vectors (d,) or images (c, h, w); got shape {shape}")
-    return tuple(SpectralNorm(layer, s, key=keys[depth + 1 + i], coeff=coeff, iterations=iterations)
-                 for i, (layer, s) in enumerate(zip(layers, in_shapes)))
+    return tuple(SpectralNorm(layer, s, coeff=coeff) for layer, s in zip(layers, in_shapes))
 
 
 class ResidualBlock(Bijection):
@@ -113,7 +132,7 @@ class ResidualBlock(Bijection):
     - `cond_dim`: size of a context vector fed to ``g`` with the data (vectors only); the
       spectral norm covers the whole first matrix, so ``g`` stays a contraction in the data.
     - `width`, `depth`: hidden units/channels and number of hidden layers of ``g``.
-    - `coeff`: the Lipschitz bound of each layer (< 1); `iterations`: power iterations.
+    - `coeff`: the Lipschitz bound of each layer (< 1), guaranteed (see :class:`SpectralNorm`).
     - `log_det`: ``"series"`` (Russian roulette + Hutchinson; the methods then take ``key=``)
       or ``"exact"`` (Jacobian and ``slogdet``; for small events and tests).
     - `n_exact`, `p`: terms always computed, and the geometric parameter of the roulette.
@@ -131,14 +150,14 @@ class ResidualBlock(Bijection):
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, key, shape, *, cond_dim: int | None = None, width: int = 64, depth: int = 2, coeff: float = 0.9,
-                 iterations: int = 10, log_det: str = "series", n_exact: int = 2, p: float = 0.5,
+                 log_det: str = "series", n_exact: int = 2, p: float = 0.5,
                  tol: float = 1e-6, max_iter: int = 200):
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if log_det not in LOG_DETS:
             raise ValueError(f"unknown log_det {log_det!r}; expected one of {LOG_DETS}")
         if not 0 < p < 1:
             raise ValueError(f"the roulette parameter p must be in (0, 1), got {p}")
-        self.layers = _layers_for(key, self.shape, width, depth, coeff, iterations, cond_dim or 0)
+        self.layers = _layers_for(key, self.shape, width, depth, coeff, cond_dim or 0)
         self.log_det, self.n_exact, self.p = log_det, n_exact, p
         self.tol, self.max_iter = tol, max_iter
         self.cond_shape = None if cond_dim is None else (cond_dim,)
@@ -147,20 +166,27 @@ class ResidualBlock(Bijection):
     def needs_key(self) -> bool:
         return self.log_det == "series"
 
-    def residual(self, x: Array, condition: Array | None = None) -> Array:
-        """``g(x)`` (or ``g(x; condition)``), a contraction in ``x``."""
+    def normalized_layers(self) -> tuple[eqx.Module, ...]:
+        """The layers of ``g`` with their spectral normalisation applied (see :meth:`residual`)."""
+        return tuple(layer.normalized() for layer in self.layers)
+
+    def residual(self, x: Array, condition: Array | None = None, layers=None) -> Array:
+        """``g(x)`` (or ``g(x; condition)``), a contraction in ``x``. Loops pass ``layers`` from
+        :meth:`normalized_layers`, computed once, instead of normalising at every call."""
         if condition is not None:
             x = jnp.concatenate([x, condition])
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
+        layers = self.normalized_layers() if layers is None else layers
+        for i, layer in enumerate(layers):
+            x = apply_layer(layer, x)
+            if i < len(layers) - 1:
                 x = lipswish(x)
         return x
 
     def exact_log_det(self, y: Array, condition: Array | None = None) -> Array:
         """``log|det(I + J_g(y))|`` from the full Jacobian."""
         n = math.prod(self.shape)
-        jac = jax.jacfwd(lambda flat: self.residual(flat.reshape(self.shape), condition).ravel())(y.ravel())
+        layers = self.normalized_layers()
+        jac = jax.jacfwd(lambda flat: self.residual(flat.reshape(self.shape), condition, layers).ravel())(y.ravel())
         return jnp.linalg.slogdet(jnp.eye(n) + jac)[1]
 
     def series_log_det(self, y: Array, key, condition: Array | None = None) -> Array:
@@ -169,8 +195,9 @@ class ResidualBlock(Bijection):
         k_probe, k_terms = jax.random.split(key)
         v = jax.random.normal(k_probe, self.shape)
         n = self.n_exact + jax.random.geometric(k_terms, self.p) - 1  # geometric counts trials ≥ 1
-        frozen, fixed_condition = jax.lax.stop_gradient((self, condition))
-        _, vjp = jax.vjp(lambda x: frozen.residual(x, fixed_condition), jax.lax.stop_gradient(y))
+        layers = self.normalized_layers()
+        frozen, fixed_condition = jax.lax.stop_gradient((layers, condition))
+        _, vjp = jax.vjp(lambda x: self.residual(x, fixed_condition, frozen), jax.lax.stop_gradient(y))
 
         def survival(k):  # P(N ≥ k)
             return jnp.where(k <= self.n_exact, 1.0, (1 - self.p) ** (k - self.n_exact))
@@ -185,7 +212,7 @@ class ResidualBlock(Bijection):
 
         init = (jnp.asarray(1), v, jnp.zeros((), y.dtype), v)
         _, _, estimate, neumann = jax.lax.while_loop(lambda s: s[0] <= n, body, init)
-        _, jv = jax.jvp(lambda x: self.residual(x, condition), (y,), (v,))
+        _, jv = jax.jvp(lambda x: self.residual(x, condition, layers), (y,), (v,))
         surrogate = jnp.vdot(jax.lax.stop_gradient(neumann), jv)
         return jax.lax.stop_gradient(estimate) + surrogate - jax.lax.stop_gradient(surrogate)
 
@@ -198,9 +225,11 @@ class ResidualBlock(Bijection):
     def forward(self, x, condition=None, *, key=None):
         """``data`` with ``data + g(data) = x``, by fixed-point iteration (no log-determinant)."""
 
+        layers = self.normalized_layers()
+
         def body(state):
             i, y, _ = state
-            new = x - self.residual(y, condition)
+            new = x - self.residual(y, condition, layers)
             return i + 1, new, jnp.max(jnp.abs(new - y))
 
         init = (jnp.asarray(0), x, jnp.asarray(jnp.inf, x.dtype))
