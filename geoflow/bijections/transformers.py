@@ -13,9 +13,11 @@ start each layer as the identity.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -54,16 +56,27 @@ class Additive(Transformer):
         return y - shift, jnp.zeros((), y.dtype)
 
 
+_SOFTPLUS_INVERSE_OF_ONE = math.log(math.e - 1)
+
+
 def bounded_log_scale(raw: Array, bound: float) -> Array:
     """Smoothly clip a raw log-scale to ``(-bound, bound)``; the identity near zero."""
     return bound * jnp.tanh(raw / bound)
 
 
 class Affine(Transformer):
-    """``y = exp(s) · x + t`` with ``s`` softly bounded to ``(-max_log_scale, max_log_scale)``.
+    """An affine map written in the density direction: ``x = σ · y + t`` (data ``y`` → latent
+    ``x``, what ``log_prob`` evaluates), so ``forward`` is ``y = (x − t) / σ``.
+
+    ``σ = softplus(r + softplus⁻¹(1))`` from the raw parameter ``r`` (zero parameters give the
+    identity), with ``log σ`` softly bounded to ``(−max_log_scale, max_log_scale)``. Written
+    this way, a conditioner that extrapolates linearly away from the data (a ReLU network on
+    test points in the tails) grows the density map's slope only linearly, and the shift is
+    not multiplied by it; the form ``x = (y − t) e^{−s}`` let eight MAF layers compound slopes
+    up to ``e^{40}`` and gave test log-densities of −10⁵ on two moons.
 
     **Arguments:**
-    - `max_log_scale`: the bound on ``|s|`` (RealNVP's bounded scales, keeps training stable).
+    - `max_log_scale`: the bound on ``|log σ|`` (bounded scales keep training stable).
     - `shift`: learn ``t`` too; ``False`` gives the pure diagonal scaling of NICE's last layer.
     """
 
@@ -75,15 +88,16 @@ class Affine(Transformer):
         return 2 if self.shift else 1
 
     def _unpack(self, params):
-        """Parameters ``(shift, raw log-scale)``, or ``(raw log-scale,)`` without shift."""
-        log_scale = bounded_log_scale(params[-1], self.max_log_scale)
+        """``(t, log σ)`` of the density direction from ``(shift, raw scale)`` or ``(raw scale,)``."""
+        log_sigma = bounded_log_scale(jnp.log(jax.nn.softplus(params[-1] + _SOFTPLUS_INVERSE_OF_ONE)),
+                                      self.max_log_scale)
         t = params[0] if self.shift else 0.0
-        return t, log_scale
+        return t, log_sigma
 
     def forward(self, x, params):
-        t, s = self._unpack(params)
-        return x * jnp.exp(s) + t, jnp.sum(s)
+        t, log_sigma = self._unpack(params)
+        return (x - t) * jnp.exp(-log_sigma), -jnp.sum(log_sigma)
 
     def inverse(self, y, params):
-        t, s = self._unpack(params)
-        return (y - t) * jnp.exp(-s), -jnp.sum(s)
+        t, log_sigma = self._unpack(params)
+        return y * jnp.exp(log_sigma) + t, jnp.sum(log_sigma)
