@@ -46,7 +46,7 @@ from flowjax.train import fit_to_data
 from _timing import adam_step_timing
 
 LAYERS, WIDTH, DEPTH, BATCH, LR = 8, 50, 1, 256, 1e-3
-SEEDS = 3
+SEEDS = 5
 
 
 def build(lib, config, key, layers=LAYERS):
@@ -93,9 +93,10 @@ def handwritten_maf_affine(model):
             z, log_det = carry
             v1, c1, v2, c2 = p
             z = z[:, ::-1]                                       # each layer is Chain([MADE, Reverse])
-            out = jax.nn.relu(z @ v1.T + c1) @ v2.T + c2         # (n, 2 dim): shifts, then raw log-scales
-            shift, log_scale = out[:, :dim], bound * jnp.tanh(out[:, dim:] / bound)
-            return ((z - shift) * jnp.exp(-log_scale), log_det - log_scale.sum(1)), None
+            out = jax.nn.relu(z @ v1.T + c1) @ v2.T + c2         # (n, 2 dim): shifts, then raw scales
+            log_sigma = jnp.log(jax.nn.softplus(out[:, dim:] + jnp.log(jnp.e - 1)))
+            shift, log_sigma = out[:, :dim], bound * jnp.tanh(log_sigma / bound)
+            return (z * jnp.exp(log_sigma) + shift, log_det + log_sigma.sum(1)), None
 
         # the Stack applies its last layer first on the way to the latent
         (z, log_det), _ = jax.lax.scan(layer, (y, jnp.zeros(y.shape[0])), (w1, b1, w2, b2), reverse=True)

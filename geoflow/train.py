@@ -140,6 +140,53 @@ def _split(x, c, fraction, key):
     return (x[tr], None if c is None else c[tr]), (x[va], None if c is None else c[va])
 
 
+SCHEDULES = ("cosine", "polynomial", "constant")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_fit_arguments(*, steps, batch_size, learning_rate, warmup_steps, schedule, clip_norm, weight_decay,
+                         val_fraction, eval_every, patience, eval_batch_size, ema_decay, devices, optimizer):
+    """Every argument of :func:`fit` checked before anything compiles: a bad value is a clear
+    error, never a hang (``eval_every=0`` would loop forever) or a silent replacement."""
+    def positive_int(name, v):
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    positive_int("steps", steps)
+    positive_int("batch_size", batch_size)
+    positive_int("eval_every", eval_every)
+    positive_int("eval_batch_size", eval_batch_size)
+    if patience is not None:
+        positive_int("patience (or None)", patience)
+    if optimizer is None:
+        if not (isinstance(learning_rate, (int, float, np.floating)) and math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
+        if warmup_steps is not None and (not _is_int(warmup_steps) or not 0 <= warmup_steps <= steps):
+            raise ValueError(f"warmup_steps must be an integer in [0, steps={steps}] or None, got {warmup_steps!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    if devices is not None and devices != "all":
+        if _is_int(devices):
+            if not 1 <= devices <= len(jax.devices()):
+                raise ValueError(f"devices={devices} but {len(jax.devices())} are available; pass a count in "
+                                 f"[1, {len(jax.devices())}], 'all', a list of devices or None")
+        elif isinstance(devices, str) or not hasattr(devices, "__iter__"):
+            raise ValueError(f"devices must be None, 'all', a count or a list of devices, got {devices!r}")
+        elif len(list(devices)) == 0:
+            raise ValueError("devices is an empty list")
+
+
 def _mesh(devices):
     if devices is None:
         return None
@@ -314,6 +361,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     A non-finite loss or gradient stops training with a warning; the model returned is the
     last one with finite loss (``history.stop_reason == "nan"``).
     """
+    _check_fit_arguments(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                         schedule=schedule, clip_norm=clip_norm, weight_decay=weight_decay, val_fraction=val_fraction,
+                         eval_every=eval_every, patience=patience, eval_batch_size=eval_batch_size,
+                         ema_decay=ema_decay, devices=devices, optimizer=optimizer)
     loss = maximum_likelihood if loss is None else loss
     # a loss may train on other examples than the model's events (reflow trains on pairs)
     data_shape = loss.data_shape(model) if hasattr(loss, "data_shape") else None
@@ -326,10 +377,6 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         train, val = _split(x, condition, val_fraction, split_key)
     else:
         train, val = (x, condition), None
-    if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
-    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     mesh = _mesh(devices)
     if mesh is not None and batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")

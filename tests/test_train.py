@@ -266,3 +266,27 @@ def test_fixed_distribution_arrays_are_not_trained():
                         weight_decay=0.5, learning_rate=1e-2, val_fraction=0.0, progress=False)
     np.testing.assert_array_equal(trained.base.table.value, model.base.table.value)
     np.testing.assert_array_equal(trained.base.mean, jnp.eye(3))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"eval_every": 0}, "eval_every must be a positive integer"),
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"steps": 2.5}, "steps must be a positive integer"),
+    ({"batch_size": -4}, "batch_size must be a positive integer"),
+    ({"patience": 0}, "patience"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a positive finite number"),
+    ({"learning_rate": 0.0}, "learning_rate must be a positive finite number"),
+    ({"warmup_steps": 5000}, "warmup_steps must be an integer in"),
+    ({"schedule": "linear"}, "unknown schedule"),
+    ({"clip_norm": 0.0}, "clip_norm must be positive"),
+    ({"val_fraction": 1.0}, "val_fraction must be in"),
+    ({"ema_decay": 1.0}, "ema_decay must be in"),
+    ({"devices": 0}, "devices=0 but"),
+    ({"devices": "gpu"}, "devices must be None, 'all'"),
+])
+def test_every_fit_argument_is_checked_before_training(bad, message):
+    """A bad value is refused at once, before the model compiles; ``eval_every=0`` used to loop forever."""
+    flow = gf.nsf(jax.random.key(0), 2, layers=2, width=8)
+    data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=message):
+        gf.fit(flow, data, key=jax.random.key(1), **{"steps": 100, "progress": False, **bad})
