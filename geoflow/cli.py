@@ -197,6 +197,8 @@ def count_parameters(model) -> int:
 def cmd_fit(args) -> dict:
     import jax
 
+    if args.width < 1:
+        raise ValueError(f"--width must be a positive number of hidden units, got {args.width}")
     if args.model in MANIFOLD_MODELS:
         from .cli_manifolds import cmd_fit_manifold
 
@@ -239,7 +241,7 @@ def cmd_fit(args) -> dict:
     res["fit_seconds"] = history.wall_time
     res["steps_per_second"] = history.steps_per_second
     if args.model == "rectified":
-        res.update(_reflow(model, data, key_fit, train_kw))
+        res.update(_reflow(model, data, jax.random.fold_in(key_fit, 1), train_kw))
         model = res.pop("model_after_reflow")
     density = args.source is None
     # an ODE solve per point makes continuous likelihoods costly: evaluate them on 10,000 points
@@ -283,10 +285,11 @@ def _reflow(model, data, key, train_kw):
 
     from .continuous import reflow, straightness
 
-    x0 = model.base.sample(jax.random.key(7), 2_000)
+    key_x0, key_reflow = jax.random.split(key)  # both from --seed, through the caller's key
+    x0 = model.base.sample(key_x0, 2_000)
     before = float(straightness(model, x0))
     train_kw = {k: v for k, v in train_kw.items() if k != "val_data"}
-    model, _ = reflow(model, key, pairs=20_000, val_fraction=0.0, **train_kw)
+    model, _ = reflow(model, key_reflow, pairs=20_000, val_fraction=0.0, **train_kw)
     return {"straightness_before_reflow": before, "straightness_after_reflow": float(straightness(model, x0)),
             "model_after_reflow": model}
 

@@ -42,10 +42,10 @@ def cmd_fit_discrete(args) -> dict:
     key_model, key_fit, key_elbo, key_sample = jax.random.split(jax.random.key(args.seed), 4)
     depth = args.layers or 4
     if data.length <= 16:
-        model = dfm(key_model, data.length, data.vocab_size, source=source, width=max(args.width, 64), depth=depth)
+        model = dfm(key_model, data.length, data.vocab_size, source=source, width=args.width, depth=depth)
     else:
         model = dfm(key_model, data.length, data.vocab_size, source=source, denoiser="transformer",
-                    dim=max(args.width, 64), depth=depth)
+                    dim=args.width, depth=depth)
     model, history = fit(model, data.train, key=key_fit, loss=DiscreteFlowMatching(), val_data=data.val,
                          **fit_options(args))
     test = data.test[: args.eval_points or 5_000]

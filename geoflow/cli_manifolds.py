@@ -86,7 +86,7 @@ def cmd_fit_manifold(args) -> dict:
     out = args.out or Path("runs") / f"rfm-{data.name}"
     out.mkdir(parents=True, exist_ok=True)
     key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
-    model = rfm(key_model, manifold, prior=prior, width=max(args.width, 64))
+    model = rfm(key_model, manifold, prior=prior, width=args.width)
     model, history = fit(model, data.train, key=key_fit, loss=GeodesicFlowMatching(), val_data=data.val,
                          **fit_options(args))
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))

@@ -182,9 +182,17 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
 RFM_SMALL = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
 
 
-def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path):
+def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, capsys):
+    from geoflow.cli import count_parameters
+    from manifolds import Sphere, rfm
+
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *RFM_SMALL]) == 0
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    # --width 16 is used as given (it was raised to 64 silently)
+    assert m["parameters"] == count_parameters(rfm(jax.random.key(0), Sphere(2), width=16))
+    capsys.readouterr()
+    assert main(["fit", "--model", "rfm", "--data", "volcano", "--width", "0", "--out", str(tmp_path / "w")]) == 2
+    assert "--width must be a positive number" in capsys.readouterr().err
     assert np.isfinite(m["test_nll"]) and m["uniform_nll"] == pytest.approx(np.log(4 * np.pi))
     assert (tmp_path / "v" / "samples.png").is_file()
 
