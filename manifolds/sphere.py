@@ -34,13 +34,30 @@ class Sphere(Manifold):
         return self.proj(jnp.cos(theta) * x + _sin_over(theta) * v)
 
     def log(self, x, y):
-        cos = jnp.clip(jnp.sum(x * y), -1.0, 1.0)
-        u = y - cos * x
-        # θ / sin θ from the chord of the normal part: stable near 0; antipodal points have
-        # no unique logarithm and return a finite vector of the right length in some direction
-        sin = jnp.sqrt(jnp.sum(u**2) + 1e-30)
-        theta = jnp.arctan2(sin, cos)
-        return u * theta / sin
+        """The tangent vector at ``x`` of length ``d(x, y)`` pointing to ``y``.
+
+        The angle is ``2 atan2(‖y − x‖, ‖y + x‖)``, accurate at both ends of ``[0, π]``; the
+        direction is the normal part ``y − ⟨x, y⟩x`` normalised by its exact length. At the
+        antipode (normal part exactly zero) every direction is a geodesic; the one returned is
+        the first coordinate axis, among those least aligned with ``x``, projected to the
+        tangent space: a fixed, documented choice, so ``exp(x, log(x, −x)) = −x``."""
+        theta = self._angle(x, y)
+        # the normal part from the short chord (y − x near x, y + x near −x): no cancellation
+        chord = jnp.where(jnp.sum(x * y) >= 0, y - x, y + x)
+        u = self.to_tangent(x, chord)
+        norm_sq = jnp.sum(u**2)
+        found = norm_sq > 0
+        length = jnp.sqrt(jnp.where(found, norm_sq, 1.0))
+        axis = jax.nn.one_hot(jnp.argmin(jnp.abs(x)), x.shape[-1], dtype=x.dtype)
+        fallback = self.to_tangent(x, axis)
+        fallback = fallback / jnp.sqrt(jnp.sum(fallback**2))
+        return theta * jnp.where(found, u / length, fallback)
+
+    @staticmethod
+    def _angle(x, y):
+        """``d(x, y) = 2 atan2(‖y − x‖, ‖y + x‖)``: no cancellation near 0 or π."""
+        safe_norm = lambda v: jnp.sqrt(jnp.maximum(jnp.sum(v**2), jnp.finfo(v.dtype).tiny))
+        return 2 * jnp.arctan2(safe_norm(y - x), safe_norm(y + x))
 
     def proj(self, x):
         return x / jnp.sqrt(jnp.sum(x**2) + 1e-30)
@@ -52,8 +69,7 @@ class Sphere(Manifold):
         return jnp.abs(jnp.sum(x**2) - 1.0) < atol
 
     def dist(self, x, y):
-        cos = jnp.clip(jnp.sum(x * y), -1.0, 1.0)
-        return jnp.arctan2(jnp.sqrt(jnp.sum((y - cos * x) ** 2) + 1e-30), cos)
+        return self._angle(x, y)
 
     def wrapped_normal_log_prob(self, mean, x, sigma, wraps: int = 2):
         """The preimages of ``x`` (at angle ``θ`` from ``mean``) have lengths ``θ + 2πk`` and
