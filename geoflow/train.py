@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .checks import check_event
 from .nn import trainable
-from .serialization import load, save
+from .serialization import classes_in, load, save
 
 
 def maximum_likelihood(model, x, condition, key):
@@ -393,7 +393,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     step, best_params, best_val = 0, None, math.inf
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if resume and checkpoint is not None and checkpoint.exists():
-        saved = load(checkpoint)
+        saved = load(checkpoint, trust=classes_in(model))  # the caller's own module classes too
         params = _trainable_params(saved["model"])
         opt_state, step, history = saved["opt_state"], int(saved["step"]), saved["history"]
         if ema_decay is not None:
