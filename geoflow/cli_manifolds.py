@@ -35,6 +35,10 @@ def _manifold_data(args):
     manifold = {"sphere": Sphere(2), "so3": SO3(), "se3": SE3()}.get(args.manifold) or Torus(x.shape[-1])
     if x.shape[1:] != manifold.shape:
         raise ValueError(f"{args.data_path} holds points of shape {x.shape[1:]}; {args.manifold} expects {manifold.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{args.data_path}: {int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())} point(s) "
+                         "hold NaN or inf")
+    x = np.asarray(jax.vmap(manifold.canonical)(x))  # e.g. angles in [−π, π) wrapped onto the torus
     off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
     if off:
         raise ValueError(f"{args.data_path}: {off} point(s) are off the {args.manifold} manifold (tolerance 1e-4)")

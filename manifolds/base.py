@@ -100,12 +100,19 @@ class Manifold(eqx.Module):
         _, vectors = jnp.linalg.eigh(0.5 * (projector + projector.T))
         return vectors[:, n - self.dim :].T.reshape(self.dim, *self.shape)
 
+    def canonical(self, x):
+        """The same point in the manifold's canonical coordinates (one point): the identity,
+        except where several coordinates name one point (angles of a torus)."""
+        return x
+
     def check(self, x, name: str = "x", atol: float = 1e-4):
-        """``x`` (any leading batch axes) with a clear error if it is off the manifold."""
+        """``x`` (any leading batch axes) in canonical coordinates, with a clear error if it is
+        off the manifold."""
         from geoflow.checks import check_event
 
         x = check_event(x, self.shape, name)
-        flat = x.reshape(-1, *self.shape)
+        flat = jax.vmap(self.canonical)(x.reshape(-1, *self.shape))
+        x = flat.reshape(x.shape)
         on = jnp.all(jax.vmap(lambda p: self.belongs(p, atol))(flat))
         return eqx.error_if(x, ~on, f"{name} has points off the {self!r} manifold (tolerance {atol}); "
                                     f"expected points of {type(self).__name__} (use manifold.proj to project)")

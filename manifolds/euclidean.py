@@ -103,7 +103,11 @@ def wrap(angle):
 
 
 class Torus(Manifold):
-    """The flat torus Tⁿ; points are angles in ``[0, 2π)``, the metric is the flat one."""
+    """The flat torus Tⁿ; points are angles in ``[0, 2π)``, the metric is the flat one.
+
+    Angles are periodic: any finite angle is accepted where a point comes in (data, ``log_prob``,
+    the command) and wrapped into ``[0, 2π)``, so dihedral angles in the usual ``[−π, π)`` (φ/ψ
+    from a Ramachandran file) need no conversion. ``belongs`` keeps the strict range."""
 
     shape: tuple[int, ...] = eqx.field(static=True)
     dim: int = eqx.field(static=True)
@@ -119,6 +123,9 @@ class Torus(Manifold):
 
     def proj(self, x):
         return jnp.mod(x, 2 * jnp.pi)
+
+    def canonical(self, x):
+        return self.proj(x)
 
     def to_tangent(self, x, v):
         return v

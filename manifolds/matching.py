@@ -10,6 +10,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from geoflow.continuous import ODEFlow, ODESolver, ode_flow_of
 from geoflow.continuous.paths import CondOT, Scheduler
@@ -26,6 +27,14 @@ class GeodesicFlowMatching(eqx.Module):
     target ``ẋ_t`` is ``jax.jvp`` of the geodesic in ``t``, so every manifold gets it for free."""
 
     scheduler: Scheduler = eqx.field(default_factory=CondOT)
+
+    def check_data(self, model, x):
+        """Training points in the manifold's canonical coordinates (torus angles wrapped), or a
+        clear error for points off the manifold (``fit`` calls this once, before training)."""
+        manifold = ode_flow_of(model).manifold
+        if manifold is None:
+            raise ValueError("GeodesicFlowMatching needs an ODEFlow on a manifold; use FlowMatching on ℝⁿ")
+        return np.asarray(manifold.check(jnp.asarray(x, jnp.float32), "training data"))
 
     def __call__(self, model, x1, condition, key):
         flow = ode_flow_of(model)

@@ -60,6 +60,9 @@ class Product(Manifold):
     def proj(self, x):
         return self._map("proj", x)
 
+    def canonical(self, x):
+        return self._map("canonical", x)
+
     def to_tangent(self, x, v):
         return self._map("to_tangent", x, v)
 
@@ -130,6 +133,9 @@ class Power(Manifold):
 
     def proj(self, x):
         return jax.vmap(self.manifold.proj)(x)
+
+    def canonical(self, x):
+        return jax.vmap(self.manifold.canonical)(x)
 
     def to_tangent(self, x, v):
         return jax.vmap(self.manifold.to_tangent)(x, v)

@@ -320,6 +320,11 @@ def test_rfm_on_the_torus_learns_a_checkerboard_and_integrates_to_one():
         assert float(density[dark].mean()) > 2 * float(density[~dark].mean())  # it learned the squares
         samples = model.sample(jax.random.key(2), 500)
         assert bool(jnp.all(jax.vmap(Torus(2).belongs)(samples)))
+        # angles are periodic: [−π, π) (dihedral convention) or any finite angle is wrapped, not refused
+        shifted = jnp.where(grid >= jnp.pi, grid - 2 * jnp.pi, grid)
+        np.testing.assert_allclose(model.log_prob(shifted), model.log_prob(grid), atol=1e-4)
+        np.testing.assert_allclose(model.log_prob(grid + 6 * jnp.pi), model.log_prob(grid), atol=1e-3)
+        np.testing.assert_allclose(GeodesicFlowMatching().check_data(model, np.asarray(shifted)), grid, atol=1e-5)
 
 
 def test_tangent_bases_are_orthonormal_and_span_the_tangent_projection():
