@@ -17,7 +17,20 @@ from .product import Power, Product
 from .so3 import SO3, matrix_to_rotvec, rotvec_to_matrix
 
 
-class UniformOn(Distribution):
+class OnManifold(Distribution):
+    """A distribution on a manifold: ``log_prob`` takes points in canonical coordinates (torus
+    angles wrapped) and refuses points off the manifold with a clear error, as the flow models
+    do, instead of scoring them."""
+
+    @property
+    def support(self) -> Manifold:
+        return self.manifold
+
+    def log_prob(self, x, condition=None, *, key=None):
+        return super().log_prob(self.support.check(jnp.asarray(x), "x"), condition, key=key)
+
+
+class UniformOn(OnManifold):
     """The uniform (normalised Riemannian volume) distribution on a compact manifold."""
 
     manifold: Manifold
@@ -38,7 +51,7 @@ class UniformOn(Distribution):
         return self.manifold.random_uniform(key)
 
 
-class WrappedNormal(Distribution):
+class WrappedNormal(OnManifold):
     """``exp_mean(σ z)`` with ``z`` a standard normal in the tangent space at ``mean`` (isotropic
     in the Riemannian metric), on any manifold with a closed-form
     :meth:`~manifolds.Manifold.wrapped_normal_log_prob` (ℝⁿ, Tⁿ, Sⁿ, SO(3), their products and
@@ -68,7 +81,7 @@ class WrappedNormal(Distribution):
         return self.manifold.exp(self.mean, self.sigma * self.manifold.random_tangent_normal(key, self.mean))
 
 
-class ProductDistribution(Distribution):
+class ProductDistribution(OnManifold):
     """Independent parts on the factors of a :class:`~manifolds.Product`, e.g. a rotation prior
     times a Gaussian on translations for SE(3). The density is against the product's volume,
     in which factor ``i`` (metric scale ``sᵢ``) has ``sᵢ^dimᵢ`` times its own volume."""
@@ -96,7 +109,7 @@ class ProductDistribution(Distribution):
         return self.manifold.join([d.sample(k) for d, k in zip(self.parts, keys)])
 
 
-class PowerDistribution(Distribution):
+class PowerDistribution(OnManifold):
     """``n`` independent copies of one distribution on the factor of a :class:`~manifolds.Power`."""
 
     manifold: Power
@@ -143,7 +156,7 @@ def igso3_density(omega, eps: float, terms: int = 2000):
     return np.maximum(np.sum(weights * ratio, axis=-1), 1e-300)
 
 
-class IGSO3(Distribution):
+class IGSO3(OnManifold):
     """The isotropic Gaussian on SO(3) with mean ``mean`` (a rotation) and scale ``eps``.
 
     ``log_prob`` is against the Riemannian volume of :class:`~manifolds.SO3` (total 8π²), like
@@ -162,13 +175,17 @@ class IGSO3(Distribution):
         if not eps > 0:
             raise ValueError(f"IGSO3 needs eps > 0, got {eps}")
         self.eps = float(eps)
-        self.fixed_mean = Frozen(jnp.eye(3) if mean is None else jnp.asarray(mean, jnp.float32))
+        self.fixed_mean = Frozen(jnp.eye(3) if mean is None else SO3().check(jnp.asarray(mean, jnp.float32), "mean"))
         grid = np.linspace(0.0, np.pi, grid_size)
         density = igso3_density(grid, self.eps, terms=max(2000, int(40 / self.eps)))
         marginal = (1 - np.cos(grid)) / np.pi * density
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (marginal[1:] + marginal[:-1]) * np.diff(grid))])
         log_density = np.log(density) - math.log(8 * math.pi**2)
         self.table = Frozen(jnp.asarray(np.stack([grid, log_density, cdf / cdf[-1]]), jnp.float32))
+
+    @property
+    def support(self) -> Manifold:
+        return SO3()
 
     @property
     def mean(self) -> jax.Array:
@@ -198,7 +215,7 @@ class IGSO3(Distribution):
         return self.mean @ rotvec_to_matrix(omega * axis)
 
 
-class WrappedNormalMixtureSO3(Distribution):
+class WrappedNormalMixtureSO3(OnManifold):
     """An equal-weight mixture of wrapped normals on SO(3): component ``k`` is
     ``means[k] · exp([σ_k z]×)`` with ``z ~ N(0, I₃)`` (a rotation vector in radians).
 
@@ -211,9 +228,15 @@ class WrappedNormalMixtureSO3(Distribution):
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, means, sigmas):
-        means = jnp.asarray(means, jnp.float32)
+        means = SO3().check(jnp.asarray(means, jnp.float32), "means")
+        if means.ndim != 3:
+            raise ValueError(f"means must be a stack of rotations (k, 3, 3); got shape {means.shape}")
         self.fixed_means = Frozen(means)
         self.fixed_sigmas = Frozen(jnp.broadcast_to(jnp.asarray(sigmas, jnp.float32), means.shape[:1]))
+
+    @property
+    def support(self) -> Manifold:
+        return SO3()
 
     @property
     def means(self) -> jax.Array:

@@ -349,3 +349,27 @@ def test_tangent_bases_are_orthonormal_and_span_the_tangent_projection():
                 b = np.asarray(basis).reshape(m.dim, n)
                 np.testing.assert_allclose(b @ b.T, np.eye(m.dim), atol=1e-12, err_msg=type(m).__name__)
                 np.testing.assert_allclose(b.T @ b, projector, atol=1e-12, err_msg=type(m).__name__)
+
+
+def test_manifold_distributions_refuse_points_and_means_off_their_manifold():
+    """Points of norm 2 and reflections were scored with finite log-densities; unchecked means
+    were accepted. Both are now refused at the boundary, as the flow models do."""
+    from manifolds import IGSO3, UniformOn, WrappedNormal, WrappedNormalMixtureSO3
+
+    so3, sphere = SO3(), Sphere(2)
+    reflection = jnp.diag(jnp.array([1.0, 1.0, -1.0]))
+    rotations = so3.random_uniform(jax.random.key(0), (2,))
+    cases = [(UniformOn(sphere), jnp.array([[0.0, 0.0, 2.0]])),
+             (WrappedNormal(sphere, jnp.array([0.0, 0.0, 1.0]), 0.5), jnp.array([[0.0, 2.0, 0.0]])),
+             (UniformOn(so3), reflection[None]),
+             (IGSO3(0.5), 2 * jnp.eye(3)[None]),
+             (WrappedNormalMixtureSO3(rotations, 0.3), reflection[None])]
+    for dist, off in cases:
+        on = dist.sample(jax.random.key(1), 3)
+        assert bool(jnp.all(jnp.isfinite(dist.log_prob(on))))
+        with pytest.raises(Exception, match="off the"):
+            jax.block_until_ready(dist.log_prob(off))
+    for build in (lambda: IGSO3(0.5, mean=reflection), lambda: WrappedNormalMixtureSO3(2 * rotations, 0.3),
+                  lambda: WrappedNormal(sphere, jnp.array([0.0, 0.0, 3.0]), 0.5)):
+        with pytest.raises(Exception, match="off the"):
+            build()
