@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -98,15 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_points(path: Path) -> np.ndarray:
+def _read_points(path: Path, event_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Points ``(n, dim)`` from a ``.npy`` or CSV file; with `event_shape`, points of any layout
+    with that many numbers each (rotations as ``(n, 3, 3)`` or ``(n, 9)``) in that shape."""
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    x = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    x = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or len(x) == 0:
+    if event_shape is not None and x.ndim >= 2 and len(x) and math.prod(x.shape[1:]) == math.prod(event_shape):
+        x = x.reshape(len(x), *event_shape)
+    elif event_shape is not None and x.ndim >= 2 and len(x):
+        raise ValueError(f"{path} holds points of shape {x.shape[1:]}; the model expects points of shape "
+                         f"{tuple(event_shape)} ({math.prod(event_shape)} numbers each)")
+    elif x.ndim != 2 or len(x) == 0:
         raise ValueError(f"{path} holds an array of shape {x.shape}; expected points (n, dim) with n > 0")
     if not np.isfinite(x).all():
-        raise ValueError(f"{path} contains NaN or inf in {int((~np.isfinite(x)).any(1).sum())} row(s); expected finite values")
+        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+        raise ValueError(f"{path} contains NaN or inf in {bad} row(s); expected finite values")
     return x
 
 
@@ -332,8 +341,9 @@ def cmd_eval(args):
                "bits_per_token_bound": float(-elbo.mean() / (model.length * np.log(2)))}
         print(json.dumps(res))
         return res
+    manifold = getattr(getattr(model, "bijection", None), "manifold", None)
     if args.data_path is not None:
-        x = _read_points(args.data_path)
+        x = _read_points(args.data_path, tuple(model.shape) if manifold is not None else None)
         levels = None
     elif args.data is not None:
         d = load_dataset(args.data, seed=args.seed)
@@ -343,6 +353,13 @@ def cmd_eval(args):
     if x.shape[1:] != tuple(model.shape):
         raise ValueError(f"data has dimension {x.shape[1]} but the model in {run} expects {model.shape[0]}")
     import jax
+
+    if manifold is not None:  # canonical coordinates (torus angles wrapped), then refuse what is off it
+        x = np.asarray(jax.vmap(manifold.canonical)(x))
+        off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
+        if off:
+            raise ValueError(f"{off} of {len(x)} point(s) are off the model's {type(manifold).__name__} manifold "
+                             "(tolerance 1e-4)")
 
     res = {"n": len(x), "nll": metrics.nll(model, x, key=jax.random.key(args.seed) if model.needs_key else None)}
     if levels is not None:

@@ -197,10 +197,30 @@ def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, 
     assert (tmp_path / "v" / "samples.png").is_file()
 
 
-def test_riemannian_flow_matching_on_so3_from_the_command_line(tmp_path):
+def test_riemannian_flow_matching_on_so3_from_the_command_line(tmp_path, capsys):
+    from manifolds import SO3
+
     assert main(["fit", "--model", "rfm", "--data", "so3-mixture", "--out", str(tmp_path / "r"), *RFM_SMALL]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["true_test_nll"] < m["test_nll"] < m["uniform_nll"] + 0.5 and (tmp_path / "r" / "samples.png").is_file()
+    # eval takes rotations as (n, 3, 3) or flattened (n, 9), with the same NLL; off-manifold points
+    # are one line and exit 2 (they were a traceback, and (n, 3, 3) was refused as "not 2-D")
+    rotations = np.asarray(SO3().random_uniform(jax.random.key(0), (20,)), np.float32)
+    np.save(tmp_path / "r33.npy", rotations)
+    np.save(tmp_path / "r9.npy", rotations.reshape(20, 9))
+    results = []
+    for name in ("r33.npy", "r9.npy"):
+        capsys.readouterr()
+        assert main(["eval", "--run", str(tmp_path / "r"), "--data-path", str(tmp_path / name)]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["nll"])
+    assert results[0] == pytest.approx(results[1], abs=1e-5)
+    np.save(tmp_path / "bad.npy", 2 * rotations)
+    assert main(["eval", "--run", str(tmp_path / "r"), "--data-path", str(tmp_path / "bad.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "20 of 20 point(s) are off the model's SO3 manifold" in err[0], err
+    np.save(tmp_path / "wrong.npy", rotations.reshape(20, 9)[:, :4])
+    assert main(["eval", "--run", str(tmp_path / "r"), "--data-path", str(tmp_path / "wrong.npy")]) == 2
+    assert "expects points of shape (3, 3)" in capsys.readouterr().err
 
 
 def test_riemannian_flow_matching_on_se3_frames_and_its_errors(tmp_path, capsys):
