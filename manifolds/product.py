@@ -174,5 +174,10 @@ class Power(Manifold):
 
 def SE3(translation_scale: float = 1.0) -> Product:
     """SE(3) as SO(3) × ℝ³ (rotation matrix flattened, then translation: 12 numbers) with the
-    product metric; translations weighted by ``translation_scale``."""
+    product metric; translations weighted by ``translation_scale``.
+
+    The product metric is not the group's: ``exp``/``log``/geodesics move the rotation along its
+    SO(3) geodesic and the translation along a straight line, separately, rather than by the
+    Lie-group exponential of a twist (which couples them through the left Jacobian). Flow matching
+    on frames (FrameFlow, :mod:`molecules.proteins`) uses this product metric too."""
     return Product([SO3(), Euclidean(3)], scales=[1.0, translation_scale])
