@@ -204,8 +204,11 @@ class MoleculeFlowMatching(eqx.Module):
     """The joint loss ``w_x ‖x̂₁ − x₁‖² + w_a CE(types) + w_c CE(charges) + w_b CE(bonds)``, the
     cross-entropies over the masked entries; weights default to FlowMol's (3, 0.4, 1, 2).
     ``permute=True`` also reorders the prior's atoms to the molecule's by an optimal assignment
-    (exact, on the host) before the Kabsch rotation. Give ``geoflow.fit`` a batched :class:`MolecularGraph`: it is checked and packed into rows
-    (:func:`pack_graphs`) before training."""
+    (exact, on the host) before the Kabsch rotation; the assignment depends on no parameter, so
+    :meth:`prepare` solves a chunk's assignments ahead of ``fit``'s scan, on one device, as
+    OT-CFM does (a host solve inside a sharded step stalls its all-reduce). Give ``geoflow.fit`` a
+    batched :class:`MolecularGraph`: it is checked and packed into rows (:func:`pack_graphs`)
+    before training."""
 
     weights: tuple[float, float, float, float] = eqx.field(static=True, default=(3.0, 0.4, 1.0, 2.0))
     permute: bool = eqx.field(static=True, default=False)
@@ -226,23 +229,49 @@ class MoleculeFlowMatching(eqx.Module):
         check_graph(graphs, model.vocabulary, "training molecules")
         return pack_graphs(graphs)
 
-    def __call__(self, model: MoleculeFlow, rows, condition, key):
+    def prepare(self, model: MoleculeFlow, rows, condition, key):
+        """With ``permute=True``, each molecule's atom assignment ``(B, N)`` for this step (the
+        prior draw is re-derived from the same key as :meth:`__call__`); otherwise ``None``."""
+        if not self.permute:
+            return None
         keys = jax.random.split(key, rows.shape[0])
-        return jnp.mean(jax.vmap(lambda k, r: self._one(model, unpack_graph(r, model.max_atoms), k))(keys, rows))
+        return jax.vmap(lambda k, r: self._assignment(model, unpack_graph(r, model.max_atoms), k))(keys, rows)
 
-    def _one(self, model, g: MolecularGraph, key):
+    def __call__(self, model: MoleculeFlow, rows, condition, key, prepared=None):
+        keys = jax.random.split(key, rows.shape[0])
+        graphs = lambda r: unpack_graph(r, model.max_atoms)
+        if prepared is None:
+            return jnp.mean(jax.vmap(lambda k, r: self._one(model, graphs(r), k))(keys, rows))
+        return jnp.mean(jax.vmap(lambda k, r, p: self._one(model, graphs(r), k, p))(keys, rows, prepared))
+
+    @staticmethod
+    def _endpoints(model, g: MolecularGraph, key):
+        """The centred molecule and prior draw ``(x₁, x₀)`` of one example's key."""
+        maskf = g.mask.astype(jnp.float32)
+        k_x = jax.random.split(key, 6)[0]
+        x0 = centre(model.prior_scale * jax.random.normal(k_x, (g.mask.shape[0], 3)), maskf)
+        return centre(g.positions, maskf), x0
+
+    def _assignment(self, model, g: MolecularGraph, key):
+        """Prior atom for each real atom, minimising the summed squared distances (padding pairs
+        with padding): ``x0[π]``. Independent of the parameters (``prior_scale > 0`` only scales
+        the cost's cross term)."""
+        x1, x0 = self._endpoints(model, g, key)
+        mask = g.mask.astype(bool)
+        real = mask[:, None] & mask[None]
+        cost = jnp.where(real, squared_distances(x1, x0), jnp.where(mask[:, None] | mask[None], 1e6, 0.0))
+        return exact_assignment(jax.lax.stop_gradient(cost))
+
+    def _one(self, model, g: MolecularGraph, key, assignment=None):
         p_a, p_c, p_b = model.paths
         n = g.mask.shape[0]
         mask = g.mask.astype(bool)
         maskf = mask.astype(jnp.float32)
         pair = mask[:, None] & mask[None] & ~jnp.eye(n, dtype=bool)
         k_x, k_t, k_a, k_c, k_b, k_sc = jax.random.split(key, 6)
-        x1 = centre(g.positions, maskf)
-        x0 = centre(model.prior_scale * jax.random.normal(k_x, (n, 3)), maskf)
+        x1, x0 = self._endpoints(model, g, key)
         if self.permute:  # prior atoms are exchangeable: pair each real atom with its nearest-in-sum partner
-            real = mask[:, None] & mask[None]
-            cost = jnp.where(real, squared_distances(x1, x0), jnp.where(mask[:, None] | mask[None], 1e6, 0.0))
-            x0 = x0[exact_assignment(cost)]
+            x0 = x0[self._assignment(model, g, key) if assignment is None else assignment]
         x0 = x0 @ kabsch_rotation(x0, x1, maskf).T  # rotate the noise onto the molecule
         t = jax.random.uniform(k_t, maxval=1.0 - 1e-3)
         xt = (1 - t) * x0 + t * x1
