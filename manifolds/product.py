@@ -179,5 +179,6 @@ def SE3(translation_scale: float = 1.0) -> Product:
     The product metric is not the group's: ``exp``/``log``/geodesics move the rotation along its
     SO(3) geodesic and the translation along a straight line, separately, rather than by the
     Lie-group exponential of a twist (which couples them through the left Jacobian). Flow matching
-    on frames (FrameFlow, :mod:`molecules.proteins`) uses this product metric too."""
+    on frames (FrameFlow, :mod:`molecules.proteins`) uses this product metric too; the group's
+    exponential and logarithm are :func:`manifolds.twist_exp` and :func:`manifolds.twist_log`."""
     return Product([SO3(), Euclidean(3)], scales=[1.0, translation_scale])

@@ -373,3 +373,32 @@ def test_manifold_distributions_refuse_points_and_means_off_their_manifold():
                   lambda: WrappedNormal(sphere, jnp.array([0.0, 0.0, 3.0]), 0.5)):
         with pytest.raises(Exception, match="off the"):
             build()
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+def test_se3_group_exponential_matches_the_matrix_exponential_of_the_twist(x64):
+    """Against ``scipy.linalg.expm`` of ``[[ω]×, v; 0, 0]``, at small, ordinary and near-π
+    angles; the logarithm inverts it and the Jacobians are inverses."""
+    from scipy.linalg import expm
+
+    from manifolds import hat, left_jacobian, left_jacobian_inverse, twist_exp, twist_log
+
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        tol = 1e-10 if x64 else 2e-5
+        rng = np.random.default_rng(0)
+        for angle in (0.0, 1e-7, 1e-3, 0.009, 0.011, 0.5, 2.0, np.pi - 1e-3, np.pi - 1e-6):
+            axis = rng.normal(size=3)
+            omega = angle * axis / np.linalg.norm(axis)
+            v = rng.normal(size=3) * 2
+            twist = np.zeros((4, 4))
+            twist[:3, :3], twist[:3, 3] = np.asarray(hat(jnp.asarray(omega))), v
+            expected = expm(twist)
+            r, t = twist_exp(jnp.asarray(np.concatenate([omega, v]), dtype))
+            np.testing.assert_allclose(r, expected[:3, :3], atol=tol * 10)
+            np.testing.assert_allclose(t, expected[:3, 3], atol=tol * 100)
+            np.testing.assert_allclose(left_jacobian(jnp.asarray(omega, dtype)) @ left_jacobian_inverse(jnp.asarray(omega, dtype)),
+                                       np.eye(3), atol=tol * 100)
+            if angle < np.pi - 1e-4 or x64:  # near π the rotation vector itself is ill-conditioned in float32
+                np.testing.assert_allclose(twist_log(jnp.asarray(expected[:3, :3], dtype), jnp.asarray(expected[:3, 3], dtype)),
+                                           np.concatenate([omega, v]), atol=tol * 1e3 if angle > 3 else tol * 100)
