@@ -43,6 +43,9 @@ ALLOWED_FUNCTION_PREFIXES = ("geoflow.", "manifolds.", "discrete.", "molecules."
 # differ from the class's; and old class paths -> new ones
 MIGRATIONS: dict[str, list[Callable[[dict], dict]]] = {}
 RENAMED_CLASSES: dict[str, str] = {}
+# a third-party type stored by a codec: type -> (name, encode, decode); name -> (module, decode)
+_CODECS: dict[type, tuple[str, Callable, Callable]] = {}
+_DECODERS: dict[str, tuple[str, Callable]] = {}
 
 
 class SerializationError(ValueError):
@@ -56,6 +59,16 @@ def register_migration(class_path: str, migrate: Callable[[dict], dict], *, rena
     MIGRATIONS.setdefault(class_path, []).append(migrate)
     if renamed_from is not None:
         RENAMED_CLASSES[renamed_from] = class_path
+
+
+def register_codec(cls: type, name: str, encode: Callable, decode: Callable):
+    """Store instances of a third-party ``cls`` (outside the allow-list) as data: ``encode(obj)``
+    returns a tree of plain values and arrays, ``decode(tree)`` rebuilds the object. Call it at
+    import time of the module that uses ``cls``; files record that module so ``load`` can import
+    it (inside the allow-list) before decoding."""
+    module = encode.__module__
+    _CODECS[cls] = (name, encode, decode)
+    _DECODERS[name] = (module, decode)
 
 
 def _path_of(obj) -> str:
@@ -87,6 +100,9 @@ class _Encoder:
             return obj if math.isfinite(obj) else {"float": repr(obj)}
         if isinstance(obj, (jax.Array, np.ndarray, np.generic)):
             return self.array(obj)
+        if type(obj) in _CODECS:
+            name, encode, _ = _CODECS[type(obj)]
+            return {"codec": name, "module": _DECODERS[name][0], "data": self(encode(obj))}
         if isinstance(obj, eqx.Module) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
             fields = {f.name: self(getattr(obj, f.name)) for f in dataclasses.fields(obj) if hasattr(obj, f.name)}
             return {"class": _path_of(type(obj)), "fields": fields}
@@ -221,6 +237,12 @@ class _Decoder:
                 return _resolve(node["type"], ALLOWED_CLASS_PREFIXES, "class")
             if "function" in node:
                 return _resolve(node["function"], ALLOWED_FUNCTION_PREFIXES, "function")
+            if "codec" in node:
+                if node["codec"] not in _DECODERS:
+                    _resolve(node["module"] + ".__name__", ALLOWED_CLASS_PREFIXES, "module")  # registers it
+                if node["codec"] not in _DECODERS:
+                    raise SerializationError(f"the file stores a {node['codec']!r}, which no module registers")
+                return _DECODERS[node["codec"]][1](self(node["data"]))
         raise SerializationError(f"unreadable entry in the file's structure: {str(node)[:80]}")
 
     def instance(self, class_path: str, fields: dict):

@@ -33,6 +33,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from geoflow.continuous.fields import time_features
 from geoflow.nn import MLP, scan_layers
+from geoflow.serialization import SerializationError, register_codec
 
 
 def radial_basis(distance, count: int, cutoff: float):
@@ -41,6 +42,26 @@ def radial_basis(distance, count: int, cutoff: float):
     width = cutoff / count
     envelope = jnp.where(distance < cutoff, 0.5 * (jnp.cos(jnp.pi * distance / cutoff) + 1), 0.0)
     return jnp.exp(-(((distance[..., None] - centres) / width) ** 2)) * envelope[..., None]
+
+
+def _encode_linear(linear: e3nn.equinox.Linear) -> dict:
+    """An e3nn-jax ``Linear`` as data: the arguments that shape it and its weights."""
+    return {"irreps_in": str(linear.irreps_in), "irreps_out": str(linear.irreps_out), "biases": linear.biases,
+            "weights": dict(linear._weights)}
+
+
+def _decode_linear(data: dict) -> e3nn.equinox.Linear:
+    linear = e3nn.equinox.Linear(irreps_in=data["irreps_in"], irreps_out=data["irreps_out"], biases=data["biases"],
+                                 key=jax.random.key(0))
+    weights = data["weights"]  # layers stacked for a scan carry a leading layer axis
+    expected = {k: v.shape for k, v in linear._weights.items()}
+    if set(weights) != set(expected) or any(weights[k].shape[weights[k].ndim - len(s):] != s for k, s in expected.items()):
+        raise SerializationError(f"the saved weights of an e3nn Linear {data['irreps_in']} -> {data['irreps_out']} "
+                                 "do not match its layout")
+    return eqx.tree_at(lambda l: l._weights, linear, weights)
+
+
+register_codec(e3nn.equinox.Linear, "e3nn_jax.equinox.Linear", _encode_linear, _decode_linear)
 
 
 class _Layer(eqx.Module):
