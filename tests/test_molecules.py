@@ -191,7 +191,7 @@ graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=9, seed=k)
                        for k, s in enumerate(["CCO", "C=O", "CO", "C#N", "N", "O", "CC", "OC=O"] * 4)])
 counts = np.bincount(np.asarray(graphs.mask).sum(1), minlength=10)
 model = MoleculeFlow(vocab, 9, counts, key=jax.random.key(0), scalars=8, vectors=2, layers=1, radial=4)
-kw = dict(key=jax.random.key(1), loss=MoleculeFlowMatching(permute=True), steps=20, batch_size=8, eval_every=10,
+kw = dict(key=jax.random.key(1), loss=MoleculeFlowMatching(permute=True), steps=6, batch_size=8, eval_every=3,
           val_fraction=0.25, progress=False)
 _, single = gf.fit(model, graphs, **kw)
 _, multi = gf.fit(model, graphs, devices=4, **kw)
