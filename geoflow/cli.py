@@ -119,6 +119,18 @@ def _read_points(path: Path, event_shape: tuple[int, ...] | None = None) -> np.n
     return x
 
 
+def points_on_manifold(manifold, x: np.ndarray, name: str, where: str = "") -> np.ndarray:
+    """``x`` in the manifold's canonical coordinates (torus angles wrapped), or one clear error
+    counting the points off it (tolerance 1e-4)."""
+    import jax
+
+    x = np.asarray(jax.vmap(manifold.canonical)(x))
+    off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
+    if off:
+        raise ValueError(f"{where}{off} of {len(x)} point(s) are off the {name} manifold (tolerance 1e-4)")
+    return x
+
+
 def _dataset(args):
     from .datasets import Dataset, load_dataset
 
@@ -354,12 +366,8 @@ def cmd_eval(args):
         raise ValueError(f"data has dimension {x.shape[1]} but the model in {run} expects {model.shape[0]}")
     import jax
 
-    if manifold is not None:  # canonical coordinates (torus angles wrapped), then refuse what is off it
-        x = np.asarray(jax.vmap(manifold.canonical)(x))
-        off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
-        if off:
-            raise ValueError(f"{off} of {len(x)} point(s) are off the model's {type(manifold).__name__} manifold "
-                             "(tolerance 1e-4)")
+    if manifold is not None:
+        x = points_on_manifold(manifold, x, f"model's {type(manifold).__name__}")
 
     res = {"n": len(x), "nll": metrics.nll(model, x, key=jax.random.key(args.seed) if model.needs_key else None)}
     if levels is not None:

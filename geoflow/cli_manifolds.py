@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import MANIFOLD_DATA, _read_points, count_parameters
+from .cli import MANIFOLD_DATA, _read_points, count_parameters, points_on_manifold
 from .cli_training import fit_options
 
 
@@ -38,10 +38,7 @@ def _manifold_data(args):
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{args.data_path}: {int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())} point(s) "
                          "hold NaN or inf")
-    x = np.asarray(jax.vmap(manifold.canonical)(x))  # e.g. angles in [−π, π) wrapped onto the torus
-    off = int((~np.asarray(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(x))).sum())
-    if off:
-        raise ValueError(f"{args.data_path}: {off} point(s) are off the {args.manifold} manifold (tolerance 1e-4)")
+    x = points_on_manifold(manifold, x, args.manifold, where=f"{args.data_path}: ")
     perm = np.random.default_rng(args.seed).permutation(len(x))
     n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
     x = x[perm]
