@@ -73,12 +73,7 @@ class DiscreteFlow(eqx.Module):
 
     def logits(self, x: Int[Array, " L"], t, condition=None, keep=None) -> Float[Array, "L V"]:
         """Posterior logits ``log p(x₁ | x_t)`` up to a constant, for one sequence."""
-        logits = self.denoiser(x, t, condition, keep)
-        if self.path.source == "mask":
-            known = (x < self.vocab_size)[:, None]
-            one_hot = jnp.arange(self.vocab_size) == x[:, None]
-            logits = jnp.where(known, jnp.where(one_hot, 0.0, -1e9), logits)
-        return logits
+        return self.path.carry_known(self.denoiser(x, t, condition, keep), x)
 
     def _guided_log_probs(self, x, t, condition, guidance, temperature, guided=True):
         log_p = jax.nn.log_softmax(self.logits(x, t, condition), -1)

@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int
 
 from geoflow.continuous.paths import SCHEDULERS, CondOT, Scheduler
 
@@ -95,6 +96,16 @@ class MixturePath(eqx.Module):
         """``κ̇_t / (1 − κ_t)``: the rate at which a position still at its source value jumps to ``x₁``."""
         k, dk = self.kappa(t)
         return dk / jnp.maximum(1 - k, 1e-6)
+
+    def carry_known(self, logits: Float[Array, "... V"], tokens: Int[Array, "..."]) -> Float[Array, "... V"]:
+        """With the masking source, ``logits`` with every unmasked token set to certainty (the path
+        never changes a token once it leaves the mask, so its posterior is exactly one-hot there);
+        other sources leave them unchanged."""
+        if self.source != "mask":
+            return logits
+        known = (tokens < self.vocab_size)[..., None]
+        one_hot = jnp.arange(self.vocab_size) == tokens[..., None]
+        return jnp.where(known, jnp.where(one_hot, 0.0, -1e9), logits)
 
     def sample_source(self, key, shape):
         """Source tokens of ``shape``."""

@@ -17,11 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from discrete import MixturePath
+from geoflow.continuous.paths import Polynomial
 from geoflow.continuous.couplings import exact_assignment, squared_distances
 from discrete.model import categorical_from_weights
 
 from .graph import BOND_ORDERS, MolecularGraph, Vocabulary
 from .network import EquivariantNetwork
+from .vector_network import VectorNetwork
+
+NETWORKS = {"vector": VectorNetwork, "e3nn": EquivariantNetwork}
 
 
 def centre(x, maskf):
@@ -52,62 +56,45 @@ def as_previous(prediction):
     return (x1, *(jax.nn.softmax(l, -1) for l in logits))
 
 
-class MoleculeFlow(eqx.Module):
-    """A generative model of molecules with up to ``max_atoms`` atoms over ``vocabulary``.
+class MoleculeSampler(eqx.Module):
+    """Sampling shared by every clean-molecule predictor: a trained :class:`MoleculeFlow` or the
+    exact posterior of a small data set (:class:`molecules.exact.ExactMoleculePosterior`).
 
-    **Arguments:** `vocabulary`, `max_atoms`, `atom_counts` (how often each number of atoms
-    occurs in the training data; sampling draws the size from it), `key`, `prior_scale` (Å, the
-    standard deviation of the positions' Gaussian prior), `self_conditioning` (the network reads
-    its previous prediction: at every sampling step, and in half the training examples), and the
-    network's keyword arguments.
+    A subclass has the fields ``vocabulary``, ``max_atoms``, ``atom_counts`` (probabilities of each
+    atom count ``0…max_atoms``), ``prior_scale`` and ``token_power`` (tokens are unmasked by time
+    ``t`` with probability ``κ_t = t^token_power``), and the methods :meth:`predict` and
+    :meth:`no_prediction`. Positions follow Euler steps of the straight-path velocity
+    ``(x̂₁ − x)/(1 − t)``; each masked token leaves the mask with probability ``h κ̇/(1 − κ)`` in a
+    step of size ``h`` and draws its value from the predicted posterior; the last step takes the
+    predicted clean molecule, the posterior's mode for tokens still masked.
     """
 
-    network: EquivariantNetwork
-    vocabulary: Vocabulary = eqx.field(static=True)
-    max_atoms: int = eqx.field(static=True)
-    atom_counts: tuple[float, ...] = eqx.field(static=True)
-    prior_scale: float = eqx.field(static=True)
+    vocabulary: eqx.AbstractVar[Vocabulary]
+    max_atoms: eqx.AbstractVar[int]
+    atom_counts: eqx.AbstractVar[tuple[float, ...]]
+    prior_scale: eqx.AbstractVar[float]
+    token_power: eqx.AbstractVar[float]
 
-    def __init__(self, vocabulary: Vocabulary, max_atoms: int, atom_counts, *, key, prior_scale: float = 1.0,
-                 self_conditioning: bool = True, **network_kwargs):
-        self.vocabulary, self.max_atoms, self.prior_scale = vocabulary, int(max_atoms), float(prior_scale)
-        counts = np.zeros(self.max_atoms + 1)
-        counts[: len(atom_counts)] = np.asarray(atom_counts, np.float64)[: self.max_atoms + 1]
-        if counts.sum() <= 0:
-            raise ValueError("atom_counts must have a positive total (how often each molecule size occurs)")
-        self.atom_counts = tuple(float(c) for c in counts / counts.sum())
-        a, c, b = len(vocabulary.elements), len(vocabulary.charges), len(BOND_ORDERS)
-        # inputs have one more class each, the mask token; outputs predict the clean classes only
-        self.network = EquivariantNetwork(a + 1, c + 1, b + 1, key=key, out_sizes=(a, c, b),
-                                          self_conditioning=self_conditioning, **network_kwargs)
+    def predict(self, x, types, charges, bonds, mask, t, previous=None):
+        """``(x̂₁ (N, 3), atom (N, A), charge (N, C), bond (N, N, B) logits)`` for one noisy molecule."""
+        raise NotImplementedError
+
+    def no_prediction(self, positions):
+        """The ``previous`` argument of :meth:`predict` before any prediction was made."""
+        raise NotImplementedError
 
     @property
     def paths(self) -> tuple[MixturePath, MixturePath, MixturePath]:
         """Masking paths for atom types, charges and bond orders (the mask is the last class)."""
-        return (MixturePath(len(self.vocabulary.elements)), MixturePath(len(self.vocabulary.charges)),
-                MixturePath(len(BOND_ORDERS)))
-
-    def predict(self, x, types, charges, bonds, mask, t, previous=None):
-        """The network's clean-molecule prediction: ``(x̂₁, atom, charge, bond logits)`` with
-        known (unmasked) tokens carried over as certain. ``previous`` is an earlier prediction in
-        the form :func:`as_previous` gives (read only with self-conditioning)."""
-        out = self.network(x, types, charges, bonds, mask, t, previous)
-        x1 = x + out["velocity"]
-
-        def carry(logits, tokens, path):
-            known = (tokens < path.vocab_size)[..., None]
-            hot = jnp.arange(path.vocab_size) == tokens[..., None]
-            return jnp.where(known, jnp.where(hot, 0.0, -1e9), logits)
-
-        p_a, p_c, p_b = self.paths
-        return (x1, carry(out["atom_logits"], types, p_a), carry(out["charge_logits"], charges, p_c),
-                carry(out["bond_logits"], bonds, p_b))
-
-    # ---- sampling ---------------------------------------------------------------------------
+        schedule = Polynomial(self.token_power)
+        return tuple(MixturePath(size, scheduler=schedule)
+                     for size in (len(self.vocabulary.elements), len(self.vocabulary.charges), len(BOND_ORDERS)))
 
     def sample(self, key, n: int, *, steps: int = 100, num_atoms=None) -> MolecularGraph:
         """``n`` molecules as a batched :class:`MolecularGraph`; sizes drawn from the training
         distribution unless ``num_atoms`` (an int or ``(n,)`` ints) is given."""
+        if int(steps) < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
         k_size, k_mol = jax.random.split(key)
         if num_atoms is None:
             num_atoms = jax.random.choice(k_size, self.max_atoms + 1, (n,), p=jnp.asarray(self.atom_counts))
@@ -164,7 +151,7 @@ class MoleculeFlow(eqx.Module):
             return (x, types, charges, bonds, as_previous(prediction)), None
 
         # the first step sees "no prediction yet", as half the training examples do
-        first = (x, types, charges, bonds, self.network.no_prediction(x))
+        first = (x, types, charges, bonds, self.no_prediction(x))
         state, _ = jax.lax.scan(step, first, (jnp.arange(steps - 1, dtype=jnp.float32),
                                               jax.random.split(k_steps, steps - 1)))
         x, types, charges, bonds, previous = state
@@ -173,6 +160,74 @@ class MoleculeFlow(eqx.Module):
         bonds = jnp.where(pair, jnp.triu(bond_mode, 1) + jnp.triu(bond_mode, 1).T, 0)
         return MolecularGraph(centre(x1, maskf), jnp.where(mask, jnp.argmax(a_logits, -1), 0),
                               jnp.where(mask, jnp.argmax(c_logits, -1), 0), bonds, mask)
+
+
+def check_token_power(power) -> float:
+    """``power`` as a float, refused unless positive and finite."""
+    power = float(power)
+    if not (0 < power < float("inf")):
+        raise ValueError(f"token_power must be a positive number (κ_t = t^token_power); got {power}")
+    return power
+
+
+def normalized_counts(atom_counts, max_atoms: int) -> tuple[float, ...]:
+    """How often each atom count ``0…max_atoms`` occurs, as probabilities (longer input is cut)."""
+    counts = np.zeros(max_atoms + 1)
+    counts[: len(atom_counts)] = np.asarray(atom_counts, np.float64)[: max_atoms + 1]
+    if counts.sum() <= 0:
+        raise ValueError("atom_counts must have a positive total (how often each molecule size occurs)")
+    return tuple(float(c) for c in counts / counts.sum())
+
+
+class MoleculeFlow(MoleculeSampler):
+    """A generative model of molecules with up to ``max_atoms`` atoms over ``vocabulary``.
+
+    **Arguments:** `vocabulary`, `max_atoms`, `atom_counts` (how often each number of atoms
+    occurs in the training data; sampling draws the size from it), `key`, `prior_scale` (Å, the
+    standard deviation of the positions' Gaussian prior), `token_power` (``p`` in the tokens'
+    schedule ``κ_t = tᵖ``: above 1, atom types, charges and bonds leave the mask later, when the
+    positions already say which molecule is forming), `self_conditioning` (the network reads
+    its previous prediction: at every sampling step, and in half the training examples),
+    `network` (``"vector"``: :class:`~molecules.vector_network.VectorNetwork`, scalar and vector
+    channels, the fast default; ``"e3nn"``: :class:`~molecules.network.EquivariantNetwork`,
+    spherical-harmonic tensor products up to l = 2) and the network's keyword arguments.
+    """
+
+    network: VectorNetwork | EquivariantNetwork
+    vocabulary: Vocabulary = eqx.field(static=True)
+    max_atoms: int = eqx.field(static=True)
+    atom_counts: tuple[float, ...] = eqx.field(static=True)
+    prior_scale: float = eqx.field(static=True)
+    token_power: float = eqx.field(static=True)
+
+    def __init__(self, vocabulary: Vocabulary, max_atoms: int, atom_counts, *, key, prior_scale: float = 1.0,
+                 token_power: float = 1.0, self_conditioning: bool = True, network: str = "vector",
+                 **network_kwargs):
+        self.vocabulary, self.max_atoms, self.prior_scale = vocabulary, int(max_atoms), float(prior_scale)
+        self.token_power = check_token_power(token_power)
+        self.atom_counts = normalized_counts(atom_counts, self.max_atoms)
+        a, c, b = len(vocabulary.elements), len(vocabulary.charges), len(BOND_ORDERS)
+        # inputs have one more class each, the mask token; outputs predict the clean classes only
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; expected one of {sorted(NETWORKS)}")
+        self.network = NETWORKS[network](a + 1, c + 1, b + 1, key=key, out_sizes=(a, c, b),
+                                         self_conditioning=self_conditioning, **network_kwargs)
+
+    def predict(self, x, types, charges, bonds, mask, t, previous=None):
+        """The network's clean-molecule prediction: ``(x̂₁, atom, charge, bond logits)`` with
+        known (unmasked) tokens carried over as certain. ``previous`` is an earlier prediction in
+        the form :func:`as_previous` gives (read only with self-conditioning)."""
+        out = self.network(x, types, charges, bonds, mask, t, previous)
+        p_a, p_c, p_b = self.paths
+        return (x + out["velocity"], p_a.carry_known(out["atom_logits"], types),
+                p_c.carry_known(out["charge_logits"], charges), p_b.carry_known(out["bond_logits"], bonds))
+
+    def no_prediction(self, positions):
+        return self.network.no_prediction(positions)
+
+    @property
+    def self_conditioning(self) -> bool:
+        return self.network.self_conditioning
 
 
 @eqx.filter_jit
@@ -212,6 +267,7 @@ class MoleculeFlowMatching(eqx.Module):
 
     weights: tuple[float, float, float, float] = eqx.field(static=True, default=(3.0, 0.4, 1.0, 2.0))
     permute: bool = eqx.field(static=True, default=False)
+    align: bool = eqx.field(static=True, default=True)
 
     def data_shape(self, model):
         return (model.max_atoms * (6 + model.max_atoms),)
@@ -262,7 +318,11 @@ class MoleculeFlowMatching(eqx.Module):
         cost = jnp.where(real, squared_distances(x1, x0), jnp.where(mask[:, None] | mask[None], 1e6, 0.0))
         return exact_assignment(jax.lax.stop_gradient(cost))
 
-    def _one(self, model, g: MolecularGraph, key, assignment=None):
+    def terms(self, model: MoleculeSampler, g: MolecularGraph, key, t=None, assignment=None):
+        """The four unweighted terms ``(position MSE, atom CE, charge CE, bond CE)`` of one
+        molecule's loss at time ``t`` (drawn from ``U(0, 1)`` when None). ``model`` may be any
+        :class:`MoleculeSampler`; with ``align=False`` and ``permute=False`` the loss of
+        :class:`molecules.exact.ExactMoleculePosterior` is the least any network can reach."""
         p_a, p_c, p_b = model.paths
         n = g.mask.shape[0]
         mask = g.mask.astype(bool)
@@ -272,15 +332,17 @@ class MoleculeFlowMatching(eqx.Module):
         x1, x0 = self._endpoints(model, g, key)
         if self.permute:  # prior atoms are exchangeable: pair each real atom with its nearest-in-sum partner
             x0 = x0[self._assignment(model, g, key) if assignment is None else assignment]
-        x0 = x0 @ kabsch_rotation(x0, x1, maskf).T  # rotate the noise onto the molecule
-        t = jax.random.uniform(k_t, maxval=1.0 - 1e-3)
+        if self.align:
+            x0 = x0 @ kabsch_rotation(x0, x1, maskf).T  # rotate the noise onto the molecule
+        if t is None:
+            t = jax.random.uniform(k_t, maxval=1.0 - 1e-3)
         xt = (1 - t) * x0 + t * x1
         keep = lambda k, shape: jax.random.uniform(k, shape) < p_a.kappa(t)[0]
         types = jnp.where(keep(k_a, (n,)) | ~mask, g.atom_types, p_a.mask_token)
         charges = jnp.where(keep(k_c, (n,)) | ~mask, g.charges, p_c.mask_token)
         bonds = jnp.where((symmetric_uniform(k_b, n) < p_b.kappa(t)[0]) | ~pair, g.bonds, p_b.mask_token)
-        previous = model.network.no_prediction(xt)
-        if model.network.self_conditioning:  # half the time, first predict without, then feed that in
+        previous = model.no_prediction(xt)
+        if getattr(model, "self_conditioning", False):  # half the time, first predict without, then feed that in
             first = as_previous(model.predict(xt, types, charges, bonds, mask, t, previous))
             use = jax.random.bernoulli(k_sc, 0.5)
             previous = jax.tree.map(lambda a, b: jnp.where(use, a, b), first, previous)
@@ -291,7 +353,9 @@ class MoleculeFlowMatching(eqx.Module):
             return jnp.sum(nll * where) / jnp.maximum(jnp.sum(where), 1)
 
         position = jnp.sum(jnp.sum((x_hat - x1) ** 2, -1) * maskf) / jnp.maximum(jnp.sum(maskf), 1)
-        wx, wa, wc, wb = self.weights
-        return (wx * position + wa * masked_ce(a_logits, g.atom_types, types == p_a.mask_token)
-                + wc * masked_ce(c_logits, g.charges, charges == p_c.mask_token)
-                + wb * masked_ce(b_logits, g.bonds, bonds == p_b.mask_token))
+        return jnp.stack([position, masked_ce(a_logits, g.atom_types, types == p_a.mask_token),
+                          masked_ce(c_logits, g.charges, charges == p_c.mask_token),
+                          masked_ce(b_logits, g.bonds, bonds == p_b.mask_token)])
+
+    def _one(self, model, g: MolecularGraph, key, assignment=None):
+        return jnp.dot(jnp.asarray(self.weights), self.terms(model, g, key, assignment=assignment))

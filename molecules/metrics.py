@@ -97,7 +97,8 @@ def molecule_metrics(graphs: MolecularGraph | list[MolecularGraph], vocabulary: 
                      train_smiles: list[str] | None = None) -> dict:
     """Stability (both modes); validity as EDM computes it (RDKit sanitizes the molecule; its
     largest fragment is the molecule's SMILES), connectivity (valid and one fragment), uniqueness
-    among the valid, ``validity × uniqueness`` and novelty against ``train_smiles``. A molecule
+    among the valid, ``validity × uniqueness`` and novelty against ``train_smiles`` (any valid
+    SMILES spelling; each is canonicalised as the samples are). A molecule
     RDKit rejects is counted under its error in ``failures``, never raised on."""
     from rdkit import Chem
 
@@ -118,8 +119,9 @@ def molecule_metrics(graphs: MolecularGraph | list[MolecularGraph], vocabulary: 
     out = {"molecules": len(graphs), "validity": len(smiles) / n, "connectivity": connected / n,
            "uniqueness": len(unique) / max(len(smiles), 1), "validity_x_uniqueness": len(unique) / n,
            "failures": errors}
-    if train_smiles is not None:
-        out["novelty"] = len(unique - set(train_smiles)) / max(len(unique), 1)
+    if train_smiles is not None:  # canonicalised as the samples are, so that spelling cannot make a molecule novel
+        known = {mol_to_smiles(m) for m in map(Chem.MolFromSmiles, train_smiles) if m is not None}
+        out["novelty"] = len(unique - known) / max(len(unique), 1)
     for mode in ("explicit", "edm"):
         s = stability(graphs, vocabulary, mode)
         out[f"atom_stability_{mode}"], out[f"molecule_stability_{mode}"] = s["atom_stability"], s["molecule_stability"]

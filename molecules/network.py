@@ -61,6 +61,14 @@ def _decode_linear(data: dict) -> e3nn.equinox.Linear:
     return eqx.tree_at(lambda l: l._weights, linear, weights)
 
 
+def zero_prediction(positions, out_sizes: tuple[int, int, int]):
+    """The self-conditioning input before any prediction, for a molecule of ``N`` atom slots:
+    ``x̂₁ = positions`` and zero atom ``(N, A)``, charge ``(N, C)`` and bond ``(N, N, B)`` probabilities."""
+    n, dtype = positions.shape[0], positions.dtype
+    a, c, b = out_sizes
+    return (positions, jnp.zeros((n, a), dtype), jnp.zeros((n, c), dtype), jnp.zeros((n, n, b), dtype))
+
+
 register_codec(e3nn.equinox.Linear, "e3nn_jax.equinox.Linear", _encode_linear, _decode_linear)
 
 
@@ -196,9 +204,7 @@ class EquivariantNetwork(eqx.Module):
 
     def no_prediction(self, positions):
         """The self-conditioning input before any prediction: ``x̂₁ = x`` and zero probabilities."""
-        n, dtype = positions.shape[0], positions.dtype
-        a, c, b = self.out_sizes
-        return (positions, jnp.zeros((n, a), dtype), jnp.zeros((n, c), dtype), jnp.zeros((n, n, b), dtype))
+        return zero_prediction(positions, self.out_sizes)
 
     def _read_previous(self, previous, positions, scalars, vectors, edges, maskf):
         """Add the previous prediction to the initial node scalars, vectors and edge features."""

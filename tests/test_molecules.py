@@ -94,15 +94,15 @@ def test_sdf_round_trip_and_bad_input(tmp_path):
         check_graph(MolecularGraph(g.positions, g.atom_types, g.charges, asym, g.mask), Vocabulary(("H", "C", "O")))
 
 
-@pytest.fixture(scope="module")
-def network_and_graph():
+@pytest.fixture(scope="module", params=["e3nn", "vector"])
+def network_and_graph(request):
     import jax
 
-    from molecules.network import EquivariantNetwork
+    from molecules.flow import NETWORKS
 
     graph = graph_from_smiles("[NH3+]CC(=O)[O-]", QM9_VOCABULARY, max_atoms=14)  # 10 atoms + 4 padding slots
-    net = EquivariantNetwork(6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0,
-                             self_conditioning=True)
+    net = NETWORKS[request.param](6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0,
+                                  self_conditioning=True)
     return net, graph
 
 
@@ -230,3 +230,36 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3)
+
+
+@pytest.mark.parametrize("token_power", [1.0, 3.0])
+def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power):
+    """Given the true posterior of four molecules, the sampler returns those molecules (graphs
+    exact, positions to float precision) in proportion to their probabilities, under either token
+    schedule: the position steps, the symmetric bond draws and the final step agree with the
+    training path."""
+    import jax
+    from scipy import stats
+
+    from molecules import stack_graphs, unstack_graphs
+    from molecules.exact import ExactMoleculePosterior
+
+    vocab = Vocabulary(("H", "C", "N", "O"))
+    smiles = ["CCO", "COC", "CC=O", "NCC"]  # three of the same size: only the geometry and tokens tell them apart
+    graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=10) for s in smiles])
+    probs = np.array([0.4, 0.3, 0.2, 0.1])
+    oracle = ExactMoleculePosterior(graphs, vocab, probs, token_power=token_power)
+    n = 400
+    samples = unstack_graphs(oracle.sample(jax.random.key(0), n, steps=100))
+    found = []
+    for s in samples:
+        same = [i for i, g in enumerate(unstack_graphs(graphs)) if np.array_equal(s.mask, g.mask)
+                and np.array_equal(s.atom_types, g.atom_types) and np.array_equal(s.bonds, g.bonds)]
+        if same:
+            np.testing.assert_allclose(s.positions, oracle.positions[same[0]], atol=1e-4)
+            found.append(same[0])
+    assert len(found) >= 0.95 * n, len(found)
+    counts = np.bincount(found, minlength=4)
+    assert stats.chisquare(counts, probs * len(found)).pvalue > 1e-3, counts
+    with pytest.raises(ValueError, match="token_power"):
+        ExactMoleculePosterior(graphs, vocab, token_power=0.0)

@@ -38,17 +38,18 @@ def _models():
         "rfm-torus": rfm(key, Torus(2), width=8),
         "dfm-transformer": dfm(key, 5, 4, denoiser="transformer", dim=16, depth=1),
         "frameflow": frameflow(key, 4, width=16, pair=8, layers=1, heads=1, head_dim=4, num_points=1),
-        "molecule-flow": _molecule_flow(key),
+        "molecule-flow": _molecule_flow(key, "e3nn"),
+        "molecule-flow-vector": _molecule_flow(key, "vector"),
     }
 
 
-def _molecule_flow(key):
-    """Its e3nn-jax layers are a third-party type, stored through a registered codec."""
+def _molecule_flow(key, network):
+    """With ``network="e3nn"`` its layers are a third-party type, stored through a registered codec."""
     from molecules import Vocabulary
     from molecules.flow import MoleculeFlow
 
     return MoleculeFlow(Vocabulary(("H", "C", "O")), 5, np.array([0, 1, 2, 1, 1, 1]), key=key, scalars=8, vectors=2,
-                        layers=1, radial=4)
+                        layers=1, radial=4, network=network)
 
 
 @pytest.mark.parametrize("name", list(_models()))
