@@ -13,7 +13,9 @@ computes one hidden pair feature
 - vector messages ``Δv_i = Σ_j g_ij ⊙ v_j + g'_ij ⊙ (x_j − x_i)/(1 + d_ij)`` with gates ``(g, g') = W_v h_ij``;
 - an edge update ``e_ij += W_e h_ij``;
 
-then PaiNN's update mixes the two kinds: ``s += a(s, ‖U v‖)``, ``v += b(s, ‖U v‖) ⊙ W v``. The
+then PaiNN's update mixes the two kinds: ``s += a(s, ‖U v‖)``, ``v += b(s, ‖U v‖) ⊙ W v``. Each
+layer reads its input normalised (scalars per atom to zero mean and unit variance, vectors by
+their RMS norm), so that products of vectors cannot grow with depth or molecule size. The
 cost per pair and layer is ``(R + E)·H + H·(2V + E)`` multiply-adds; e3nn's tensor-product layer
 pays a per-pair MLP and a spherical-harmonic tensor product on top.
 
@@ -42,6 +44,15 @@ def _dense(key, in_size: int, out_size: int, scale: float = 1.0) -> Float[Array,
     return jax.random.normal(key, (in_size, out_size)) * math.sqrt(scale / in_size)
 
 
+def _normalized(s, v):
+    """Scalars with zero mean and unit variance over channels, and vectors divided by their RMS
+    norm over channels (``+1``: zero stays zero). Both operations commute with rotations and
+    reflections; they keep the layers' products bounded at any depth and molecule size."""
+    s = (s - jnp.mean(s, -1, keepdims=True)) / jnp.sqrt(jnp.var(s, -1, keepdims=True) + 1e-5)
+    rms = jnp.sqrt(jnp.mean(jnp.sum(v**2, 1), -1) + 1.0)
+    return s, v / rms[:, None, None]
+
+
 class _VectorLayer(eqx.Module):
     sender: Float[Array, "F H"]
     receiver: Float[Array, "F H"]
@@ -68,17 +79,19 @@ class _VectorLayer(eqx.Module):
 
     def __call__(self, s, v, e, rbf, direction, pair_mask, norm):
         v_count = self.mix_u.shape[0]
-        h = jax.nn.silu((s @ self.receiver)[:, None] + (s @ self.sender)[None]
+        s_in, v_in = _normalized(s, v)
+        h = jax.nn.silu((s_in @ self.receiver)[:, None] + (s_in @ self.sender)[None]
                         + jnp.concatenate([rbf, e], -1) @ self.pair_in + self.pair_bias) * pair_mask[..., None]
-        s = s + (jnp.sum(h, 1) / norm) @ self.scalar_out
+        ds = (jnp.sum(h, 1) / norm) @ self.scalar_out
         gates = h @ self.gates_out  # zero where the pair is masked, since h is
         g_v, g_x = gates[..., :v_count], gates[..., v_count:]
-        v = v + (jnp.einsum("ijc,jdc->idc", g_v, v) + jnp.einsum("ijc,ijd->idc", g_x, direction)) / norm
+        dv = (jnp.einsum("ijc,jdc->idc", g_v, v_in) + jnp.einsum("ijc,ijd->idc", g_x, direction)) / norm
         e = e + (h @ self.edge_out)
         # PaiNN's update: invariant norms of mixed vectors steer both kinds of channel
-        u, w = v @ self.mix_u, v @ self.mix_w
-        a = jax.vmap(self.update)(jnp.concatenate([s, jnp.sqrt(jnp.sum(u**2, 1) + 1e-8)], -1))
-        return s + a[:, : s.shape[-1]], v + a[:, None, s.shape[-1]:] * w, e
+        s_mid, v_mid = _normalized(s_in + ds, v_in + dv)
+        u, w = v_mid @ self.mix_u, v_mid @ self.mix_w
+        a = jax.vmap(self.update)(jnp.concatenate([s_mid, jnp.sqrt(jnp.sum(u**2, 1) + 1e-8)], -1))
+        return s + ds + a[:, : s.shape[-1]], v + dv + a[:, None, s.shape[-1]:] * w, e
 
 
 class VectorNetwork(eqx.Module):
