@@ -11,6 +11,8 @@ integrates both parts together with the same number of steps.
 
 from __future__ import annotations
 
+import abc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -75,13 +77,13 @@ class MoleculeSampler(eqx.Module):
     prior_scale: eqx.AbstractVar[float]
     token_power: eqx.AbstractVar[float]
 
+    @abc.abstractmethod
     def predict(self, x, types, charges, bonds, mask, t, previous=None):
         """``(x̂₁ (N, 3), atom (N, A), charge (N, C), bond (N, N, B) logits)`` for one noisy molecule."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def no_prediction(self, positions):
         """The ``previous`` argument of :meth:`predict` before any prediction was made."""
-        raise NotImplementedError
 
     @property
     def paths(self) -> tuple[MixturePath, MixturePath, MixturePath]:
