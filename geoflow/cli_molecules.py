@@ -1,10 +1,12 @@
 """``geoflow molecules train | sample | evaluate``: 3-D molecule generation on QM9.
 
-- ``train --data qm9 [--data-path CSV] [--subset N --steps S --out DIR]`` fits a
+- ``train --data qm9 [--hydrogens explicit|implicit] [--data-path CSV] [--subset N --steps S --out DIR]`` fits a
   :class:`molecules.flow.MoleculeFlow` and writes ``DIR/model.eqx``, ``DIR/run.json``;
 - ``sample --run DIR -n N --out FILE.sdf`` writes every sampled molecule, sanitized or not (so
   that ``evaluate`` scores the invalid ones too), and ``FILE.npz`` with the raw graphs;
-- ``evaluate FILE.sdf [--train-smiles FILE]`` writes ``metrics.json`` beside the SDF.
+- ``evaluate FILE.sdf [--hydrogens explicit|implicit] [--train-smiles FILE]`` writes ``metrics.json``
+  beside the SDF; unreadable records, elements outside the vocabulary and an empty file are
+  counted as invalid molecules.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def add_parser(sub, choice):
     t.add_argument("--data", type=choice(("qm9",), "molecule data set"), default="qm9")
     t.add_argument("--data-path", type=Path, help="a qm9pack-format CSV instead of qm9pack's installed files")
     t.add_argument("--subset", type=int, help="train on this many molecules drawn at random")
+    t.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="explicit",
+                   help="hydrogens as atoms (QM9 up to 29 atoms) or implicit (heavy atoms only, up to 9)")
     add_training_arguments(t, steps=2000, batch_size=32)
     t.add_argument("--scalars", type=int, default=64, help="scalar channels of the network")
     t.add_argument("--vectors", type=int, default=16, help="vector channels (each parity) of the network")
@@ -40,6 +44,8 @@ def add_parser(sub, choice):
     e = msub.add_parser("evaluate", help="score an SDF file: stability, validity, uniqueness, novelty")
     e.add_argument("sdf", type=Path, help="molecules to score (sample's .sdf; records RDKit cannot read count as invalid)")
     e.add_argument("--train-smiles", type=Path, help="a file of training SMILES (one per line) for novelty")
+    e.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="explicit",
+                   help="score with QM9's vocabulary with hydrogens as atoms or implicit (as the run was trained)")
     return m
 
 
@@ -50,19 +56,20 @@ def cmd_train(args) -> dict:
     from .serialization import save
     from .train import fit
     from molecules.flow import MoleculeFlow, MoleculeFlowMatching
-    from molecules.qm9 import QM9_MAX_ATOMS, load_qm9
+    from molecules.qm9 import load_qm9, qm9_vocabulary
 
     t0 = time.perf_counter()
-    data = load_qm9(args.data_path, subset=args.subset, seed=args.seed)
-    counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=QM9_MAX_ATOMS + 1)
-    model = MoleculeFlow(data.vocabulary, QM9_MAX_ATOMS, counts, key=jax.random.key(args.seed), scalars=args.scalars,
+    data = load_qm9(args.data_path, subset=args.subset, seed=args.seed, hydrogens=args.hydrogens)
+    _, max_atoms = qm9_vocabulary(args.hydrogens)
+    counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
+    model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=jax.random.key(args.seed), scalars=args.scalars,
                          vectors=args.vectors, layers=args.layers)
     model, history = fit(model, data.graphs, key=jax.random.key(args.seed + 1), loss=MoleculeFlowMatching(),
                          **fit_options(args))
     args.out.mkdir(parents=True, exist_ok=True)
     save(args.out / "model.eqx", model)
     (args.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")
-    res = {"data": args.data, "molecules": len(data), "perception_failures": data.failures, "steps": args.steps,
+    res = {"data": args.data, "hydrogens": args.hydrogens, "molecules": len(data), "perception_failures": data.failures, "steps": args.steps,
            **training_summary(history, args.batch_size), "wall_seconds": time.perf_counter() - t0}
     return report(args.out / "run.json", res, args.out / "model.eqx")
 
@@ -96,9 +103,11 @@ def cmd_sample(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     from molecules import graph_from_rdkit, molecule_metrics, read_sdf
-    from molecules.qm9 import QM9_MAX_ATOMS, QM9_VOCABULARY
+    from molecules.qm9 import qm9_vocabulary
 
-    mols, unreadable = read_sdf(args.sdf, sanitize=False)  # keep invalid molecules: they are scored, not dropped
+    vocabulary, max_atoms = qm9_vocabulary(args.hydrogens)
+    # keep invalid molecules: they are scored, not dropped; an empty file scores zero molecules
+    mols, unreadable = read_sdf(args.sdf, sanitize=False, require_any=False)
     train = None
     if args.train_smiles is not None:
         if not args.train_smiles.is_file():
@@ -107,10 +116,10 @@ def cmd_evaluate(args) -> dict:
     graphs = []
     for i, m in enumerate(mols):
         try:
-            graphs.append(graph_from_rdkit(m, QM9_VOCABULARY, QM9_MAX_ATOMS, name=f"{args.sdf} record {i}"))
+            graphs.append(graph_from_rdkit(m, vocabulary, max_atoms, name=f"{args.sdf} record {i}"))
         except ValueError:  # e.g. an element outside QM9's: an invalid molecule, counted below
             unreadable += 1
-    res = molecule_metrics(graphs, QM9_VOCABULARY, train)
+    res = molecule_metrics(graphs, vocabulary, train)
     total = len(graphs) + unreadable
     for key in ("validity", "connectivity", "validity_x_uniqueness"):  # over every record, readable or not
         res[key] = res[key] * len(graphs) / max(total, 1)

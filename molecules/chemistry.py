@@ -24,12 +24,16 @@ def _chem():
 
 
 def graph_from_rdkit(mol, vocabulary: Vocabulary, max_atoms: int | None = None, name: str = "molecule") -> MolecularGraph:
-    """A molecule with explicit hydrogens and a 3-D conformer → a :class:`MolecularGraph` (NumPy),
-    bonds in Kekulé form, padded to ``max_atoms`` (default: its own size)."""
+    """A molecule with a 3-D conformer → a :class:`MolecularGraph` (NumPy), bonds in Kekulé form,
+    padded to ``max_atoms`` (default: its own size). Its hydrogens become atoms of the graph,
+    unless ``vocabulary.implicit_hydrogens``: then they are removed (their count is implied by
+    the heavy atoms' valences and charges)."""
     Chem = _chem()
     if mol.GetNumConformers() == 0:
         raise ValueError(f"{name} has no 3-D conformer; expected coordinates (embed it or read an SDF/XYZ)")
     mol = Chem.Mol(mol)
+    if vocabulary.implicit_hydrogens:
+        mol = Chem.RemoveAllHs(mol, sanitize=False)
     try:
         Chem.Kekulize(mol, clearAromaticFlags=True)
     except Exception as e:  # noqa: BLE001 - RDKit raises its own exception types
@@ -99,17 +103,20 @@ def read_xyz(path, charge: int = 0):
     return mol_from_xyz(path.read_text(), charge, name=str(path))
 
 
-def read_sdf(path, sanitize: bool = True) -> tuple[list, int]:
+def read_sdf(path, sanitize: bool = True, require_any: bool = True) -> tuple[list, int]:
     """``(molecules, failures)`` from an SDF file, hydrogens kept; unreadable records are counted.
-    ``sanitize=False`` keeps molecules RDKit would reject (to score them as invalid)."""
+    ``sanitize=False`` keeps molecules RDKit would reject (to score them as invalid); a file with
+    no readable record is an error unless ``require_any=False``."""
     Chem = _chem()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SDF file {path} does not exist")
-    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=sanitize)
-    mols = [m for m in supplier]
+    try:
+        mols = list(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=sanitize))
+    except OSError:  # RDKit refuses an empty file outright
+        mols = []
     good = [m for m in mols if m is not None]
-    if not good:
+    if not good and require_any:
         raise ValueError(f"{path} holds no readable SDF records ({len(mols)} failed); expected an SDF file")
     return good, len(mols) - len(good)
 
@@ -128,7 +135,7 @@ def graph_to_mol(graph: MolecularGraph, vocabulary: Vocabulary):
     for i in index:
         atom = Chem.Atom(vocabulary.elements[int(types[i])])
         atom.SetFormalCharge(vocabulary.charges[int(charges[i])])
-        atom.SetNoImplicit(True)  # hydrogens are explicit atoms of the graph
+        atom.SetNoImplicit(not vocabulary.implicit_hydrogens)  # else hydrogens are atoms of the graph
         mol.AddAtom(atom)
     kinds = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
     for a, i in enumerate(index):

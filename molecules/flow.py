@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from discrete import MixturePath
+from discrete import MixturePath, posterior_rates
 from geoflow.continuous.paths import Polynomial
 from geoflow.continuous.couplings import exact_assignment, squared_distances
 from discrete.model import categorical_from_weights
@@ -67,7 +67,8 @@ class MoleculeSampler(eqx.Module):
     ``t`` with probability ``κ_t = t^token_power``), and the methods :meth:`predict` and
     :meth:`no_prediction`. Positions follow Euler steps of the straight-path velocity
     ``(x̂₁ − x)/(1 − t)``; each masked token leaves the mask with probability ``h κ̇/(1 − κ)`` in a
-    step of size ``h`` and draws its value from the predicted posterior; the last step takes the
+    step of size ``h`` (more with ``eta``, see :meth:`sample`) and draws its value from the
+    predicted posterior; the last step takes the
     predicted clean molecule, the posterior's mode for tokens still masked.
     """
 
@@ -92,30 +93,42 @@ class MoleculeSampler(eqx.Module):
         return tuple(MixturePath(size, scheduler=schedule)
                      for size in (len(self.vocabulary.elements), len(self.vocabulary.charges), len(BOND_ORDERS)))
 
-    def sample(self, key, n: int, *, steps: int = 100, num_atoms=None) -> MolecularGraph:
+    def sample(self, key, n: int, *, steps: int = 100, num_atoms=None, eta: float = 0.0,
+               noise: float = 0.0) -> MolecularGraph:
         """``n`` molecules as a batched :class:`MolecularGraph`; sizes drawn from the training
-        distribution unless ``num_atoms`` (an int or ``(n,)`` ints) is given."""
+        distribution unless ``num_atoms`` (an int or ``(n,)`` ints) is given. ``eta`` adds
+        detailed-balance noise to the tokens (Campbell et al. 2024): a known token returns to the
+        mask at rate η and masked ones leave it faster to match, which leaves every time's
+        marginal unchanged and lets a token drawn early, from a vague posterior, be drawn again.
+        ``noise`` does the same for positions: they follow the SDE ``dx = [v + η (t x̂₁ − x)/(1 − t)] dt
+        + σ √(2η(1 − t)) dW`` (σ the prior scale), whose marginals are the ODE's, and whose score
+        term pulls a path that strayed from the data's back towards it."""
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        for name, value in (("eta", eta), ("noise", noise)):
+            if not (0.0 <= float(value) < float("inf")):
+                raise ValueError(f"{name} must be finite and non-negative, got {value}")
         k_size, k_mol = jax.random.split(key)
         if num_atoms is None:
             num_atoms = jax.random.choice(k_size, self.max_atoms + 1, (n,), p=jnp.asarray(self.atom_counts))
         num_atoms = jnp.broadcast_to(jnp.asarray(num_atoms, jnp.int32), (n,))
         if int(jnp.max(num_atoms)) > self.max_atoms or int(jnp.min(num_atoms)) < 1:
             raise ValueError(f"num_atoms must be in [1, {self.max_atoms}]")
-        return _sample_molecules(self, jax.random.split(k_mol, n), num_atoms, steps=int(steps))
+        return _sample_molecules(self, jax.random.split(k_mol, n), num_atoms, jnp.float32(eta), jnp.float32(noise),
+                                 steps=int(steps))
 
-    def sample_molecules(self, key, n: int, *, steps: int = 100, num_atoms=None) -> list:
+    def sample_molecules(self, key, n: int, *, steps: int = 100, num_atoms=None, eta: float = 0.0,
+                         noise: float = 0.0) -> list:
         """``n`` sampled molecules as ``(rdkit.Chem.Mol, error)`` pairs (:func:`graph_to_mol`:
         ``error`` is None when RDKit sanitizes the molecule, else its message; the molecule is
         returned either way, with its conformer)."""
         from .chemistry import graph_to_mol
         from .graph import unstack_graphs
 
-        graphs = self.sample(key, n, steps=steps, num_atoms=num_atoms)
+        graphs = self.sample(key, n, steps=steps, num_atoms=num_atoms, eta=eta, noise=noise)
         return [graph_to_mol(g, self.vocabulary) for g in unstack_graphs(graphs)]
 
-    def _sample_one(self, key, num_atoms, steps):
+    def _sample_one(self, key, num_atoms, steps, eta, noise):
         p_a, p_c, p_b = self.paths
         n = self.max_atoms
         mask = jnp.arange(n) < num_atoms
@@ -128,16 +141,19 @@ class MoleculeSampler(eqx.Module):
         bonds = jnp.where(pair, p_b.mask_token, 0)
         h = 1.0 / steps
 
-        def unmask(key, tokens, logits, path, t, symmetric=False):
+        def jump(key, tokens, logits, path, t, where, symmetric=False):
+            """One Euler step of the CTMC with the posterior's rates (``discrete.posterior_rates``:
+            unmasking, and with ``eta > 0`` remasking at rate η), only at real entries ``where``."""
             k_jump, k_dest = jax.random.split(key)
-            masked = tokens == path.mask_token
+            flat = tokens.reshape(-1)
+            rates = posterior_rates(path, jax.nn.softmax(logits.reshape(flat.shape[0], -1), -1), flat, t, eta)
+            rates = rates * where.reshape(-1, 1)
+            p_jump = jnp.clip(h * jnp.sum(rates, -1), 0.0, 1.0).reshape(tokens.shape)
             u = symmetric_uniform(k_jump, n) if symmetric else jax.random.uniform(k_jump, tokens.shape)
-            jump = masked & (u < h * path.jump_coefficient(t))
-            flat = logits.reshape(-1, path.vocab_size)
-            draw = categorical_from_weights(k_dest, jax.nn.softmax(flat, -1)).reshape(tokens.shape)
+            draw = categorical_from_weights(k_dest, rates).reshape(tokens.shape)
             if symmetric:  # one draw per unordered pair
                 draw = jnp.triu(draw, 1) + jnp.triu(draw, 1).T
-            return jnp.where(jump, draw, tokens)
+            return jnp.where(u < p_jump, draw, tokens)
 
         def step(state, inputs):
             x, types, charges, bonds, previous = state
@@ -145,11 +161,15 @@ class MoleculeSampler(eqx.Module):
             t = k * h
             prediction = self.predict(x, types, charges, bonds, mask, t, previous)
             x1, a_logits, c_logits, b_logits = prediction
-            x = centre(x + h * (x1 - x) / (1 - t), maskf)
-            ka, kc, kb = jax.random.split(key, 3)
-            types = unmask(ka, types, a_logits, p_a, t)
-            charges = unmask(kc, charges, c_logits, p_c, t)
-            bonds = unmask(kb, bonds, b_logits, p_b, t, symmetric=True)
+            ka, kc, kb, kx = jax.random.split(key, 4)
+            # with noise η: the SDE with the same marginals, its drift pulled back by the score
+            # (t x̂₁ − x)/((1 − t)² σ²) of the Gaussian path
+            drift = ((x1 - x) + noise * (t * x1 - x)) / (1 - t)
+            diffusion = jnp.sqrt(2 * noise * (1 - t) * h) * self.prior_scale
+            x = centre(x + h * drift + diffusion * jax.random.normal(kx, x.shape), maskf)
+            types = jump(ka, types, a_logits, p_a, t, mask)
+            charges = jump(kc, charges, c_logits, p_c, t, mask)
+            bonds = jump(kb, bonds, b_logits, p_b, t, pair, symmetric=True)
             return (x, types, charges, bonds, as_previous(prediction)), None
 
         # the first step sees "no prediction yet", as half the training examples do
@@ -233,8 +253,8 @@ class MoleculeFlow(MoleculeSampler):
 
 
 @eqx.filter_jit
-def _sample_molecules(model, keys, num_atoms, *, steps):
-    return jax.vmap(lambda k, n: model._sample_one(k, n, steps))(keys, num_atoms)
+def _sample_molecules(model, keys, num_atoms, eta, noise, *, steps):
+    return jax.vmap(lambda k, n: model._sample_one(k, n, steps, eta, noise))(keys, num_atoms)
 
 
 def pack_graphs(graphs: MolecularGraph) -> np.ndarray:

@@ -44,10 +44,19 @@ class MolecularGraph(eqx.Module):
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Element symbols and formal charges, in index order; built from data with :meth:`from_counts`."""
+    """Element symbols and formal charges, in index order; built from data with :meth:`from_counts`.
+
+    With ``implicit_hydrogens=True`` hydrogens are not atoms of the graph: a graph holds the heavy
+    atoms, and RDKit completes each one's valence with hydrogens on the way out (as SMILES does).
+    """
 
     elements: tuple[str, ...]
     charges: tuple[int, ...] = (0,)
+    implicit_hydrogens: bool = False
+
+    def __post_init__(self):
+        if self.implicit_hydrogens and "H" in self.elements:
+            raise ValueError("a vocabulary with implicit hydrogens cannot list H among its elements")
 
     def element_index(self, symbol: str) -> int:
         try:
@@ -62,12 +71,13 @@ class Vocabulary:
             raise ValueError(f"formal charge {charge:+d} is outside this vocabulary's {self.charges}") from None
 
     @classmethod
-    def from_counts(cls, elements, charges) -> "Vocabulary":
+    def from_counts(cls, elements, charges, implicit_hydrogens: bool = False) -> "Vocabulary":
         """Elements in periodic-table order and charges in increasing order (0 always included)."""
         from rdkit import Chem
 
         table = Chem.GetPeriodicTable()
-        return cls(tuple(sorted(set(elements), key=table.GetAtomicNumber)), tuple(sorted(set(charges) | {0})))
+        return cls(tuple(sorted(set(elements), key=table.GetAtomicNumber)), tuple(sorted(set(charges) | {0})),
+                   implicit_hydrogens)
 
 
 def stack_graphs(graphs: list[MolecularGraph]) -> MolecularGraph:

@@ -68,19 +68,33 @@ def edm_atom_stability(elements: list[str], positions: np.ndarray) -> np.ndarray
     return np.array([EDM_VALENCE.get(e) == v for e, v in zip(elements, valence)], bool)
 
 
+def stability_modes(vocabulary: Vocabulary) -> tuple[str, ...]:
+    """The stability rules that apply to graphs of ``vocabulary``: ``("explicit", "edm")`` with
+    hydrogens as atoms, ``("implicit",)`` without (EDM's rule needs every hydrogen's position)."""
+    return ("implicit",) if vocabulary.implicit_hydrogens else ("explicit", "edm")
+
+
 def atom_stability(graph: MolecularGraph, vocabulary: Vocabulary, mode: str = "explicit") -> np.ndarray:
     """Per real atom of one graph, whether its valence is right: ``"explicit"`` sums the graph's
     bond orders and checks them against :data:`VALENCES` for the atom's formal charge; ``"edm"``
-    infers bonds from distances and checks :data:`EDM_VALENCE`."""
+    infers bonds from distances and checks :data:`EDM_VALENCE`; ``"implicit"`` (hydrogens left
+    implicit) asks that hydrogens can complete the valence: the bond orders sum to at most the
+    largest valence :data:`VALENCES` allows for the element and charge, as RDKit's implicit
+    hydrogen count does. The modes that apply to a vocabulary are :func:`stability_modes`."""
+    if mode not in stability_modes(vocabulary):
+        raise ValueError(f"stability mode {mode!r} does not apply to this vocabulary "
+                         f"(implicit_hydrogens={vocabulary.implicit_hydrogens}); expected one of "
+                         f"{stability_modes(vocabulary)}")
     mask = np.asarray(graph.mask, bool)
     elements = [vocabulary.elements[int(t)] for t in np.asarray(graph.atom_types)[mask]]
     if mode == "edm":
         return edm_atom_stability(elements, np.asarray(graph.positions)[mask])
-    if mode != "explicit":
-        raise ValueError(f"unknown stability mode {mode!r}; expected 'explicit' or 'edm'")
     valence = np.asarray(graph.bonds)[np.ix_(mask, mask)].sum(1)
     charges = [vocabulary.charges[int(c)] for c in np.asarray(graph.charges)[mask]]
-    return np.array([v in VALENCES.get((e, c), ()) for e, c, v in zip(elements, charges, valence)], bool)
+    allowed = [VALENCES.get((e, c), ()) for e, c in zip(elements, charges)]
+    if mode == "implicit":
+        return np.array([bool(a) and v <= max(a) for a, v in zip(allowed, valence)], bool)
+    return np.array([v in a for a, v in zip(allowed, valence)], bool)
 
 
 def stability(graphs: MolecularGraph | list[MolecularGraph], vocabulary: Vocabulary, mode: str = "explicit") -> dict:
@@ -95,7 +109,7 @@ def stability(graphs: MolecularGraph | list[MolecularGraph], vocabulary: Vocabul
 
 def molecule_metrics(graphs: MolecularGraph | list[MolecularGraph], vocabulary: Vocabulary,
                      train_smiles: list[str] | None = None) -> dict:
-    """Stability (both modes); validity as EDM computes it (RDKit sanitizes the molecule; its
+    """Stability (each of :func:`stability_modes`); validity as EDM computes it (RDKit sanitizes the molecule; its
     largest fragment is the molecule's SMILES), connectivity (valid and one fragment), uniqueness
     among the valid, ``validity × uniqueness`` and novelty against ``train_smiles`` (any valid
     SMILES spelling; each is canonicalised as the samples are). A molecule
@@ -122,7 +136,7 @@ def molecule_metrics(graphs: MolecularGraph | list[MolecularGraph], vocabulary: 
     if train_smiles is not None:  # canonicalised as the samples are, so that spelling cannot make a molecule novel
         known = {mol_to_smiles(m) for m in map(Chem.MolFromSmiles, train_smiles) if m is not None}
         out["novelty"] = len(unique - known) / max(len(unique), 1)
-    for mode in ("explicit", "edm"):
+    for mode in stability_modes(vocabulary):
         s = stability(graphs, vocabulary, mode)
         out[f"atom_stability_{mode}"], out[f"molecule_stability_{mode}"] = s["atom_stability"], s["molecule_stability"]
     return out

@@ -1,5 +1,7 @@
-"""QM9 with its DFT coordinates and explicit hydrogens, from the files the ``qm9pack`` package
-installs (read directly; nothing downloads), bonds perceived by RDKit's ``rdDetermineBonds``.
+"""QM9 with its DFT coordinates, from the files the ``qm9pack`` package installs (read directly;
+nothing downloads), bonds perceived by RDKit's ``rdDetermineBonds`` on all atoms; hydrogens are
+then kept as atoms (``hydrogens="explicit"``, up to 29 atoms) or left implicit (``"implicit"``:
+the heavy atoms only, up to 9, formal charges kept, so each hydrogen count is implied).
 
 Perception fails for a few percent of QM9 (strained cages whose geometry admits no neutral bond
 assignment); those molecules are counted and skipped, never raised on.
@@ -21,6 +23,16 @@ from .graph import MolecularGraph, Vocabulary, stack_graphs
 
 QM9_VOCABULARY = Vocabulary(("H", "C", "N", "O", "F"), (-1, 0, 1))
 QM9_MAX_ATOMS = 29
+QM9_HEAVY_VOCABULARY = Vocabulary(("C", "N", "O", "F"), (-1, 0, 1), implicit_hydrogens=True)
+QM9_HEAVY_MAX_ATOMS = 9
+HYDROGEN_MODES = {"explicit": (QM9_VOCABULARY, QM9_MAX_ATOMS), "implicit": (QM9_HEAVY_VOCABULARY, QM9_HEAVY_MAX_ATOMS)}
+
+
+def qm9_vocabulary(hydrogens: str = "explicit") -> tuple[Vocabulary, int]:
+    """QM9's ``(vocabulary, max_atoms)`` with hydrogens ``"explicit"`` (atoms) or ``"implicit"``."""
+    if hydrogens not in HYDROGEN_MODES:
+        raise ValueError(f"hydrogens must be one of {sorted(HYDROGEN_MODES)}; got {hydrogens!r}")
+    return HYDROGEN_MODES[hydrogens]
 
 
 @dataclass
@@ -61,11 +73,20 @@ def xyz_block(elements, coordinates) -> str:
     return f"{len(elements)}\n\n" + "\n".join(f"{e} {x:.8f} {y:.8f} {z:.8f}" for e, (x, y, z) in zip(elements, coordinates))
 
 
-def load_qm9(path=None, subset: int | None = None, seed: int = 0, vocabulary: Vocabulary = QM9_VOCABULARY,
-             max_atoms: int = QM9_MAX_ATOMS) -> MoleculeDataset:
+def load_qm9(path=None, subset: int | None = None, seed: int = 0, hydrogens: str = "explicit",
+             vocabulary: Vocabulary | None = None, max_atoms: int | None = None) -> MoleculeDataset:
     """QM9 molecules as graphs: all of qm9pack's files, or the CSV ``path``; ``subset`` draws that
-    many at random (by ``seed``) before bond perception, which is the slow part (~0.2 ms each)."""
+    many at random (by ``seed``) before bond perception, which is the slow part (~0.2 ms each).
+    ``hydrogens`` picks the default ``vocabulary`` and ``max_atoms`` (:func:`qm9_vocabulary`); a
+    vocabulary given must agree with it."""
     from .chemistry import mol_to_smiles
+
+    default_vocabulary, default_max_atoms = qm9_vocabulary(hydrogens)
+    vocabulary = default_vocabulary if vocabulary is None else vocabulary
+    max_atoms = default_max_atoms if max_atoms is None else int(max_atoms)
+    if vocabulary.implicit_hydrogens != (hydrogens == "implicit"):
+        raise ValueError(f"hydrogens={hydrogens!r} but the vocabulary has implicit_hydrogens="
+                         f"{vocabulary.implicit_hydrogens}; give one that agrees")
 
     files = [Path(path)] if path is not None else qm9_data_files()
     rows = [r for f in files for r in read_qm9_rows(f)]

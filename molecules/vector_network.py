@@ -74,10 +74,10 @@ class _VectorLayer(eqx.Module):
         self.gates_out = _dense(k[4], pair_width, 2 * vectors, scale=0.1)
         self.edge_out = _dense(k[5], pair_width, edge_size, scale=0.1)
         self.mix_u, self.mix_w = _dense(k[6], vectors, vectors), _dense(k[7], vectors, vectors)
-        self.update = MLP(scalars + vectors, scalars + vectors, scalars, 1, key=jax.random.fold_in(key, 1),
+        self.update = MLP(2 * scalars + vectors, scalars + vectors, scalars, 1, key=jax.random.fold_in(key, 1),
                           activation="silu", zero_last=True)
 
-    def __call__(self, s, v, e, rbf, direction, pair_mask, norm):
+    def __call__(self, s, v, e, rbf, direction, pair_mask, maskf, norm):
         v_count = self.mix_u.shape[0]
         s_in, v_in = _normalized(s, v)
         h = jax.nn.silu((s_in @ self.receiver)[:, None] + (s_in @ self.sender)[None]
@@ -90,7 +90,10 @@ class _VectorLayer(eqx.Module):
         # PaiNN's update: invariant norms of mixed vectors steer both kinds of channel
         s_mid, v_mid = _normalized(s_in + ds, v_in + dv)
         u, w = v_mid @ self.mix_u, v_mid @ self.mix_w
-        a = jax.vmap(self.update)(jnp.concatenate([s_mid, jnp.sqrt(jnp.sum(u**2, 1) + 1e-8)], -1))
+        # the molecule's mean scalars: one step from every atom to the whole (which molecule is forming)
+        whole = jnp.sum(s_mid * maskf[:, None], 0) / jnp.maximum(jnp.sum(maskf), 1)
+        a = jax.vmap(self.update)(jnp.concatenate([s_mid, jnp.broadcast_to(whole, s_mid.shape),
+                                                   jnp.sqrt(jnp.sum(u**2, 1) + 1e-8)], -1))
         return s + ds + a[:, : s.shape[-1]], v + dv + a[:, None, s.shape[-1]:] * w, e
 
 
@@ -169,7 +172,7 @@ class VectorNetwork(eqx.Module):
         norm = math.sqrt(n)
 
         def apply(layer, carry, _):
-            s, v, e = layer(*carry, rbf, direction, pair_mask, norm)
+            s, v, e = layer(*carry, rbf, direction, pair_mask, maskf, norm)
             return s * maskf[:, None], v * maskf[:, None, None], e * pair_mask[..., None]
 
         s, v, e = scan_layers(self.layers, apply, (s, v, e))

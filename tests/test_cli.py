@@ -141,16 +141,20 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
     sample_csv = Path(__file__).parent / "qm9_sample.csv"
     run = tmp_path / "mol"
     assert main(["molecules", "train", "--data-path", str(sample_csv), "--subset", "24", "--steps", "4", "--batch-size", "8",
-                 "--scalars", "8", "--vectors", "2", "--layers", "1", "--out", str(run), "--quiet"]) == 0
+                 "--hydrogens", "implicit", "--scalars", "8", "--vectors", "2", "--layers", "1", "--out", str(run),
+                 "--quiet"]) == 0
     assert json.loads((run / "run.json").read_text())["molecules"] > 20
     assert main(["molecules", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(tmp_path / "s.sdf")]) == 0
     capsys.readouterr()
-    assert main(["molecules", "evaluate", str(tmp_path / "s.sdf"), "--train-smiles", str(run / "train_smiles.txt")]) == 0
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["molecules"] == 3 and 0 <= m["validity"] <= 1 and "atom_stability_edm" in m
-    (tmp_path / "bad.sdf").write_text("not an sdf\n")
+    for sdf, count in [("s.sdf", 3), ("empty.sdf", 0), ("bad.sdf", 1)]:  # bad input is counted, never a traceback
+        (tmp_path / "empty.sdf").write_text("")
+        (tmp_path / "bad.sdf").write_text("not an sdf\n")
+        assert main(["molecules", "evaluate", str(tmp_path / sdf), "--hydrogens", "implicit",
+                     "--train-smiles", str(run / "train_smiles.txt")]) == 0
+        m = json.loads((tmp_path / "metrics.json").read_text())
+        assert m["molecules"] == count and 0 <= m["validity"] <= 1, m
+        assert "atom_stability_implicit" in m and "atom_stability_edm" not in m  # EDM's rule needs hydrogens
     for argv, message in [(["molecules", "evaluate", str(tmp_path / "missing.sdf")], "does not exist"),
-                          (["molecules", "evaluate", str(tmp_path / "bad.sdf")], "no readable SDF records"),
                           (["molecules", "sample", "--run", str(tmp_path), "--out", str(tmp_path / "x.sdf")], "no model.eqx")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

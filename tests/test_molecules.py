@@ -43,6 +43,43 @@ def test_qm9_from_files_and_the_published_data_stability():
     assert abs(atom - 0.990) < 0.006 and abs(molecule - 0.952) < 0.035, (atom, molecule)
 
 
+def test_qm9_with_implicit_hydrogens_keeps_every_molecule():
+    """Heavy atoms only (≤ 9), charges kept: every molecule comes back as the same canonical SMILES
+    as with explicit hydrogens, and the implicit-hydrogen stability rule (hydrogens can complete
+    each valence) calls an atom with too many bonds unstable and one with too few stable."""
+    from molecules import QM9_HEAVY_VOCABULARY, stability_modes
+
+    explicit, implicit = load_qm9(QM9_SAMPLE), load_qm9(QM9_SAMPLE, hydrogens="implicit")
+    assert implicit.smiles == explicit.smiles and implicit.vocabulary == QM9_HEAVY_VOCABULARY
+    assert np.asarray(implicit.graphs.mask).shape[1] == 9 and "H" not in implicit.vocabulary.elements
+    heavy = (np.asarray(explicit.graphs.atom_types) != 0) & np.asarray(explicit.graphs.mask)
+    np.testing.assert_array_equal(np.asarray(implicit.graphs.mask).sum(1), heavy.sum(1))
+    assert any("+" in s for s in implicit.smiles)  # charged molecules of QM9 keep their charges
+    metrics = molecule_metrics(implicit.graphs, implicit.vocabulary, implicit.smiles)
+    assert metrics["validity"] == 1.0 and metrics["molecule_stability_implicit"] == 1.0
+    assert stability_modes(QM9_HEAVY_VOCABULARY) == ("implicit",) and "molecule_stability_edm" not in metrics
+
+    ethanol = graph_from_smiles("CCO", QM9_HEAVY_VOCABULARY)
+    assert int(ethanol.mask.sum()) == 3 and mol_to_smiles(graph_to_mol(ethanol, QM9_HEAVY_VOCABULARY)[0]) == "CCO"
+    bonds = np.asarray(ethanol.bonds).copy()
+    bonds[0, 1] = bonds[1, 0] = 0  # methane and methanol: each atom takes one more hydrogen
+    apart = MolecularGraph(ethanol.positions, ethanol.atom_types, ethanol.charges, bonds, ethanol.mask)
+    bonds = bonds.copy()
+    bonds[0, 1] = bonds[1, 0] = 3
+    bonds[1, 2] = bonds[2, 1] = 2  # carbon with five bonds
+    crowded = MolecularGraph(ethanol.positions, ethanol.atom_types, ethanol.charges, bonds, ethanol.mask)
+    assert stability([apart], QM9_HEAVY_VOCABULARY, "implicit")["molecule_stability"] == 1.0
+    assert stability([crowded], QM9_HEAVY_VOCABULARY, "implicit")["molecule_stability"] == 0.0
+    m = molecule_metrics([apart, crowded], QM9_HEAVY_VOCABULARY)
+    assert m["validity"] == 0.5 and m["connectivity"] == 0.0
+    with pytest.raises(ValueError, match="does not apply"):
+        stability([apart], QM9_HEAVY_VOCABULARY, "edm")
+    with pytest.raises(ValueError, match="cannot list H"):
+        Vocabulary(("H", "C"), implicit_hydrogens=True)
+    with pytest.raises(ValueError, match="implicit_hydrogens"):
+        load_qm9(QM9_SAMPLE, hydrogens="implicit", vocabulary=QM9_VOCABULARY)
+
+
 def test_metrics_count_broken_molecules():
     vocab = QM9_VOCABULARY
     good = graph_from_smiles("CCO", vocab, max_atoms=12)
@@ -232,12 +269,12 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3)
 
 
-@pytest.mark.parametrize("token_power", [1.0, 3.0])
-def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power):
+@pytest.mark.parametrize("token_power, eta", [(1.0, 0.0), (3.0, 0.0), (1.0, 3.0)])
+def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power, eta):
     """Given the true posterior of four molecules, the sampler returns those molecules (graphs
     exact, positions to float precision) in proportion to their probabilities, under either token
-    schedule: the position steps, the symmetric bond draws and the final step agree with the
-    training path."""
+    schedule and with remasking noise: the position steps, the symmetric bond draws, the
+    detailed-balance rates and the final step agree with the training path."""
     import jax
     from scipy import stats
 
@@ -250,7 +287,7 @@ def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power):
     probs = np.array([0.4, 0.3, 0.2, 0.1])
     oracle = ExactMoleculePosterior(graphs, vocab, probs, token_power=token_power)
     n = 400
-    samples = unstack_graphs(oracle.sample(jax.random.key(0), n, steps=100))
+    samples = unstack_graphs(oracle.sample(jax.random.key(0), n, steps=100, eta=eta))
     found = []
     for s in samples:
         same = [i for i, g in enumerate(unstack_graphs(graphs)) if np.array_equal(s.mask, g.mask)
