@@ -1,10 +1,10 @@
 """``geoflow molecules train | sample | evaluate``: 3-D molecule generation on QM9.
 
-- ``train --data qm9 [--hydrogens explicit|implicit] [--data-path CSV] [--subset N --steps S --out DIR]`` fits a
+- ``train --data qm9 [--hydrogens implicit|explicit] [--data-path CSV] [--subset N --steps S --out DIR]`` fits a
   :class:`molecules.flow.MoleculeFlow` and writes ``DIR/model.eqx``, ``DIR/run.json``;
 - ``sample --run DIR -n N --out FILE.sdf`` writes every sampled molecule, sanitized or not (so
   that ``evaluate`` scores the invalid ones too), and ``FILE.npz`` with the raw graphs;
-- ``evaluate FILE.sdf [--hydrogens explicit|implicit] [--train-smiles FILE]`` writes ``metrics.json``
+- ``evaluate FILE.sdf [--hydrogens implicit|explicit] [--train-smiles FILE]`` writes ``metrics.json``
   beside the SDF; unreadable records, elements outside the vocabulary and an empty file are
   counted as invalid molecules.
 """
@@ -27,9 +27,10 @@ def add_parser(sub, choice):
     t.add_argument("--data", type=choice(("qm9",), "molecule data set"), default="qm9")
     t.add_argument("--data-path", type=Path, help="a qm9pack-format CSV instead of qm9pack's installed files")
     t.add_argument("--subset", type=int, help="train on this many molecules drawn at random")
-    t.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="explicit",
-                   help="hydrogens as atoms (QM9 up to 29 atoms) or implicit (heavy atoms only, up to 9)")
-    add_training_arguments(t, steps=2000, batch_size=32)
+    t.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="implicit",
+                   help="implicit (heavy atoms only, up to 9; the default) or hydrogens as atoms (up to 29)")
+    # the run behind RESULTS' implicit-hydrogen row: 97.7% valid after 20,000 steps (1.5 CPU hours)
+    add_training_arguments(t, steps=20_000, batch_size=64)
     t.add_argument("--scalars", type=int, default=64, help="scalar channels of the network")
     t.add_argument("--vectors", type=int, default=16, help="vector channels (each parity) of the network")
     t.add_argument("--layers", type=int, default=4)
@@ -44,7 +45,7 @@ def add_parser(sub, choice):
     e = msub.add_parser("evaluate", help="score an SDF file: stability, validity, uniqueness, novelty")
     e.add_argument("sdf", type=Path, help="molecules to score (sample's .sdf; records RDKit cannot read count as invalid)")
     e.add_argument("--train-smiles", type=Path, help="a file of training SMILES (one per line) for novelty")
-    e.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="explicit",
+    e.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="implicit",
                    help="score with QM9's vocabulary with hydrogens as atoms or implicit (as the run was trained)")
     return m
 
@@ -64,7 +65,7 @@ def cmd_train(args) -> dict:
     counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
     model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=jax.random.key(args.seed), scalars=args.scalars,
                          vectors=args.vectors, layers=args.layers)
-    model, history = fit(model, data.graphs, key=jax.random.key(args.seed + 1), loss=MoleculeFlowMatching(),
+    model, history = fit(model, data.graphs, key=jax.random.key(args.seed + 1), loss=MoleculeFlowMatching(permute=True),
                          **fit_options(args))
     args.out.mkdir(parents=True, exist_ok=True)
     save(args.out / "model.eqx", model)

@@ -259,6 +259,13 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     assert prepared.shape == (4, 9) and all(sorted(p) == list(range(9)) for p in np.asarray(prepared))
     np.testing.assert_allclose(loss(model, rows, None, key, prepared=prepared), loss(model, rows, None, key), rtol=1e-6)
     assert MoleculeFlowMatching().prepare(model, rows, None, key) is None
+    # geometry distortion moves x_t only: every example distorted changes the loss, none leaves it as it was
+    g0 = jax.tree.map(lambda a: a[0], graphs)
+    plain = MoleculeFlowMatching().terms(model, g0, key, t=0.7)
+    np.testing.assert_array_equal(MoleculeFlowMatching(distortion=(0.0, 0.5)).terms(model, g0, key, t=0.7), plain)
+    assert not np.allclose(MoleculeFlowMatching(distortion=(1.0, 0.5)).terms(model, g0, key, t=0.7)[0], plain[0])
+    with pytest.raises(ValueError, match="distortion"):
+        MoleculeFlowMatching(distortion=(1.5, 0.3))
 
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
@@ -300,3 +307,34 @@ def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power, 
     assert stats.chisquare(counts, probs * len(found)).pvalue > 1e-3, counts
     with pytest.raises(ValueError, match="token_power"):
         ExactMoleculePosterior(graphs, vocab, token_power=0.0)
+
+
+@pytest.mark.slow
+def test_molecule_flow_memorises_sixteen_molecules():
+    """A network that cannot reproduce a handful of molecules it has seen thousands of times has a
+    defect. Sixteen QM9 molecules (7–9 heavy atoms, implicit hydrogens), the small network
+    (32 scalars, 8 vectors, 3 layers), 12,000 steps of batch 16 (about 3.5 CPU minutes): of 64
+    samples (1,000 steps, token remasking η = 300, which lets a token drawn from an early, vague
+    posterior be drawn again once the molecule has formed) at least 90% are valid and at least
+    80% are one of the sixteen, by canonical SMILES. Without remasking the same model returns
+    a training molecule about 40% of the time."""
+    import jax
+
+    import geoflow as gf
+    from molecules import stack_graphs, unstack_graphs
+    from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+
+    data = load_qm9(QM9_SAMPLE, hydrogens="implicit")
+    chosen = [i for i, g in enumerate(unstack_graphs(data.graphs)) if int(g.mask.sum()) >= 7][:16]
+    graphs = stack_graphs([unstack_graphs(data.graphs)[i] for i in chosen])
+    smiles = {data.smiles[i] for i in chosen}
+    assert len(smiles) == 16
+    counts = np.bincount(np.asarray(graphs.mask).sum(1), minlength=10)
+    model = MoleculeFlow(data.vocabulary, 9, counts, key=jax.random.key(0), scalars=32, vectors=8, layers=3)
+    # every molecule is trained on (no held-out part), and the model returned is the best on them
+    model, _ = gf.fit(model, graphs, key=jax.random.key(1), loss=MoleculeFlowMatching(permute=True), steps=12_000,
+                      batch_size=16, learning_rate=3e-3, val_data=graphs, eval_every=1200, progress=False)
+    built = model.sample_molecules(jax.random.key(2), 64, steps=1000, eta=300.0)
+    valid = [mol_to_smiles(m) for m, error in built if error is None]
+    identical = sum(s in smiles for s in valid)
+    assert len(valid) >= 0.9 * 64 and identical >= 0.8 * 64, (len(valid), identical)

@@ -20,8 +20,8 @@ SMALL = {
     "05-discrete-flows.ipynb": f"STEPS_TOY = 30\nSTEPS_SORTED = 30\nSTEPS_QM9 = 20\nQM9_DIM, QM9_DEPTH = 32, 1\n"
                                f"QM9_PATH = {str(QM9_FIXTURE)!r}\nN_SAMPLES = 300\nN_ELBO = 100\nWIDTH, BATCH = 32, 128\n"
                                "SAMPLING_STEPS = 8\nELBO_SAMPLES = 4\nSTEP_COUNTS, ETAS = (4,), (0.0, 5.0)",
-    "06-molecules.ipynb": f"QM9_PATH = {str(QM9_MOLECULES)!r}\nSUBSET = 200\nSTEPS = 10\nSCALARS, VECTORS, LAYERS = 8, 2, 1\n"
-                          "N_SAMPLES = 6\nSAMPLING_STEPS = 5",
+    "06-molecules.ipynb": f"QM9_PATH = {str(QM9_MOLECULES)!r}\nHYDROGENS = 'implicit'\nSUBSET = 200\nSTEPS = 10\nBATCH = 16\n"
+                          "SCALARS, VECTORS, LAYERS = 8, 2, 1\nN_SAMPLES = 6\nSAMPLING_STEPS = 5",
     "07-protein-backbones.ipynb": "LENGTH = 8\nSTEPS = 10\nWIDTH, LAYERS = 16, 1\nN_SAMPLES = 4\nSAMPLING_STEPS = 4\nN_NLL = 2",
 }
 
