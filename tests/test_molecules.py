@@ -325,8 +325,9 @@ def test_molecule_flow_memorises_sixteen_molecules():
     from molecules.flow import MoleculeFlow, MoleculeFlowMatching
 
     data = load_qm9(QM9_SAMPLE, hydrogens="implicit")
-    chosen = [i for i, g in enumerate(unstack_graphs(data.graphs)) if int(g.mask.sum()) >= 7][:16]
-    graphs = stack_graphs([unstack_graphs(data.graphs)[i] for i in chosen])
+    every = unstack_graphs(data.graphs)
+    chosen = [i for i, g in enumerate(every) if int(g.mask.sum()) >= 7][:16]
+    graphs = stack_graphs([every[i] for i in chosen])
     smiles = {data.smiles[i] for i in chosen}
     assert len(smiles) == 16
     counts = np.bincount(np.asarray(graphs.mask).sum(1), minlength=10)
