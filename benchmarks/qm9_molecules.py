@@ -6,7 +6,8 @@ molecules, with the curve of these against CPU time, beside the published rows â
 
 A long run is checkpointed after every chunk and resumed with ``--resume`` (same arguments);
 the curve is kept in the checkpoint's directory and continues across runs. Figures go to
-``results/qm9_molecules_<hydrogens>.json`` (``--quick`` only prints them).
+``results/qm9_molecules_<hydrogens>.json``, ``â€¦_<hydrogens>_e3nn.json`` for the e3nn network
+(``--quick`` only prints them).
 
 Usage: python benchmarks/qm9_molecules.py [--quick] [--hydrogens implicit|explicit] [--subset N]
        [--steps S] [--eval-every K] [--samples M] [--checkpoint DIR --resume]
@@ -86,6 +87,8 @@ def main():
         point = {"step": step, "cpu_s": cpu_before + time.process_time() - cpu0,
                  "train_loss": history.train_loss[-1], **{k: m[k] for k in CURVE_KEYS},
                  "molecule_stability": m[f"molecule_stability_{'implicit' if args.hydrogens == 'implicit' else 'explicit'}"]}
+        if args.hydrogens == "explicit":  # EDM's distance rule scores the geometry as well
+            point["molecule_stability_edm"] = m["molecule_stability_edm"]
         curve.append(point)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
         if curve_path:
@@ -110,7 +113,8 @@ def main():
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()
                       if k not in ("published", "curve")}))
     if not args.quick:  # a smoke run never replaces the recorded long run
-        path = Path(__file__).parent / "results" / f"qm9_molecules_{args.hydrogens}.json"
+        suffix = "" if args.network == "vector" else f"_{args.network}"
+        path = Path(__file__).parent / "results" / f"qm9_molecules_{args.hydrogens}{suffix}.json"
         path.write_text(json.dumps(out, indent=1))
         print(f"wrote {path}")
 
