@@ -6,8 +6,9 @@
   ``DIR/model.eqx`` and ``DIR/run.json`` (with the exact held-out NLL per residue on ``K``
   fragments when asked);
 - ``sample --run DIR -n N --out OUT/`` writes ``OUT/sample_000.pdb`` … and ``OUT/backbones.npy``;
-- ``evaluate OUT/ [--data-path …]`` scores every PDB in ``OUT/`` against held-out fragments of the
-  same length and writes ``OUT/metrics.json``.
+- ``evaluate OUT/ [--data-path …]`` scores every PDB in ``OUT/`` against fragments of the same
+  length — every chain of ``--data-path``, or the embedded set's held-out chains — and writes
+  ``OUT/metrics.json`` with the reference chains and fragment count under ``reference_set``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def add_parser(sub, choice):
     add_training_arguments(t, steps=3000, batch_size=64)
     t.add_argument("--width", type=int, default=128)
     t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--prediction", choices=("frames", "velocity"), default="frames",
+                   help="the network predicts the clean frames (FrameFlow) or the velocity")
     t.add_argument("--rotation-rate", type=float, default=0.0,
-                   help="move rotations on an exponential schedule with this rate (FrameFlow uses 10); 0: linear")
+                   help="rotations' training path: exponential at this rate; 0: linear (FrameFlow)")
+    t.add_argument("--sample-rotation-rate", type=float, default=10.0,
+                   help="with --prediction frames, rotations' sampling schedule: exponential at this rate "
+                        "(FrameFlow: 10); 0: linear")
     t.add_argument("--ot", action="store_true", help="minibatch OT pairing of prior and data translations")
     t.add_argument("--auxiliary-weight", type=float, default=0.0,
                    help="weight of FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
@@ -42,21 +48,30 @@ def add_parser(sub, choice):
     s = psub.add_parser("sample", help="sample backbones into PDB files")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
-    s.add_argument("--steps", type=int, default=100, help="Euler steps of the ODE")
+    s.add_argument("--steps", type=int, default=100, help="geodesic Euler steps of the ODE")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output folder")
     e = psub.add_parser("evaluate", help="score a folder of backbone PDB files against held-out data")
     e.add_argument("folder", type=Path)
-    e.add_argument("--data-path", type=Path, help="the data the reference fragments come from (default: embedded)")
+    e.add_argument("--data-path", type=Path, help="reference backbones, all of them (.npz of the embedded format, a PDB "
+                   "file or a folder of them); default: the embedded set's held-out chains")
     return p
 
 
 def _loss(args):
     from molecules.proteins import FrameFlowMatching
+
+    return FrameFlowMatching(rotation_scheduler=_schedule(args.rotation_rate), ot=args.ot,
+                             auxiliary_weight=args.auxiliary_weight)
+
+
+def _schedule(rate: float):
+    """``Exponential(rate)``, or the linear schedule for rate 0."""
     from .continuous.paths import CondOT, Exponential
 
-    scheduler = Exponential(args.rotation_rate) if args.rotation_rate > 0 else CondOT()
-    return FrameFlowMatching(rotation_scheduler=scheduler, ot=args.ot, auxiliary_weight=args.auxiliary_weight)
+    if rate < 0:
+        raise ValueError(f"rotation rates must be non-negative (0: linear), got {rate}")
+    return Exponential(rate) if rate > 0 else CondOT()
 
 
 def heldout_nll_per_residue(model, test_points, length: int) -> float:
@@ -77,7 +92,8 @@ def cmd_train(args) -> dict:
     t0 = time.perf_counter()
     data = load_fragments(args.length, args.data_path, args.stride)
     points = points_from_backbones(data.train)
-    model = frameflow(jax.random.key(args.seed), args.length, width=args.width, layers=args.layers)
+    model = frameflow(jax.random.key(args.seed), args.length, width=args.width, layers=args.layers,
+                      prediction=args.prediction, rotation_scheduler=_schedule(args.sample_rotation_rate))
     model, history = fit(model, points, key=jax.random.key(args.seed + 1), loss=_loss(args),
                          **fit_options(args))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +135,7 @@ def cmd_sample(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from molecules.proteins import backbone_metrics, load_fragments, read_pdb
+    from molecules.proteins import backbone_metrics, cut_fragments, load_chains, load_fragments, read_pdb
 
     if not args.folder.is_dir():
         raise FileNotFoundError(f"{args.folder} is not a folder of PDB files (geoflow proteins sample --out)")
@@ -131,9 +147,16 @@ def cmd_evaluate(args) -> dict:
     if len(lengths) != 1:
         raise ValueError(f"the PDB files hold fragments of different lengths {sorted(lengths)}; evaluate one length at a time")
     length = lengths.pop()
-    reference = load_fragments(length, args.data_path).test
-    res = backbone_metrics(np.asarray(backbones), reference if len(reference) else None)
+    if args.data_path is None:  # the embedded set: the chains training held out
+        held_out = load_fragments(length)
+        reference, names = held_out.test, held_out.test_chains
+        source = "embedded backbones.npz, held-out chains (every 5th)"
+    else:  # the user's reference: every chain of it
+        chains = load_chains(args.data_path)
+        reference, names, source = cut_fragments(chains, length), [c["name"] for c in chains], str(args.data_path)
+    res = backbone_metrics(np.asarray(backbones), reference)
     res["length"] = length
+    res["reference_set"] = {"source": source, "chains": names, "fragments": int(len(reference))}
     from .cli import report
 
     return report(args.folder / "metrics.json", res)

@@ -173,6 +173,19 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     assert main(["proteins", "evaluate", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["samples"]["fragments"] == 3 and m["length"] == 6 and 0 <= m["ramachandran_js"] <= np.log(2)
+    from molecules.proteins import cut_fragments, load_chains, load_fragments
+    from molecules.proteins.data import EMBEDDED
+    assert m["reference_set"]["fragments"] == m["reference"]["fragments"] == len(load_fragments(6).test)
+    from molecules.proteins import write_pdb
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    for i, c in enumerate(load_chains()[:2]):
+        write_pdb(folder / f"chain_{i}.pdb", c["backbone"])
+    for reference, chains in [(EMBEDDED, load_chains()), (folder, load_chains(folder))]:  # all of a file, of a folder
+        assert main(["proteins", "evaluate", str(out), "--data-path", str(reference)]) == 0
+        used = json.loads((out / "metrics.json").read_text())["reference_set"]
+        assert used["chains"] == [c["name"] for c in chains] and used["fragments"] == len(cut_fragments(chains, 6))
+    assert len(load_chains()) == 40 and len(load_chains(folder)) == 2
     for argv, message in [(["proteins", "evaluate", str(tmp_path / "nothing")], "not a folder"),
                           (["proteins", "evaluate", str(tmp_path)], "no .pdb files"),
                           (["proteins", "train", "--length", "6", "--data-path", str(tmp_path / "x.npz")], "no backbone file"),

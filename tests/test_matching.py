@@ -13,6 +13,7 @@ import geoflow as gf
 from geoflow.continuous import (AffinePath, BridgePath, CondOT, Cosine, FlowMatching, Guided, Polynomial,
                                 VariancePreserving, cfm, couple, distill, fixed, flow_matching, reflow,
                                 sinkhorn_log_plan, squared_distances, straightness)
+from geoflow.continuous.paths import Exponential
 from geoflow.datasets.toy2d import sample_toy
 from geoflow.metrics import sliced_wasserstein
 
@@ -45,6 +46,20 @@ def test_parameterisation_conversions_round_trip(scheduler):
     np.testing.assert_allclose(path.noise_from_velocity(t, xt, v), x0, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(path.velocity_from_x1(t, xt, x1), v, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(path.velocity_from_noise(t, xt, x0), v, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", [CondOT(), Polynomial(2.0), Exponential(10.0)], ids=lambda s: type(s).__name__)
+def test_remaining_rate_turns_a_clean_prediction_into_the_velocity(scheduler):
+    """``u_t = rate(t)·(x₁ − x_t)`` on paths with ``σ = 1 − α``, and Exponential's closed form
+    keeps its digits in float32 where ``1 − α_t`` has lost them."""
+    path = AffinePath(scheduler)
+    x0, x1 = jax.random.normal(jax.random.key(1), (2, 4))
+    for t in (0.05, 0.5, 0.9):
+        xt, v = path.sample(jnp.float32(t), x0, x1, jnp.zeros(4))
+        np.testing.assert_allclose(scheduler.remaining_rate(jnp.float32(t)) * (x1 - xt), v, rtol=2e-4, atol=2e-4)
+    if isinstance(scheduler, Exponential):
+        exact = 10.0 / -np.expm1(-10.0 * (1 - float(np.float32(0.999))))
+        assert float(scheduler.remaining_rate(jnp.float32(0.999))) == pytest.approx(exact, rel=1e-5)
 
 
 def test_minibatch_ot_lowers_the_transport_cost():

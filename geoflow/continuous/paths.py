@@ -29,6 +29,13 @@ class Scheduler(eqx.Module):
         (a, s), (da, ds) = jax.jvp(self.__call__, (t,), (jnp.ones_like(t),))
         return a, s, da, ds
 
+    def remaining_rate(self, t):
+        """``α̇_t / (1 − α_t)``: the velocity at ``x_t`` of the path from ``x₀`` to ``x₁`` is this
+        rate times the way left (``x₁ − x_t``, or a geodesic's log map), so a model that predicts
+        ``x₁`` is turned into a field by it (infinite at ``t = 1``)."""
+        a, _, da, _ = self.with_derivatives(t)
+        return da / (1 - a)
+
 
 class CondOT(Scheduler):
     """The conditional-OT (linear) schedule ``α = t, σ = 1 − (1 − σ_min) t`` (Lipman et al.
@@ -79,6 +86,10 @@ class Exponential(Scheduler):
     def __call__(self, t):
         a = -jnp.expm1(-self.rate * t) / -math.expm1(-self.rate)
         return a, 1 - a
+
+    def remaining_rate(self, t):
+        # closed form: 1 − α_t loses its digits in float32 near t = 1
+        return -self.rate / jnp.expm1(-self.rate * (1 - t))
 
 
 SCHEDULERS = {"cond-ot": CondOT, "linear": CondOT, "polynomial": Polynomial,

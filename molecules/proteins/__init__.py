@@ -5,7 +5,8 @@ likelihoods, and backbone metrics."""
 from .data import Fragments, cut_fragments, load_chains, load_fragments, split_at_breaks
 from .geometry import (backbone_dihedrals, backbone_from_dihedrals, backbone_from_frames, dihedral,
                        frames_from_backbone, place_atom)
-from .metrics import backbone_metrics, ca_ca_distances, clashes, radius_of_gyration, ramachandran_js, secondary_structure
+from .metrics import (backbone_metrics, ca_ca_distances, clashes, nearest_rmsd, radius_of_gyration, ramachandran_js,
+                      secondary_structure)
 from .model import (FrameFlowMatching, backbones_from_points, frame_manifold, frame_prior, frameflow,
                     points_from_backbones, rotation_path, sample_backbones)
 from .network import FrameNetwork
@@ -14,6 +15,6 @@ from .pdb import read_pdb, write_pdb
 __all__ = ["FrameFlowMatching", "FrameNetwork", "Fragments", "backbone_dihedrals", "backbone_from_dihedrals",
            "backbone_from_frames", "backbone_metrics", "backbones_from_points", "ca_ca_distances", "clashes",
            "cut_fragments", "dihedral", "frame_manifold", "frame_prior", "frameflow", "frames_from_backbone",
-           "load_chains", "load_fragments", "place_atom", "points_from_backbones", "radius_of_gyration",
+           "load_chains", "load_fragments", "nearest_rmsd", "place_atom", "points_from_backbones", "radius_of_gyration",
            "ramachandran_js", "read_pdb", "rotation_path", "sample_backbones", "secondary_structure",
            "split_at_breaks", "write_pdb"]

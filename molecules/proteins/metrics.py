@@ -5,7 +5,8 @@ with reference (held-out) fragments by :func:`backbone_metrics`.
 - steric clashes: CA atoms of residues at least 3 apart in sequence closer than 3.0 Å;
 - radius of gyration of the CA atoms;
 - secondary structure from CA atoms alone: biotite's P-SEA annotation (Labesse et al. 1997);
-- Ramachandran: the Jensen–Shannon divergence between φ/ψ histograms (15° bins).
+- Ramachandran: the Jensen–Shannon divergence between φ/ψ histograms (15° bins);
+- memorisation: each sample's backbone RMSD to the nearest of a set of fragments.
 """
 
 from __future__ import annotations
@@ -92,6 +93,30 @@ def ramachandran_js(a, b, bins: int = 24) -> float:
     m = 0.5 * (p + q)
     kl = lambda a: np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0))
     return float(0.5 * kl(p) + 0.5 * kl(q))
+
+
+def nearest_rmsd(samples, references) -> np.ndarray:
+    """``(F,)`` for each sample the smallest backbone RMSD (Å, the N, CA, C atoms after optimal
+    superposition by a proper rotation) to any of the ``references`` ``(R, L, 4, 3)``."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..flow import kabsch_rotation
+
+    def atoms(b):
+        x = jnp.asarray(_check(b)[:, :, :3].reshape(len(b), -1, 3), jnp.float32)
+        return x - x.mean(1, keepdims=True)
+
+    a, r = atoms(samples), atoms(references)
+    if a.shape[1] != r.shape[1]:
+        raise ValueError(f"samples and references differ in length: {a.shape[1] // 3} and {r.shape[1] // 3} residues")
+    ones = jnp.ones(a.shape[1], jnp.float32)
+
+    def rmsd(x, y):
+        return jnp.sqrt(jnp.mean(jnp.sum((x @ kabsch_rotation(x, y, ones).T - y) ** 2, -1)))
+
+    pairwise = jax.jit(jax.vmap(lambda x: jax.vmap(lambda y: rmsd(x, y))(r)))(a)
+    return np.asarray(pairwise.min(1), np.float64)
 
 
 def backbone_metrics(samples, reference=None) -> dict:

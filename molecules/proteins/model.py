@@ -19,10 +19,9 @@ import numpy as np
 from geoflow.continuous import ODEFlow, ODESolver, ode_flow_of
 from geoflow.continuous.couplings import exact_pairing
 from geoflow.continuous.matching import source_is_trained
-from geoflow.continuous.ode import fixed
-from geoflow.continuous.paths import CondOT, Scheduler
+from geoflow.continuous.paths import CondOT, Exponential, Scheduler
 from geoflow.distributions import Transformed
-from manifolds import CentredPoints, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
+from manifolds import CentredPoints, geodesic_euler, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
 from manifolds.distributions import IGSO3, PowerDistribution
 from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
@@ -71,37 +70,66 @@ def backbones_from_points(points, length: int) -> np.ndarray:
     return np.asarray(jax.vmap(backbone_from_frames)(rotations, translations))
 
 
+PREDICTIONS = ("frames", "velocity")
+_END = 1e-2  # the field's rates are capped at their value this far from t = 1, where they diverge
+
+
 class FrameField(eqx.Module):
-    """The ODE's vector field on :func:`frame_manifold`: a :class:`FrameNetwork` on flat points."""
+    """The ODE's vector field on :func:`frame_manifold`, from a :class:`FrameNetwork` on flat points.
+
+    ``prediction="frames"`` (FrameFlow's parameterisation) reads the network's outputs as the
+    way to the clean frames — ``R̂₁ᵢ = Rᵢ exp[ωᵢ]×``, ``ĉ₁ = c + d`` — and the velocity is that
+    way times ``rotation_scheduler.remaining_rate(t)`` for rotations and ``1/(1 − t)`` for
+    translations, so the last Euler step lands on the prediction. FrameFlow trains rotations on a
+    linear path and samples them on ``Exponential(10)``, which settles the rotations early and
+    leaves the late steps to the translations. ``prediction="velocity"`` reads the outputs as the
+    velocity itself (``rotation_scheduler`` unused)."""
 
     network: FrameNetwork
     manifold: Product
+    rotation_scheduler: Scheduler
     length: int = eqx.field(static=True)
+    prediction: str = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
-    def __init__(self, length: int, *, key, **network_kwargs):
+    def __init__(self, length: int, *, key, prediction: str = "frames", rotation_scheduler: Scheduler | None = None,
+                 **network_kwargs):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.network = FrameNetwork(key=key, **network_kwargs)
         self.manifold = frame_manifold(length)
-        self.length, self.shape, self.cond_shape = length, (12 * length,), None
+        self.rotation_scheduler = Exponential(10.0) if rotation_scheduler is None else rotation_scheduler
+        self.length, self.prediction, self.shape, self.cond_shape = length, prediction, (12 * length,), None
+
+    def outputs(self, t, x):
+        """The network's ``(ω (L, 3), d (L, 3))`` at the flat point ``x`` (see :meth:`FrameNetwork.outputs`)."""
+        return self.network.outputs(t, *self.manifold.split(x))
 
     def __call__(self, t, x, condition=None, *, keep=None):
-        return self.manifold.join(self.network(t, *self.manifold.split(x)))
+        rotations, translations = self.manifold.split(x)
+        omega, displacement = self.network.outputs(t, rotations, translations)
+        if self.prediction == "frames":
+            end = jnp.minimum(t, 1 - _END)
+            omega = omega * self.rotation_scheduler.remaining_rate(end)
+            displacement = displacement / (1 - end)
+        return self.manifold.join([rotations @ jax.vmap(hat)(omega), displacement])
 
 
 def frameflow(key, length: int, *, rotation_eps: float | None = None, translation_sigma: float = 1.0,
-              solver: ODESolver | None = None, trace: str = "exact", **network_kwargs) -> Transformed:
+              solver: ODESolver | None = None, trace: str = "exact", prediction: str = "frames",
+              rotation_scheduler: Scheduler | None = None, **network_kwargs) -> Transformed:
     """A frame flow for fragments of ``length`` residues: prior :func:`frame_prior`, field a
-    :class:`FrameNetwork` (keyword arguments passed on), `solver` and `trace` as for
-    :class:`geoflow.continuous.ODEFlow`.
+    :class:`FrameField` (`prediction`, `rotation_scheduler`; the remaining keyword arguments go to
+    its :class:`FrameNetwork`), `solver` and `trace` as for :class:`geoflow.continuous.ODEFlow`.
 
     The default solver is adaptive (Tsit5, ``rtol = atol = 1e-5``), so ``log_prob`` is the ODE's
     likelihood to about 1e-4 nats per dimension; a fixed-step solver makes it an approximation
     (100 Euler steps are off by about 0.03 nats per dimension on a trained model). Sample with
-    :func:`sample_backbones`, which takes fixed Euler steps."""
+    :func:`sample_backbones`, which takes geodesic Euler steps."""
     if length < 2:
         raise ValueError(f"fragments need at least 2 residues, got length={length}")
-    field = FrameField(length, key=key, **network_kwargs)
+    field = FrameField(length, key=key, prediction=prediction, rotation_scheduler=rotation_scheduler, **network_kwargs)
     return Transformed(frame_prior(length, rotation_eps, translation_sigma),
                        ODEFlow(field, ODESolver() if solver is None else solver, trace, frame_manifold(length)))
 
@@ -119,9 +147,8 @@ def predicted_end(rt, ct, vr, vc, t, scheduler: Scheduler):
     """The clean frames the velocity points at: each rotation continued along its geodesic for
     the remaining ``(1 − α_t)/α̇_t`` of the schedule, translations for the remaining ``1 − t``
     (exact when the velocity is the conditional target)."""
-    a, _, da, _ = scheduler.with_derivatives(t)
     omega = jax.vmap(lambda r, v: vee(r.T @ v))(rt, vr)  # body angular velocities
-    r1 = rt @ jax.vmap(rotvec_to_matrix)(omega * (1 - a) / da)
+    r1 = rt @ jax.vmap(rotvec_to_matrix)(omega / scheduler.remaining_rate(t))
     return r1, ct + (1 - t) * vc
 
 
@@ -145,20 +172,27 @@ def _translation_pairing(x0, x1, length: int):
 
 
 class FrameFlowMatching(eqx.Module):
-    """``E[w_R Σᵢ ‖v_R − Ṙᵢ‖² + w_t Σᵢ ‖v_t − ṫᵢ‖²] / L`` along geodesics: rotations from the
-    prior to the data with ``rotation_scheduler`` (``Exponential(10)`` moves them early, as
-    FrameFlow), CA positions on straight lines (linear schedule). ``ot=True`` pairs prior and
-    data fragments within a batch by an exact assignment on the squared CA distances (minibatch
-    OT for translations). ``auxiliary_weight > 0`` adds, for ``t > auxiliary_after``,
-    :func:`backbone_distance_loss` between the frames the velocity points at
-    (:func:`predicted_end`) and the data (FrameFlow's backbone and distance losses; the ideal
-    atoms sit on the frames, so the velocity alone still determines everything)."""
+    """Flow matching along geodesics of ``SO(3)ᴸ × C``: rotations from the prior to the data with
+    ``rotation_scheduler`` (the training path), CA positions on straight lines.
+
+    For a field with ``prediction="frames"`` the loss is FrameFlow's: the squared error of the
+    predicted way to the clean frames, ``w(t) [w_R Σᵢ ‖ω̂ᵢ − log(R_tᵢᵀR₁ᵢ)‖² + w_t Σᵢ ‖ĉ₁ᵢ − c₁ᵢ‖²] / L``
+    with ``w(t) = 1/max(1 − t, 1 − clip)²`` — the velocity loss of a linear path with its weight
+    capped near the data. For ``prediction="velocity"`` it is
+    ``E[w_R Σᵢ ‖v_R − Ṙᵢ‖² + w_t Σᵢ ‖v_t − ṫᵢ‖²] / L``.
+
+    ``ot=True`` pairs prior and data fragments within a batch by an exact assignment on the
+    squared CA distances (minibatch OT for translations). ``auxiliary_weight > 0`` adds, for
+    ``t > auxiliary_after``, :func:`backbone_distance_loss` between the predicted clean frames
+    (:func:`predicted_end` of the velocity) and the data (FrameFlow's backbone and distance
+    losses; the ideal atoms sit on the frames, so the frames alone determine everything)."""
 
     rotation_scheduler: Scheduler = eqx.field(default_factory=CondOT)
     ot: bool = eqx.field(static=True, default=False)
     weights: tuple[float, float] = eqx.field(static=True, default=(1.0, 1.0))
     auxiliary_weight: float = eqx.field(static=True, default=0.0)
     auxiliary_after: float = eqx.field(static=True, default=0.75)
+    clip: float = eqx.field(static=True, default=0.9)
 
     def prepare(self, model, x1, condition, key):
         """The OT pairing of prior and data translations for one step (``None`` without
@@ -185,11 +219,20 @@ class FrameFlowMatching(eqx.Module):
             (r0, c0), (r1, c1) = manifold.split(a), manifold.split(b)
             rt, dr = jax.vmap(lambda p, q: rotation_path(p, q, ti, self.rotation_scheduler))(r0, r1)
             ct, dc = (1 - ti) * c0 + ti * c1, c1 - c0
-            vr, vc = manifold.split(flow.velocity(ti, manifold.join([rt, ct])))
-            # SO(3)'s metric is ½ tr(uᵀv): ‖R[ω]×‖² = |ω|²
-            value = (wr * 0.5 * jnp.sum((vr - dr) ** 2) + wt * jnp.sum((vc - dc) ** 2)) / length
-            if self.auxiliary_weight > 0:
+            xt = manifold.join([rt, ct])
+            if flow.field.prediction == "frames":
+                omega_hat, d_hat = flow.field.outputs(ti, xt)
+                omega = jax.vmap(lambda p, q: matrix_to_rotvec(p.T @ q))(rt, r1)
+                weight = 1 / jnp.maximum(1 - ti, 1 - self.clip) ** 2
+                value = weight * (wr * jnp.sum((omega_hat - omega) ** 2)
+                                  + wt * jnp.sum((d_hat - (c1 - ct)) ** 2)) / length
+                r_hat, c_hat = rt @ jax.vmap(rotvec_to_matrix)(omega_hat), ct + d_hat
+            else:
+                vr, vc = manifold.split(flow.velocity(ti, xt))
+                # SO(3)'s metric is ½ tr(uᵀv): ‖R[ω]×‖² = |ω|²
+                value = (wr * 0.5 * jnp.sum((vr - dr) ** 2) + wt * jnp.sum((vc - dc) ** 2)) / length
                 r_hat, c_hat = predicted_end(rt, ct, vr, vc, ti, self.rotation_scheduler)
+            if self.auxiliary_weight > 0:
                 late = (ti > self.auxiliary_after).astype(value.dtype)
                 value = value + self.auxiliary_weight * late * backbone_distance_loss(r_hat, c_hat, r1, c1)
             return value
@@ -198,13 +241,10 @@ class FrameFlowMatching(eqx.Module):
 
 
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100) -> np.ndarray:
-    """``n`` backbones ``(n, L, 4, 3)`` in Å, integrating the ODE with ``steps`` Euler steps
-    (``None``: the model's own solver)."""
-    from geoflow.continuous.matching import with_solver
-
-    if steps is not None:
-        if steps < 1:
-            raise ValueError(f"steps must be a positive number of Euler steps (or None), got {steps}")
-        model = with_solver(model, fixed(int(steps)))
-    points = model.sample(key, n)
+    """``n`` backbones ``(n, L, 4, 3)`` in Å by ``steps`` geodesic Euler steps
+    (:func:`manifolds.geodesic_euler`, FrameFlow's sampler; ``None``: the model's own ODE solver)."""
+    if steps is None:
+        points = model.sample(key, n)
+    else:
+        points = geodesic_euler(model, key, n, steps)
     return backbones_from_points(points, ode_flow_of(model).field.length)

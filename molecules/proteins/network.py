@@ -130,6 +130,13 @@ class FrameNetwork(eqx.Module):
         self.head = MLP(width, 6, width, 1, key=k[3], activation="silu")
 
     def __call__(self, t, rotations, translations):
+        omega, displacement = self.outputs(t, rotations, translations)
+        return rotations @ jax.vmap(hat)(omega), displacement
+
+    def outputs(self, t, rotations, translations):
+        """``(ω (L, 3), d (L, 3))``: per residue a rotation vector in its own frame and a global
+        displacement with zero mean, ``d = Rᵢ vᵢ − mean``; :meth:`__call__` reads them as the
+        velocities ``(Rᵢ[ωᵢ]×, dᵢ)``, a clean-frame field as the way to the clean frames."""
         n = rotations.shape[0]
         pair = jax.vmap(jax.vmap(self.pair_in))(
             pair_features(rotations, translations, self.offsets, self.radial, self.distance_top))
@@ -139,6 +146,5 @@ class FrameNetwork(eqx.Module):
         h = scan_layers(self.layers, lambda layer, h, _: layer(h, pair, rotations, translations), h)
         out = jax.vmap(self.head)(h)
         omega, v = out[:, :3], out[:, 3:]
-        rotation_velocity = rotations @ jax.vmap(hat)(omega)
-        translation_velocity = jnp.einsum("nab,nb->na", rotations, v)
-        return rotation_velocity, translation_velocity - jnp.mean(translation_velocity, 0)
+        displacement = jnp.einsum("nab,nb->na", rotations, v)
+        return omega, displacement - jnp.mean(displacement, 0)
