@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import numpy as np
 
@@ -51,7 +52,7 @@ def main():
                     help="the network predicts the clean frames (FrameFlow) or the velocity")
     ap.add_argument("--train-rotation-rate", type=float, default=0.0,
                     help="rotations' training path: exponential at this rate, 0 linear")
-    ap.add_argument("--sample-rotation-rate", type=float, default=10.0,
+    ap.add_argument("--sample-rotation-rate", type=float, default=3.0,
                     help="with --prediction frames, rotations' sampling schedule: exponential at this rate, 0 linear")
     ap.add_argument("--auxiliary-weight", type=float, default=0.0,
                     help="FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
@@ -103,6 +104,14 @@ def main():
                "sample_fragments_per_s": args.samples / sample_s, "final_train_loss": hist.train_loss[-1],
                "curve": curve, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
+        if args.prediction == "frames":  # the same model sampled with other rotation schedules
+            row["sampling_rates"] = {}
+            for rate in (0.0, 3.0, 10.0):
+                other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, schedule(rate))
+                row["sampling_rates"][str(rate)] = brief(backbone_metrics(
+                    sample_backbones(other, jax.random.key(2), args.samples, steps=args.sampling_steps), data.test))
+                print(f"  sampled at rotation rate {rate:4.1f}:", json.dumps(
+                    {k: round(v, 3) for k, v in row["sampling_rates"][str(rate)].items() if "reference" not in k}))
         if length == min(args.lengths) and args.nll > 0:
             test, seen = points_from_backbones(data.test[: args.nll]), train[: args.nll]
             t0 = time.perf_counter()

@@ -36,9 +36,9 @@ def add_parser(sub, choice):
                    help="the network predicts the clean frames (FrameFlow) or the velocity")
     t.add_argument("--rotation-rate", type=float, default=0.0,
                    help="rotations' training path: exponential at this rate; 0: linear (FrameFlow)")
-    t.add_argument("--sample-rotation-rate", type=float, default=10.0,
+    t.add_argument("--sample-rotation-rate", type=float, default=3.0,
                    help="with --prediction frames, rotations' sampling schedule: exponential at this rate "
-                        "(FrameFlow: 10); 0: linear")
+                        "(FrameFlow: 10, more helix than the data); 0: linear")
     t.add_argument("--ot", action="store_true", help="minibatch OT pairing of prior and data translations")
     t.add_argument("--auxiliary-weight", type=float, default=0.0,
                    help="weight of FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")

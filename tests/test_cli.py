@@ -164,7 +164,8 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
 def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     run, out = tmp_path / "frames", tmp_path / "samples"
     assert main(["proteins", "train", "--length", "6", "--steps", "4", "--batch-size", "8", "--width", "16",
-                 "--layers", "1", "--rotation-rate", "10", "--ot", "--auxiliary-weight", "0.25", "--nll", "2", "--out", str(run), "--quiet"]) == 0
+                 "--layers", "1", "--prediction", "velocity", "--rotation-rate", "10", "--ot", "--auxiliary-weight", "0.25", "--nll", "2",
+                 "--out", str(run), "--quiet"]) == 0
     res = json.loads((run / "run.json").read_text())
     assert res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
     assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out)]) == 0

@@ -80,9 +80,12 @@ class FrameField(eqx.Module):
     ``prediction="frames"`` (FrameFlow's parameterisation) reads the network's outputs as the
     way to the clean frames — ``R̂₁ᵢ = Rᵢ exp[ωᵢ]×``, ``ĉ₁ = c + d`` — and the velocity is that
     way times ``rotation_scheduler.remaining_rate(t)`` for rotations and ``1/(1 − t)`` for
-    translations, so the last Euler step lands on the prediction. FrameFlow trains rotations on a
-    linear path and samples them on ``Exponential(10)``, which settles the rotations early and
-    leaves the late steps to the translations. ``prediction="velocity"`` reads the outputs as the
+    translations (both capped at their value at ``t = 0.99``), so an Euler step of 0.01 from
+    there lands on the prediction. As FrameFlow, rotations are trained on a linear path and
+    sampled on an exponential schedule, which settles them early: the default ``Exponential(3)``
+    reproduces the training fragments' helix fraction on the embedded set, FrameFlow's rate 10
+    tightens the CA–CA spacing a little but doubles the helices, the linear schedule loses most
+    of them (``benchmarks/RESULTS.md``). ``prediction="velocity"`` reads the outputs as the
     velocity itself (``rotation_scheduler`` unused)."""
 
     network: FrameNetwork
@@ -99,7 +102,7 @@ class FrameField(eqx.Module):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.network = FrameNetwork(key=key, **network_kwargs)
         self.manifold = frame_manifold(length)
-        self.rotation_scheduler = Exponential(10.0) if rotation_scheduler is None else rotation_scheduler
+        self.rotation_scheduler = Exponential(3.0) if rotation_scheduler is None else rotation_scheduler
         self.length, self.prediction, self.shape, self.cond_shape = length, prediction, (12 * length,), None
 
     def outputs(self, t, x):
