@@ -23,10 +23,9 @@ import numpy as np
 
 import geoflow as gf
 from geoflow.metrics import nll
-from geoflow.continuous.paths import CondOT, Exponential
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, sample_backbones)
-from molecules.proteins.model import PREDICTIONS
+from molecules.proteins.model import PREDICTIONS, rotation_schedule
 
 
 def brief(metrics: dict) -> dict:
@@ -63,16 +62,15 @@ def main():
     ap.add_argument("--tag", default="", help="suffix of the results file (a variant keeps the default run's)")
     args = ap.parse_args()
     if args.quick:
-        args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 4, 2
+        args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
         args.width, args.layers = 32, 1
-    schedule = lambda rate: Exponential(rate) if rate > 0 else CondOT()
     out = {"args": vars(args), "lengths": {}}
     for length in args.lengths:
         data = load_fragments(length, stride=4)
         train = points_from_backbones(data.train)
         model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, prediction=args.prediction,
-                          rotation_scheduler=schedule(args.sample_rotation_rate))
-        loss = FrameFlowMatching(rotation_scheduler=schedule(args.train_rotation_rate), ot=True,
+                          rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
+        loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
                                  auxiliary_weight=args.auxiliary_weight)
         curve, every = [], max(args.steps // args.curve, 1)
         clock = {"eval": 0.0, "start": time.process_time()}
@@ -107,9 +105,10 @@ def main():
         if args.prediction == "frames":  # the same model sampled with other rotation schedules
             row["sampling_rates"] = {}
             for rate in (0.0, 3.0, 10.0):
-                other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, schedule(rate))
-                row["sampling_rates"][str(rate)] = brief(backbone_metrics(
-                    sample_backbones(other, jax.random.key(2), args.samples, steps=args.sampling_steps), data.test))
+                other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
+                row["sampling_rates"][str(rate)] = brief(row["model"]) if rate == args.sample_rotation_rate else brief(
+                    backbone_metrics(sample_backbones(other, jax.random.key(2), args.samples, steps=args.sampling_steps),
+                                     data.test))
                 print(f"  sampled at rotation rate {rate:4.1f}:", json.dumps(
                     {k: round(v, 3) for k, v in row["sampling_rates"][str(rate)].items() if "reference" not in k}))
         if length == min(args.lengths) and args.nll > 0:

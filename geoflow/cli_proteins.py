@@ -60,18 +60,11 @@ def add_parser(sub, choice):
 
 def _loss(args):
     from molecules.proteins import FrameFlowMatching
+    from molecules.proteins.model import rotation_schedule
 
-    return FrameFlowMatching(rotation_scheduler=_schedule(args.rotation_rate), ot=args.ot,
+    return FrameFlowMatching(rotation_scheduler=rotation_schedule(args.rotation_rate), ot=args.ot,
                              auxiliary_weight=args.auxiliary_weight)
 
-
-def _schedule(rate: float):
-    """``Exponential(rate)``, or the linear schedule for rate 0."""
-    from .continuous.paths import CondOT, Exponential
-
-    if rate < 0:
-        raise ValueError(f"rotation rates must be non-negative (0: linear), got {rate}")
-    return Exponential(rate) if rate > 0 else CondOT()
 
 
 def heldout_nll_per_residue(model, test_points, length: int) -> float:
@@ -88,12 +81,13 @@ def cmd_train(args) -> dict:
     from .serialization import save
     from .train import fit
     from molecules.proteins import frameflow, load_fragments, points_from_backbones
+    from molecules.proteins.model import rotation_schedule
 
     t0 = time.perf_counter()
     data = load_fragments(args.length, args.data_path, args.stride)
     points = points_from_backbones(data.train)
     model = frameflow(jax.random.key(args.seed), args.length, width=args.width, layers=args.layers,
-                      prediction=args.prediction, rotation_scheduler=_schedule(args.sample_rotation_rate))
+                      prediction=args.prediction, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
     model, history = fit(model, points, key=jax.random.key(args.seed + 1), loss=_loss(args),
                          **fit_options(args))
     args.out.mkdir(parents=True, exist_ok=True)

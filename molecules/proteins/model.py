@@ -71,6 +71,13 @@ def backbones_from_points(points, length: int) -> np.ndarray:
 
 
 PREDICTIONS = ("frames", "velocity")
+
+
+def rotation_schedule(rate: float) -> Scheduler:
+    """``Exponential(rate)``, or the linear schedule for rate 0."""
+    if rate < 0:
+        raise ValueError(f"rotation rates must be non-negative (0: linear), got {rate}")
+    return Exponential(rate) if rate > 0 else CondOT()
 _END = 1e-2  # the field's rates are capped at their value this far from t = 1, where they diverge
 
 
