@@ -5,7 +5,7 @@
   chains; an ``.npz`` of that format, a PDB file or a folder of them) and writes
   ``DIR/model.eqx`` and ``DIR/run.json`` (with the exact held-out NLL per residue on ``K``
   fragments when asked);
-- ``sample --run DIR -n N --out OUT/`` writes ``OUT/sample_000.pdb`` … and ``OUT/backbones.npy``;
+- ``sample --run DIR -n N [--denoise-from S] --out OUT/`` writes ``OUT/sample_000.pdb`` … and ``OUT/backbones.npy``;
 - ``evaluate OUT/ [--data-path …]`` scores every PDB in ``OUT/`` against fragments of the same
   length — every chain of ``--data-path``, or the embedded set's held-out chains — and writes
   ``OUT/metrics.json`` with the reference chains and fragment count under ``reference_set``.
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .cli_training import add_training_arguments, fit_options
+
+DENOISE_FROM = 0.95  # where a clean-frame model's prediction is taken (molecules.proteins.sample_backbones)
 
 
 def add_parser(sub, choice):
@@ -49,6 +51,9 @@ def add_parser(sub, choice):
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
     s.add_argument("--steps", type=int, default=100, help="geodesic Euler steps of the ODE")
+    s.add_argument("--denoise-from", type=float, default=None,
+                   help="stop the steps at this t and take the predicted clean frames there (a clean-frame "
+                        f"model; default {DENOISE_FROM}); 1: integrate to t = 1 (the only choice for a velocity model)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output folder")
     e = psub.add_parser("evaluate", help="score a folder of backbone PDB files against held-out data")
@@ -64,7 +69,6 @@ def _loss(args):
 
     return FrameFlowMatching(rotation_scheduler=rotation_schedule(args.rotation_rate), ot=args.ot,
                              auxiliary_weight=args.auxiliary_weight)
-
 
 
 def heldout_nll_per_residue(model, test_points, length: int) -> float:
@@ -115,14 +119,22 @@ def cmd_sample(args) -> dict:
         raise ValueError(f"{args.run} does not hold a protein frame flow (geoflow proteins train)")
     if args.n < 1 or args.steps < 1:
         raise ValueError(f"-n and --steps must be positive, got {args.n} and {args.steps}")
+    clean_frames = model.bijection.field.prediction == "frames"
+    denoise_from = (DENOISE_FROM if clean_frames else 1.0) if args.denoise_from is None else args.denoise_from
+    if not 0.0 < denoise_from <= 1.0:
+        raise ValueError(f"--denoise-from must lie in (0, 1], got {denoise_from}")
+    if denoise_from < 1.0 and not clean_frames:
+        raise ValueError(f"--denoise-from {denoise_from} needs a clean-frame model; {args.run} predicts velocities")
     t0 = time.perf_counter()
-    backbones = sample_backbones(model, jax.random.key(args.seed), args.n, steps=args.steps)
+    backbones = sample_backbones(model, jax.random.key(args.seed), args.n, steps=args.steps,
+                                 denoise_from=denoise_from if denoise_from < 1.0 else None)
     seconds = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     for i, b in enumerate(backbones):
         write_pdb(args.out / f"sample_{i:03d}.pdb", b)
     np.save(args.out / "backbones.npy", backbones)
-    res = {"n": args.n, "steps": args.steps, "length": int(backbones.shape[1]), "sample_seconds": seconds}
+    res = {"n": args.n, "steps": args.steps, "denoise_from": denoise_from, "length": int(backbones.shape[1]),
+           "sample_seconds": seconds}
     print(f"wrote {args.n} PDB files and backbones.npy to {args.out}")
     print(json.dumps(res))
     return res

@@ -72,23 +72,26 @@ def rfm(key, manifold: Manifold, *, prior: Distribution | None = None, width: in
 
 
 
-def geodesic_euler(model: Transformed, key, n: int, steps: int):
+def geodesic_euler(model: Transformed, key, n: int, steps: int, t_end: float = 1.0):
     """``n`` samples ``(n, *shape)`` of an unconditional manifold flow ``model`` by ``steps``
-    Riemannian Euler steps ``x ← exp_x(h v(t, x))`` from ``t = 0`` to ``1``. Every iterate lies
-    on the manifold whatever the step, where the ODE solver's ambient steps (projected at the
-    end) leave it by ``O(h²|v|²)`` a step and feed the field points off it: a field with large
-    speeds, such as one that predicts the clean point, needs this sampler at few steps."""
+    Riemannian Euler steps ``x ← exp_x(h v(t, x))`` from ``t = 0`` to ``t_end`` (the state at
+    ``t_end``; 1: the samples). Every iterate lies on the manifold whatever the step, where the
+    ODE solver's ambient steps (projected at the end) leave it by ``O(h²|v|²)`` a step and feed
+    the field points off it: a field with large speeds, such as one that predicts the clean
+    point, needs this sampler at few steps."""
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive number of Euler steps, got {steps}")
+    if not 0.0 < t_end <= 1.0:
+        raise ValueError(f"t_end must lie in (0, 1], got {t_end}")
     flow = ode_flow_of(model)
     if flow.manifold is None:
         raise ValueError("geodesic_euler needs a flow on a manifold (ODEFlow(..., manifold=M))")
-    return _geodesic_euler(flow, model.base.sample(key, n), int(steps))
+    return _geodesic_euler(flow, model.base.sample(key, n), int(steps), float(t_end))
 
 
 @eqx.filter_jit
-def _geodesic_euler(flow: ODEFlow, x, steps: int):
-    h = 1.0 / steps
+def _geodesic_euler(flow: ODEFlow, x, steps: int, t_end: float):
+    h = t_end / steps
 
     def one(x):
         def step(x, k):

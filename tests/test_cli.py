@@ -170,7 +170,7 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     assert res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
     assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out)]) == 0
     assert len(list(out.glob("*.pdb"))) == 3
-    capsys.readouterr()
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["denoise_from"] == 1.0  # a velocity model
     assert main(["proteins", "evaluate", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["samples"]["fragments"] == 3 and m["length"] == 6 and 0 <= m["ramachandran_js"] <= np.log(2)
@@ -191,7 +191,9 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
                           (["proteins", "evaluate", str(tmp_path)], "no .pdb files"),
                           (["proteins", "train", "--length", "6", "--data-path", str(tmp_path / "x.npz")], "no backbone file"),
                           (["proteins", "train", "--length", "900", "--steps", "1"], "no unbroken stretch of 900"),
-                          (["proteins", "sample", "--run", str(tmp_path), "--out", str(out)], "no model.eqx")]:
+                          (["proteins", "sample", "--run", str(tmp_path), "--out", str(out)], "no model.eqx"),
+                          (["proteins", "sample", "--run", str(run), "--denoise-from", "0.9", "--out", str(out)],
+                           "needs a clean-frame model")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

@@ -10,7 +10,7 @@ import pytest
 from geoflow.continuous.paths import CondOT, Exponential
 from manifolds import SO3, CentredPoints, geodesic_euler, hat, matrix_to_rotvec, rotvec_to_matrix
 from molecules.proteins import (FrameFlowMatching, FrameNetwork, backbone_dihedrals, backbone_from_dihedrals,
-                                backbone_from_frames, backbone_metrics, ca_ca_distances, clashes, cut_fragments,
+                                backbone_from_frames, backbone_metrics, backbones_from_points, ca_ca_distances, clashes, cut_fragments,
                                 dihedral, frame_manifold, frameflow, frames_from_backbone, load_chains,
                                 load_fragments, place_atom, points_from_backbones, radius_of_gyration,
                                 ramachandran_js, read_pdb, rotation_path, sample_backbones, secondary_structure,
@@ -288,6 +288,13 @@ def test_a_clean_frame_oracle_has_zero_loss_the_path_velocity_and_samples_the_da
         np.testing.assert_allclose(vc, c1 - c0, atol=1e-4)
     samples = geodesic_euler(model, jax.random.key(3), 4, 20)
     np.testing.assert_allclose(samples, jnp.repeat(x1, 4, 0), atol=1e-4)
+    # halfway the path is far from the fragment, and the clean frames predicted there are the fragment
+    halfway = geodesic_euler(model, jax.random.key(3), 4, 10, t_end=0.5)
+    assert float(jnp.abs(halfway - x1).max()) > 0.1
+    np.testing.assert_allclose(sample_backbones(model, jax.random.key(3), 4, steps=10, denoise_from=0.5),
+                               np.repeat(backbones_from_points(x1, length), 4, 0), atol=1e-3)
+    with pytest.raises(ValueError, match="denoise_from"):
+        sample_backbones(model, jax.random.key(3), 4, steps=10, denoise_from=1.0)
 
 
 def test_geodesic_euler_is_exact_for_a_constant_body_velocity():
@@ -310,6 +317,8 @@ def test_geodesic_euler_is_exact_for_a_constant_body_velocity():
     r0 = model.base.sample(jax.random.key(0), 3)
     expected = r0 @ rotvec_to_matrix(jnp.array([1.5, -0.5, 2.0]))
     np.testing.assert_allclose(geodesic_euler(model, jax.random.key(0), 3, 4), expected, atol=1e-5)
+    halfway = r0 @ rotvec_to_matrix(0.5 * jnp.array([1.5, -0.5, 2.0]))
+    np.testing.assert_allclose(geodesic_euler(model, jax.random.key(0), 3, 4, t_end=0.5), halfway, atol=1e-5)
     assert float(jnp.abs(model.sample(jax.random.key(0), 3) - expected).max()) > 1e-2
     with pytest.raises(ValueError, match="positive"):
         geodesic_euler(model, jax.random.key(0), 3, 0)

@@ -78,6 +78,8 @@ def rotation_schedule(rate: float) -> Scheduler:
     if rate < 0:
         raise ValueError(f"rotation rates must be non-negative (0: linear), got {rate}")
     return Exponential(rate) if rate > 0 else CondOT()
+
+
 _END = 1e-2  # the field's rates are capped at their value this far from t = 1, where they diverge
 
 
@@ -115,6 +117,16 @@ class FrameField(eqx.Module):
     def outputs(self, t, x):
         """The network's ``(ω (L, 3), d (L, 3))`` at the flat point ``x`` (see :meth:`FrameNetwork.outputs`)."""
         return self.network.outputs(t, *self.manifold.split(x))
+
+    def clean(self, t, x):
+        """The clean frames the network predicts at ``(t, x)``, a flat point ``(12·L,)``:
+        ``Rᵢ exp[ωᵢ]×`` and ``c + d`` (``prediction="frames"`` only)."""
+        if self.prediction != "frames":
+            raise ValueError(f"clean frames are the outputs of a prediction='frames' field, this one predicts "
+                             f"{self.prediction!r}")
+        rotations, translations = self.manifold.split(x)
+        omega, displacement = self.network.outputs(t, rotations, translations)
+        return self.manifold.join([rotations @ jax.vmap(rotvec_to_matrix)(omega), translations + displacement])
 
     def __call__(self, t, x, condition=None, *, keep=None):
         rotations, translations = self.manifold.split(x)
@@ -194,8 +206,9 @@ class FrameFlowMatching(eqx.Module):
     ``ot=True`` pairs prior and data fragments within a batch by an exact assignment on the
     squared CA distances (minibatch OT for translations). ``auxiliary_weight > 0`` adds, for
     ``t > auxiliary_after``, :func:`backbone_distance_loss` between the predicted clean frames
-    (:func:`predicted_end` of the velocity) and the data (FrameFlow's backbone and distance
-    losses; the ideal atoms sit on the frames, so the frames alone determine everything)."""
+    (:func:`predicted_end` of the velocity) and the data, weighted by the same ``w(t)`` (FrameFlow's
+    backbone and distance losses on atoms scaled by ``1/(1 − t)``; the ideal atoms sit on the
+    frames, so the frames alone determine everything)."""
 
     rotation_scheduler: Scheduler = eqx.field(default_factory=CondOT)
     ot: bool = eqx.field(static=True, default=False)
@@ -230,10 +243,10 @@ class FrameFlowMatching(eqx.Module):
             rt, dr = jax.vmap(lambda p, q: rotation_path(p, q, ti, self.rotation_scheduler))(r0, r1)
             ct, dc = (1 - ti) * c0 + ti * c1, c1 - c0
             xt = manifold.join([rt, ct])
+            weight = 1 / jnp.maximum(1 - ti, 1 - self.clip) ** 2  # FrameFlow's: errors scaled by 1/(1 − t)
             if flow.field.prediction == "frames":
                 omega_hat, d_hat = flow.field.outputs(ti, xt)
                 omega = jax.vmap(lambda p, q: matrix_to_rotvec(p.T @ q))(rt, r1)
-                weight = 1 / jnp.maximum(1 - ti, 1 - self.clip) ** 2
                 value = weight * (wr * jnp.sum((omega_hat - omega) ** 2)
                                   + wt * jnp.sum((d_hat - (c1 - ct)) ** 2)) / length
                 r_hat, c_hat = rt @ jax.vmap(rotvec_to_matrix)(omega_hat), ct + d_hat
@@ -244,17 +257,37 @@ class FrameFlowMatching(eqx.Module):
                 r_hat, c_hat = predicted_end(rt, ct, vr, vc, ti, self.rotation_scheduler)
             if self.auxiliary_weight > 0:
                 late = (ti > self.auxiliary_after).astype(value.dtype)
-                value = value + self.auxiliary_weight * late * backbone_distance_loss(r_hat, c_hat, r1, c1)
+                value = value + self.auxiliary_weight * late * weight * backbone_distance_loss(r_hat, c_hat, r1, c1)
             return value
 
         return jnp.mean(jax.vmap(one)(t, x0, x1))
 
 
-def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100) -> np.ndarray:
+def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
+                     denoise_from: float | None = None) -> np.ndarray:
     """``n`` backbones ``(n, L, 4, 3)`` in Å by ``steps`` geodesic Euler steps
-    (:func:`manifolds.geodesic_euler`, FrameFlow's sampler; ``None``: the model's own ODE solver)."""
-    if steps is None:
+    (:func:`manifolds.geodesic_euler`, FrameFlow's sampler; ``None``: the model's own ODE solver).
+
+    ``denoise_from = s`` (a clean-frame field only) takes the steps from 0 to ``s`` and returns
+    the network's clean frames there, :meth:`FrameField.clean`, in one jump: near ``t = 1`` the
+    network was trained on frames a ``1 − t`` fraction of the prior away from the data, so it
+    leaves a drift of the sampled path that is larger than that in place; from ``s = 0.95`` it
+    corrects it (``benchmarks/RESULTS.md``). ``None``: the steps go to ``t = 1``."""
+    field = ode_flow_of(model).field
+    if denoise_from is not None:
+        if not 0.0 < denoise_from < 1.0:
+            raise ValueError(f"denoise_from must lie in (0, 1), got {denoise_from}")
+        if steps is None:
+            raise ValueError("denoise_from needs geodesic Euler steps (steps=None runs the ODE solver to t = 1)")
+        x = geodesic_euler(model, key, n, steps, t_end=denoise_from)
+        points = _clean_frames(field, x, denoise_from)
+    elif steps is None:
         points = model.sample(key, n)
     else:
         points = geodesic_euler(model, key, n, steps)
-    return backbones_from_points(points, ode_flow_of(model).field.length)
+    return backbones_from_points(points, field.length)
+
+
+@eqx.filter_jit
+def _clean_frames(field: FrameField, x, t: float):
+    return jax.vmap(lambda xi: field.clean(t, xi))(x)
