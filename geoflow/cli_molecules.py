@@ -19,6 +19,8 @@ import numpy as np
 
 from .cli_training import add_training_arguments, fit_options
 
+REFINE = 5  # EDM-rule molecule stability 25% -> 33% on explicit-hydrogen QM9 for 5% more sampling time (RESULTS)
+
 
 def add_parser(sub, choice):
     m = sub.add_parser("molecules", help="3-D molecule generation (QM9): train, sample, evaluate")
@@ -40,6 +42,8 @@ def add_parser(sub, choice):
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
     s.add_argument("--steps", type=int, default=100, help="integration steps for positions and tokens together")
+    s.add_argument("--refine", type=int, default=REFINE,
+                   help="clean predictions fed back after the last step, tokens fixed (MoleculeSampler.sample)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output .sdf file")
     e = msub.add_parser("evaluate", help="score an SDF file: stability, validity, uniqueness, novelty")
@@ -89,13 +93,13 @@ def cmd_sample(args) -> dict:
     if args.n < 1:
         raise ValueError(f"-n must be positive, got {args.n}")
     t0 = time.perf_counter()
-    graphs = model.sample(jax.random.key(args.seed), args.n, steps=args.steps)
+    graphs = model.sample(jax.random.key(args.seed), args.n, steps=args.steps, refine=args.refine)
     seconds = time.perf_counter() - t0
     built = [graph_to_mol(g, model.vocabulary) for g in unstack_graphs(graphs)]
     write_sdf([mol for mol, _ in built], args.out)
     np.savez(args.out.with_suffix(".npz"), **{f: np.asarray(getattr(graphs, f)) for f in
                                               ("positions", "atom_types", "charges", "bonds", "mask")})
-    res = {"n": args.n, "steps": args.steps, "sample_seconds": seconds, "molecules_per_s": args.n / seconds,
+    res = {"n": args.n, "steps": args.steps, "refine": args.refine, "sample_seconds": seconds, "molecules_per_s": args.n / seconds,
            "sanitized": sum(err is None for _, err in built)}
     print(f"wrote {args.out} and {args.out.with_suffix('.npz')} (the raw graphs)")
     print(json.dumps(res))

@@ -94,7 +94,7 @@ class MoleculeSampler(eqx.Module):
                      for size in (len(self.vocabulary.elements), len(self.vocabulary.charges), len(BOND_ORDERS)))
 
     def sample(self, key, n: int, *, steps: int = 100, num_atoms=None, eta: float = 0.0,
-               noise: float = 0.0) -> MolecularGraph:
+               noise: float = 0.0, refine: int = 0) -> MolecularGraph:
         """``n`` molecules as a batched :class:`MolecularGraph`; sizes drawn from the training
         distribution unless ``num_atoms`` (an int or ``(n,)`` ints) is given. ``eta`` adds
         detailed-balance noise to the tokens (Campbell et al. 2024): a known token returns to the
@@ -102,9 +102,17 @@ class MoleculeSampler(eqx.Module):
         marginal unchanged and lets a token drawn early, from a vague posterior, be drawn again.
         ``noise`` does the same for positions: they follow the SDE ``dx = [v + η (t x̂₁ − x)/(1 − t)] dt
         + σ √(2η(1 − t)) dW`` (σ the prior scale), whose marginals are the ODE's, and whose score
-        term pulls a path that strayed from the data's back towards it."""
+        term pulls a path that strayed from the data's back towards it.
+
+        ``refine`` more clean predictions at the last step's time follow, each from the previous
+        one's positions with the sampled tokens fixed: the last step's prediction comes from the
+        sampled path, which has drifted further from a molecule than the training paths at that
+        time, and feeding the prediction back settles it on the network's fixed point (bond
+        lengths tighten; ``benchmarks/RESULTS.md``)."""
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if int(refine) != refine or refine < 0:
+            raise ValueError(f"refine must be a non-negative number of predictions, got {refine}")
         for name, value in (("eta", eta), ("noise", noise)):
             if not (0.0 <= float(value) < float("inf")):
                 raise ValueError(f"{name} must be finite and non-negative, got {value}")
@@ -115,20 +123,20 @@ class MoleculeSampler(eqx.Module):
         if int(jnp.max(num_atoms)) > self.max_atoms or int(jnp.min(num_atoms)) < 1:
             raise ValueError(f"num_atoms must be in [1, {self.max_atoms}]")
         return _sample_molecules(self, jax.random.split(k_mol, n), num_atoms, jnp.float32(eta), jnp.float32(noise),
-                                 steps=int(steps))
+                                 steps=int(steps), refine=int(refine))
 
     def sample_molecules(self, key, n: int, *, steps: int = 100, num_atoms=None, eta: float = 0.0,
-                         noise: float = 0.0) -> list:
+                         noise: float = 0.0, refine: int = 0) -> list:
         """``n`` sampled molecules as ``(rdkit.Chem.Mol, error)`` pairs (:func:`graph_to_mol`:
         ``error`` is None when RDKit sanitizes the molecule, else its message; the molecule is
         returned either way, with its conformer)."""
         from .chemistry import graph_to_mol
         from .graph import unstack_graphs
 
-        graphs = self.sample(key, n, steps=steps, num_atoms=num_atoms, eta=eta, noise=noise)
+        graphs = self.sample(key, n, steps=steps, num_atoms=num_atoms, eta=eta, noise=noise, refine=refine)
         return [graph_to_mol(g, self.vocabulary) for g in unstack_graphs(graphs)]
 
-    def _sample_one(self, key, num_atoms, steps, eta, noise):
+    def _sample_one(self, key, num_atoms, steps, eta, noise, refine=0):
         p_a, p_c, p_b = self.paths
         n = self.max_atoms
         mask = jnp.arange(n) < num_atoms
@@ -177,11 +185,19 @@ class MoleculeSampler(eqx.Module):
         state, _ = jax.lax.scan(step, first, (jnp.arange(steps - 1, dtype=jnp.float32),
                                               jax.random.split(k_steps, steps - 1)))
         x, types, charges, bonds, previous = state
-        x1, a_logits, c_logits, b_logits = self.predict(x, types, charges, bonds, mask, (steps - 1) * h, previous)
+        t_last = (steps - 1) * h
+        x1, a_logits, c_logits, b_logits = self.predict(x, types, charges, bonds, mask, t_last, previous)
         bond_mode = jnp.argmax(b_logits, -1)
         bonds = jnp.where(pair, jnp.triu(bond_mode, 1) + jnp.triu(bond_mode, 1).T, 0)
-        return MolecularGraph(centre(x1, maskf), jnp.where(mask, jnp.argmax(a_logits, -1), 0),
-                              jnp.where(mask, jnp.argmax(c_logits, -1), 0), bonds, mask)
+        types, charges = jnp.where(mask, jnp.argmax(a_logits, -1), 0), jnp.where(mask, jnp.argmax(c_logits, -1), 0)
+        sizes = (a_logits.shape[-1], c_logits.shape[-1], b_logits.shape[-1])
+
+        def again(_, x1):  # the clean prediction from the last one, the molecule's tokens as its own
+            known = (x1, *(jax.nn.one_hot(v, k) for v, k in zip((types, charges, bonds), sizes)))
+            return centre(self.predict(x1, types, charges, bonds, mask, t_last, known)[0], maskf)
+
+        x1 = jax.lax.fori_loop(0, refine, again, centre(x1, maskf))
+        return MolecularGraph(x1, types, charges, bonds, mask)
 
 
 def check_token_power(power) -> float:
@@ -253,8 +269,8 @@ class MoleculeFlow(MoleculeSampler):
 
 
 @eqx.filter_jit
-def _sample_molecules(model, keys, num_atoms, eta, noise, *, steps):
-    return jax.vmap(lambda k, n: model._sample_one(k, n, steps, eta, noise))(keys, num_atoms)
+def _sample_molecules(model, keys, num_atoms, eta, noise, *, steps, refine):
+    return jax.vmap(lambda k, n: model._sample_one(k, n, steps, eta, noise, refine))(keys, num_atoms)
 
 
 def pack_graphs(graphs: MolecularGraph) -> np.ndarray:
@@ -287,19 +303,31 @@ class MoleculeFlowMatching(eqx.Module):
     also reorders the prior's atoms to the molecule's by an optimal assignment (exact, on the
     host) before the Kabsch rotation; the assignment depends on no parameter, so
     :meth:`prepare` solves a chunk's assignments ahead of ``fit``'s scan, on one device, as
-    OT-CFM does (a host solve inside a sharded step stalls its all-reduce). Give ``geoflow.fit`` a
-    batched :class:`MolecularGraph`: it is checked and packed into rows (:func:`pack_graphs`)
-    before training."""
+    OT-CFM does (a host solve inside a sharded step stalls its all-reduce).
+    ``time_weight = cap > 0`` multiplies the position term by FlowMol's ``clip(t/(1 − t), 0.05, cap)``:
+    early times, where the clean positions cannot be told from the noise, stop dominating the
+    gradient, and the late ones that set the final geometry weigh ``cap`` (0: uniform in ``t``).
+    Give ``geoflow.fit`` a batched :class:`MolecularGraph`: it is checked and packed into rows
+    (:func:`pack_graphs`) before training."""
 
     weights: tuple[float, float, float, float] = eqx.field(static=True, default=(3.0, 0.4, 1.0, 2.0))
     permute: bool = eqx.field(static=True, default=False)
     align: bool = eqx.field(static=True, default=True)
     distortion: tuple[float, float] = eqx.field(static=True, default=(0.0, 0.0))
+    time_weight: float = eqx.field(static=True, default=0.0)
 
     def __check_init__(self):
         fraction, scale = self.distortion
         if not (0.0 <= fraction <= 1.0 and 0.0 <= scale < float("inf")):
             raise ValueError(f"distortion must be (fraction in [0, 1], scale in Å ≥ 0); got {self.distortion}")
+        if not (self.time_weight == 0.0 or 0.05 <= self.time_weight < float("inf")):
+            raise ValueError(f"time_weight must be 0 (uniform) or a cap ≥ 0.05 on t/(1 − t); got {self.time_weight}")
+
+    def position_weight(self, t):
+        """The position term's weight at time ``t``: ``clip(t/(1 − t), 0.05, time_weight)``, or 1."""
+        if self.time_weight == 0.0:
+            return jnp.ones_like(t)
+        return jnp.clip(t / (1 - t), 0.05, self.time_weight)
 
     def data_shape(self, model):
         return (model.max_atoms * (6 + model.max_atoms),)
@@ -360,14 +388,14 @@ class MoleculeFlowMatching(eqx.Module):
         mask = g.mask.astype(bool)
         maskf = mask.astype(jnp.float32)
         pair = mask[:, None] & mask[None] & ~jnp.eye(n, dtype=bool)
-        k_x, k_t, k_a, k_c, k_b, k_sc = jax.random.split(key, 6)
+        _, _, k_a, k_c, k_b, k_sc = jax.random.split(key, 6)  # 0: the prior (_endpoints), 1: t (draw_time)
         x1, x0 = self._endpoints(model, g, key)
         if self.permute:  # prior atoms are exchangeable: pair each real atom with its nearest-in-sum partner
             x0 = x0[self._assignment(model, g, key) if assignment is None else assignment]
         if self.align:
             x0 = x0 @ kabsch_rotation(x0, x1, maskf).T  # rotate the noise onto the molecule
         if t is None:
-            t = jax.random.uniform(k_t, maxval=1.0 - 1e-3)
+            t = self.draw_time(key)
         xt = (1 - t) * x0 + t * x1
         fraction, scale = self.distortion
         if fraction > 0 and scale > 0:  # static: undistorted losses draw nothing more
@@ -394,5 +422,12 @@ class MoleculeFlowMatching(eqx.Module):
                           masked_ce(c_logits, g.charges, charges == p_c.mask_token),
                           masked_ce(b_logits, g.bonds, bonds == p_b.mask_token)])
 
+    @staticmethod
+    def draw_time(key):
+        """The training time of one example's key, ``U(0, 1 − 10⁻³)``."""
+        return jax.random.uniform(jax.random.split(key, 6)[1], maxval=1.0 - 1e-3)
+
     def _one(self, model, g: MolecularGraph, key, assignment=None):
-        return jnp.dot(jnp.asarray(self.weights), self.terms(model, g, key, assignment=assignment))
+        t = self.draw_time(key)
+        terms = self.terms(model, g, key, t=t, assignment=assignment)
+        return jnp.dot(jnp.asarray(self.weights), terms.at[0].multiply(self.position_weight(t)))

@@ -239,13 +239,15 @@ print(json.dumps({"single": single.train_loss + single.val_loss, "multi": multi.
 def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devices():
     """The atom assignment moved into ``prepare``: the prepared loss equals the inline one, and
     a 4-device fit (a host solve inside a sharded step is what deadlocked OT-CFM) finishes within
-    its timeout with the single-device losses."""
+    its timeout with the single-device losses. Distortion and the position time weight change
+    only what they say."""
     import json
     import os
     import subprocess
     import sys
 
     import jax
+    import jax.numpy as jnp
 
     from molecules import stack_graphs
     from molecules.flow import MoleculeFlow, MoleculeFlowMatching, pack_graphs
@@ -266,6 +268,17 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     assert not np.allclose(MoleculeFlowMatching(distortion=(1.0, 0.5)).terms(model, g0, key, t=0.7)[0], plain[0])
     with pytest.raises(ValueError, match="distortion"):
         MoleculeFlowMatching(distortion=(1.5, 0.3))
+    # the time weight scales the position term of the example's own t by clip(t/(1 − t), 0.05, cap), only it
+    weighted = MoleculeFlowMatching(time_weight=1.5)
+    t = MoleculeFlowMatching.draw_time(key)
+    terms = weighted.terms(model, g0, key, t=t)
+    w = float(np.clip(t / (1 - t), 0.05, 1.5))
+    expected = np.dot(weighted.weights, np.asarray(terms) * np.array([w, 1, 1, 1]))
+    np.testing.assert_allclose(weighted._one(model, g0, key), expected, rtol=1e-5)
+    np.testing.assert_allclose(MoleculeFlowMatching()._one(model, g0, key), np.dot(weighted.weights, terms), rtol=1e-5)
+    np.testing.assert_allclose(weighted.position_weight(jnp.array([0.0, 0.5, 0.6, 0.999])), [0.05, 1.0, 1.5, 1.5])
+    with pytest.raises(ValueError, match="time_weight"):
+        MoleculeFlowMatching(time_weight=-1.0)
 
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
@@ -307,6 +320,48 @@ def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power, 
     assert stats.chisquare(counts, probs * len(found)).pvalue > 1e-3, counts
     with pytest.raises(ValueError, match="token_power"):
         ExactMoleculePosterior(graphs, vocab, token_power=0.0)
+
+
+def test_refined_samples_feed_the_clean_prediction_back_with_the_tokens_fixed():
+    """``refine=k`` applies the last step's clean prediction k more times to its own positions and
+    keeps the sampled tokens: with a network that halves any input's positions, the refined
+    molecules are the plain ones scaled by 2⁻ᵏ with identical tokens; the exact posterior's samples
+    are its fixed points."""
+    import equinox as eqx
+    import jax
+
+    from molecules import stack_graphs
+    from molecules.exact import ExactMoleculePosterior
+    from molecules.flow import MoleculeSampler
+
+    vocab = Vocabulary(("H", "C", "N", "O"))
+    graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=10) for s in ["CCO", "COC", "CC=O", "NCC"]])
+    oracle = ExactMoleculePosterior(graphs, vocab)
+
+    class Halving(MoleculeSampler):
+        inner: ExactMoleculePosterior
+        vocabulary: Vocabulary = eqx.field(static=True)
+        max_atoms: int = eqx.field(static=True)
+        atom_counts: tuple = eqx.field(static=True)
+        prior_scale: float = eqx.field(static=True)
+        token_power: float = eqx.field(static=True)
+
+        def predict(self, x, types, charges, bonds, mask, t, previous=None):
+            return (0.5 * x, *self.inner.predict(x, types, charges, bonds, mask, t, previous)[1:])
+
+        def no_prediction(self, positions):
+            return self.inner.no_prediction(positions)
+
+    halving = Halving(inner=oracle, vocabulary=vocab, max_atoms=oracle.max_atoms, atom_counts=oracle.atom_counts,
+                      prior_scale=oracle.prior_scale, token_power=oracle.token_power)
+    plain, refined = (halving.sample(jax.random.key(0), 6, steps=10, refine=k) for k in (0, 3))
+    np.testing.assert_allclose(refined.positions, plain.positions / 8, atol=1e-6)
+    for name in ("atom_types", "charges", "bonds", "mask"):
+        np.testing.assert_array_equal(getattr(refined, name), getattr(plain, name))
+    exact, exact_refined = (oracle.sample(jax.random.key(1), 6, steps=50, refine=k) for k in (0, 3))
+    np.testing.assert_allclose(exact_refined.positions, exact.positions, atol=1e-4)
+    with pytest.raises(ValueError, match="refine"):
+        oracle.sample(jax.random.key(1), 2, steps=5, refine=-1)
 
 
 @pytest.mark.slow
