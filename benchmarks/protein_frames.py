@@ -73,7 +73,7 @@ def main():
     if args.quick:
         args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
         args.width, args.layers = 32, 1
-    out = {"args": vars(args), "lengths": {}}
+    out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "lengths": {}}
     for length in args.lengths:
         data = load_fragments(length, stride=4)
         train = points_from_backbones(data.train)
