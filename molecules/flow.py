@@ -190,11 +190,11 @@ class MoleculeSampler(eqx.Module):
         bond_mode = jnp.argmax(b_logits, -1)
         bonds = jnp.where(pair, jnp.triu(bond_mode, 1) + jnp.triu(bond_mode, 1).T, 0)
         types, charges = jnp.where(mask, jnp.argmax(a_logits, -1), 0), jnp.where(mask, jnp.argmax(c_logits, -1), 0)
-        sizes = (a_logits.shape[-1], c_logits.shape[-1], b_logits.shape[-1])
+        tokens = tuple(jax.nn.one_hot(v, logits.shape[-1]) for v, logits in
+                       zip((types, charges, bonds), (a_logits, c_logits, b_logits)))
 
         def again(_, x1):  # the clean prediction from the last one, the molecule's tokens as its own
-            known = (x1, *(jax.nn.one_hot(v, k) for v, k in zip((types, charges, bonds), sizes)))
-            return centre(self.predict(x1, types, charges, bonds, mask, t_last, known)[0], maskf)
+            return centre(self.predict(x1, types, charges, bonds, mask, t_last, (x1, *tokens))[0], maskf)
 
         x1 = jax.lax.fori_loop(0, refine, again, centre(x1, maskf))
         return MolecularGraph(x1, types, charges, bonds, mask)

@@ -80,6 +80,11 @@ def rotation_schedule(rate: float) -> Scheduler:
     return Exponential(rate) if rate > 0 else CondOT()
 
 
+def follow_way(rotations, translations, omega, displacement):
+    """The frames a clean-frame network's outputs point at: ``(Rᵢ exp[ωᵢ]× (L, 3, 3), c + d (L, 3))``."""
+    return rotations @ jax.vmap(rotvec_to_matrix)(omega), translations + displacement
+
+
 _END = 1e-2  # the field's rates are capped at their value this far from t = 1, where they diverge
 
 
@@ -125,8 +130,8 @@ class FrameField(eqx.Module):
             raise ValueError(f"clean frames are the outputs of a prediction='frames' field, this one predicts "
                              f"{self.prediction!r}")
         rotations, translations = self.manifold.split(x)
-        omega, displacement = self.network.outputs(t, rotations, translations)
-        return self.manifold.join([rotations @ jax.vmap(rotvec_to_matrix)(omega), translations + displacement])
+        way = self.network.outputs(t, rotations, translations)
+        return self.manifold.join(list(follow_way(rotations, translations, *way)))
 
     def __call__(self, t, x, condition=None, *, keep=None):
         rotations, translations = self.manifold.split(x)
@@ -249,7 +254,7 @@ class FrameFlowMatching(eqx.Module):
                 omega = jax.vmap(lambda p, q: matrix_to_rotvec(p.T @ q))(rt, r1)
                 value = weight * (wr * jnp.sum((omega_hat - omega) ** 2)
                                   + wt * jnp.sum((d_hat - (c1 - ct)) ** 2)) / length
-                r_hat, c_hat = rt @ jax.vmap(rotvec_to_matrix)(omega_hat), ct + d_hat
+                r_hat, c_hat = follow_way(rt, ct, omega_hat, d_hat)
             else:
                 vr, vc = manifold.split(flow.velocity(ti, xt))
                 # SO(3)'s metric is ½ tr(uᵀv): ‖R[ω]×‖² = |ω|²
