@@ -32,6 +32,7 @@ import numpy as np
 import geoflow as gf
 from geoflow.bijections import Chain, Logit, Standardize, TriangularAffine
 from geoflow.datasets import load_images
+from geoflow.datasets.locations import shared_data
 from geoflow.dequantization import UniformDequantization
 from geoflow.distributions import StandardNormal, Transformed
 from geoflow.metrics import log_prob_batched
@@ -40,7 +41,7 @@ from _timing import adam_step_timing
 
 PUBLISHED = {"gaussian": -1366.9, "maf-5": -1300.5, "realnvp-5": -1323.2}
 LAMBDA, WIDTH, LAYERS, BATCH = 1e-6, 1024, 5, 100
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
+SHARED = shared_data("mnist.npz")
 
 
 def flat_mnist(path):

@@ -35,6 +35,7 @@ import optax
 
 from geoflow import fit
 from geoflow.datasets import load_images
+from geoflow.datasets.locations import shared_data
 from geoflow.dequantization import UniformDequantization, uniform_bound_batched
 from geoflow.metrics import bits_per_dim
 from geoflow.image_flows import glow, realnvp_multiscale, sample_at_temperature
@@ -42,7 +43,7 @@ from geoflow.nn import trainable
 from geoflow.plots import plot_images
 
 PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "ffjord": 0.99}
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
+SHARED = shared_data("mnist.npz")
 
 
 def step_memory_mb(model, batch, loss) -> float:

@@ -9,13 +9,15 @@ package installs (read directly; nothing downloads) or from any local file.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from geoflow.datasets import random_split
+from geoflow.datasets.locations import qm9_files
 
 CHECKERBOARD_CELLS = 8192
 
@@ -72,10 +74,7 @@ def sorted_ones_counts(x: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _splits(name, x, vocab_size, true_nll, seed, tokenizer=None):
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_val = n_test = max(1, len(x) // 10)
-    x = x[perm]
-    return TokenDataset(name, x[n_val + n_test :], x[:n_val], x[n_val : n_val + n_test], vocab_size, true_nll, tokenizer)
+    return TokenDataset(name, *random_split(x, seed), vocab_size, true_nll, tokenizer)
 
 
 # ---- SMILES ---------------------------------------------------------------------------------
@@ -132,18 +131,6 @@ class SmilesTokenizer:
         return strings
 
 
-def qm9_data_files() -> list[Path]:
-    """The QM9 CSV files installed by ``qm9pack`` (located without importing the package, whose
-    import needs pandas and ``pkg_resources``)."""
-    spec = importlib.util.find_spec("qm9pack")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("QM9 needs the qm9pack package (pip install qm9pack) or a local file via path=")
-    files = sorted((Path(spec.origin).parent / "data").glob("qm9_part*.csv"))
-    if not files:
-        raise FileNotFoundError(f"qm9pack at {Path(spec.origin).parent} has no data/qm9_part*.csv files")
-    return files
-
-
 def read_smiles(path) -> list[str]:
     """SMILES from a ``.txt`` file (one per line), a CSV with a ``SMILES`` column, or a folder
     of such CSVs (e.g. qm9pack's ``data``)."""
@@ -169,7 +156,7 @@ def read_smiles(path) -> list[str]:
 def load_qm9_smiles(path=None, seed: int = 0, level: str = "atom", max_molecules: int | None = None) -> TokenDataset:
     """QM9's SMILES as tokens (length: the longest string), with the tokenizer attached; the
     default source is qm9pack's installed files, ``path`` any file :func:`read_smiles` reads."""
-    smiles = read_smiles(path) if path is not None else [s for f in qm9_data_files() for s in read_smiles(f)]
+    smiles = read_smiles(path) if path is not None else [s for f in qm9_files() for s in read_smiles(f)]
     if not smiles:
         raise ValueError("no SMILES strings found; expected at least one molecule")
     if max_molecules is not None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geoflow.datasets import random_split
+
 from .sphere import Sphere
 
 EARTH = {"volcano": "volerup.csv", "earthquake": "quakes_all.csv", "flood": "flood.csv", "fire": "fire.csv"}
@@ -65,10 +67,7 @@ def load_earth(name: str, seed: int = 0, path=None) -> ManifoldDataset:
         path = resources.files("manifolds") / "data" / EARTH[name]
     lat_lon = read_lat_lon(path)
     x = np.asarray(Sphere.from_lat_lon(lat_lon), np.float32)
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
-    tr, va, te = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
-    return ManifoldDataset(name, x[tr], x[va], x[te], Sphere(2))
+    return ManifoldDataset(name, *random_split(x, seed), Sphere(2))
 
 
 def torus_checkerboard(n: int, seed: int = 0, squares: int = 2) -> np.ndarray:

@@ -1,6 +1,10 @@
 """Molecules: graphs with positions, atom types, charges and bonds; RDKit in and out; QM9;
 stability, validity, uniqueness and novelty metrics."""
 
+from geoflow.extras import require_extra
+
+require_extra("molecules", "molecules", "rdkit")
+
 from .chemistry import (graph_from_rdkit, graph_from_smiles, graph_to_mol, mol_from_smiles, mol_from_xyz,
                         mol_to_smiles, read_sdf, read_xyz, write_sdf)
 from .graph import BOND_ORDERS, MolecularGraph, Vocabulary, check_graph, stack_graphs, unstack_graphs

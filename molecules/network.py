@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import math
 
-import e3nn_jax as e3nn
+from geoflow.extras import require_extra
+
+require_extra("the e3nn molecule network", "molecules", "e3nn_jax")
+
+import e3nn_jax as e3nn  # noqa: E402 (after the check that names the extra)
 import equinox as eqx
 import jax
 import jax.numpy as jnp

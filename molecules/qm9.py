@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from discrete.datasets import qm9_data_files
+from geoflow.datasets.locations import qm9_files
 
 from .chemistry import graph_from_rdkit, mol_from_xyz
 from .graph import MolecularGraph, Vocabulary, stack_graphs
@@ -88,7 +88,7 @@ def load_qm9(path=None, subset: int | None = None, seed: int = 0, hydrogens: str
         raise ValueError(f"hydrogens={hydrogens!r} but the vocabulary has implicit_hydrogens="
                          f"{vocabulary.implicit_hydrogens}; give one that agrees")
 
-    files = [Path(path)] if path is not None else qm9_data_files()
+    files = [Path(path)] if path is not None else qm9_files()
     rows = [r for f in files for r in read_qm9_rows(f)]
     if subset is not None:
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:subset]]

@@ -128,7 +128,7 @@ def test_discrete_flow_matching_from_the_command_line(tmp_path, capsys):
         (["--model", "dfm", "--data", "moons"], "trains on checkerboard, sorted-ones, qm9-smiles"),
         (["--model", "dfm", "--data", "sorted-ones", "--source", "moons"], "takes --source mask or uniform"),
         (["--model", "maf", "--data", "sorted-ones"], "token data: use --model dfm"),
-        (["--model", "fm", "--source", "mask"], "discrete source: use --model dfm"),
+        (["--model", "fm", "--source", "mask"], "--source mask goes with --model dfm"),
     ]:
         assert main(["fit", *argv, "--out", str(tmp_path / "x"), *small]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -143,7 +143,8 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
     assert main(["molecules", "train", "--data-path", str(sample_csv), "--subset", "24", "--steps", "4", "--batch-size", "8",
                  "--hydrogens", "implicit", "--scalars", "8", "--vectors", "2", "--layers", "1", "--out", str(run),
                  "--quiet"]) == 0
-    assert json.loads((run / "run.json").read_text())["molecules"] > 20
+    assert json.loads((run / "metrics.json").read_text())["molecules"] > 20
+    assert json.loads((run / "run.json").read_text()) == {"data": "qm9", "hydrogens": "implicit", "seed": 0}
     assert main(["molecules", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(tmp_path / "s.sdf")]) == 0
     capsys.readouterr()
     for sdf, count in [("s.sdf", 3), ("empty.sdf", 0), ("bad.sdf", 1)]:  # bad input is counted, never a traceback
@@ -166,8 +167,8 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     assert main(["proteins", "train", "--length", "6", "--steps", "4", "--batch-size", "8", "--width", "16",
                  "--layers", "1", "--prediction", "velocity", "--rotation-rate", "10", "--ot", "--auxiliary-weight", "0.25", "--nll", "2",
                  "--out", str(run), "--quiet"]) == 0
-    res = json.loads((run / "run.json").read_text())
-    assert res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
+    res = json.loads((run / "metrics.json").read_text())
+    assert res["steps"] == 4 and res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
     assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out)]) == 0
     assert len(list(out.glob("*.pdb"))) == 3
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["denoise_from"] == 1.0  # a velocity model
@@ -203,7 +204,7 @@ RFM_SMALL = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"
 
 
 def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, capsys):
-    from geoflow.cli import count_parameters
+    from geoflow.commands import count_parameters
     from manifolds import Sphere, rfm
 
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *RFM_SMALL]) == 0
@@ -264,7 +265,8 @@ def test_riemannian_flow_matching_on_se3_frames_and_its_errors(tmp_path, capsys)
     for argv, message in [
         (["--model", "rfm", "--data-path", str(bad), "--manifold", "so3"], "off the so3 manifold"),
         (["--model", "rfm", "--data-path", str(bad)], "needs --manifold"),
-        (["--model", "maf", "--data", "fire"], "use --model rfm"),
+        (["--model", "maf", "--data", "fire"], "fire is data on a manifold: use --model rfm"),
+        (["--model", "maf", "--manifold", "so3"], "--manifold goes with --model rfm"),
         (["--model", "rfm", "--data", "fire", "--manifold", "torus"], "lives on the sphere"),
         (["--model", "rfm", "--data", "moons"], "trains on volcano"),
     ]:

@@ -22,14 +22,13 @@ from geoflow.dequantization import (
 )
 from geoflow.distributions import StandardNormal, Transformed
 from geoflow.bijections.glow import needs_data_init
+from geoflow.datasets.locations import shared_data
 from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow, sample_at_temperature
 from geoflow.nn import conv_chw
 from helpers import perturb, to_f64
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST_CANDIDATES = [ROOT.parent / "shared" / "data" / "mnist.npz", Path("/work/shared/data/mnist.npz")]
-MNIST = next((p for p in MNIST_CANDIDATES if p.is_file()), None)
-needs_mnist = pytest.mark.skipif(MNIST is None, reason="the shared MNIST copy (../shared/data/mnist.npz) is absent")
+MNIST = shared_data("mnist.npz") if shared_data("mnist.npz").is_file() else None
+needs_mnist = pytest.mark.skipif(MNIST is None, reason="the shared data folder ($GEOFLOW_DATA) holds no mnist.npz")
 
 
 def check_bijection(bijection, x, atol=1e-6):

@@ -42,6 +42,17 @@ class Dataset:
         return int(np.prod(self.train.shape[1:]))
 
 
+def random_split(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train, val, test)``: 80/10/10 of the rows of ``x`` (``(n, …)``, ``n ≥ 10``) in the random
+    order drawn from ``seed`` (validation and test get ``⌊0.1·n⌋`` rows or one more for the test)."""
+    x = np.asarray(x)
+    if len(x) < 10:
+        raise ValueError(f"an 80/10/10 split needs at least 10 examples; got {len(x)}")
+    x = x[np.random.default_rng(seed).permutation(len(x))]
+    n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
+    return x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :]
+
+
 def load_dataset(name: str, *, seed: int = 0, n_train: int = 20_000, n_val: int = 2_000,
                  n_test: int = 100_000) -> Dataset:
     """The named data set. Toy 2-D sets draw fresh, independent splits from ``seed``;
@@ -58,4 +69,4 @@ def load_dataset(name: str, *, seed: int = 0, n_train: int = 20_000, n_val: int 
     return Dataset(name, train, val, test, entropy=entropy)
 
 
-__all__ = ["DATASETS", "Dataset", "IMAGE_DATASETS", "load_images", "LOG_PROBS", "load_dataset", "sample_toy"]
+__all__ = ["DATASETS", "Dataset", "IMAGE_DATASETS", "load_images", "LOG_PROBS", "load_dataset", "random_split", "sample_toy"]

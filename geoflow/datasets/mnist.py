@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .locations import shared_data
+
 # the mirror TensorFlow and PyTorch use (the original host at yann.lecun.com is often offline)
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 MNIST_FILES = {  # array name → (IDX file name, sha256 of the uncompressed file)
@@ -116,7 +118,8 @@ def load_mnist(path: str | Path | None = None, *, cache_dir: str | Path | None =
     - `path`: a ``.npz`` file with those four arrays, or a folder of IDX files (plain or
       ``.gz``). Every array is checked against the original files' sha256.
     - `cache_dir`: where downloads live (default :func:`default_cache_dir`); used when
-      ``path`` is ``None``.
+      ``path`` is ``None`` and the shared data folder
+      (:func:`~geoflow.datasets.locations.shared_data`) holds no ``mnist.npz``.
     - `download`: fetch into the cache if it is empty (otherwise a missing cache is an error).
     """
     if path is not None:
@@ -126,6 +129,8 @@ def load_mnist(path: str | Path | None = None, *, cache_dir: str | Path | None =
         if path.is_file():
             return _read_npz(path)
         raise FileNotFoundError(f"MNIST path {path} does not exist; expected a .npz file or a folder of IDX files")
+    if cache_dir is None and shared_data("mnist.npz").is_file():
+        return _read_npz(shared_data("mnist.npz"))
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if not all((folder / file).is_file() for file, _ in MNIST_FILES.values()):
         if not download:

@@ -2,6 +2,10 @@
 and out, fragment data, an invariant-point-attention network, frame flow matching with exact
 likelihoods, and backbone metrics."""
 
+from geoflow.extras import require_extra
+
+require_extra("molecules.proteins", "proteins", "biotite")
+
 from .data import Fragments, cut_fragments, load_chains, load_fragments, split_at_breaks
 from .geometry import (backbone_dihedrals, backbone_from_dihedrals, backbone_from_frames, dihedral,
                        frames_from_backbone, place_atom)

@@ -3,12 +3,14 @@
 - ``train --length L [--data-path FILE|DIR --steps S --out DIR --nll K]`` fits
   :func:`molecules.proteins.frameflow` to fragments of ``L`` residues (default: the embedded 40
   chains; an ``.npz`` of that format, a PDB file or a folder of them) and writes
-  ``DIR/model.eqx`` and ``DIR/run.json`` (with the exact held-out NLL per residue on ``K``
-  fragments when asked);
+  ``DIR/model.eqx``, ``DIR/run.json`` and ``DIR/metrics.json`` (with the exact held-out NLL per
+  residue on ``K`` fragments when asked);
 - ``sample --run DIR -n N [--denoise-from S] --out OUT/`` writes ``OUT/sample_000.pdb`` … and ``OUT/backbones.npy``;
 - ``evaluate OUT/ [--data-path …]`` scores every PDB in ``OUT/`` against fragments of the same
   length — every chain of ``--data-path``, or the embedded set's held-out chains — and writes
   ``OUT/metrics.json`` with the reference chains and fragment count under ``reference_set``.
+
+Registered with the ``geoflow`` command (entry-point group ``geoflow.commands``).
 """
 
 from __future__ import annotations
@@ -20,20 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_training import add_training_arguments, fit_options
+from geoflow.commands import (TrainingRun, add_training_arguments, existing_run, fit_options, report,
+                              training_summary)
+
+NAME = "proteins"
 
 DENOISE_FROM = 0.95  # where a clean-frame model's prediction is taken (molecules.proteins.sample_backbones)
 
 
-def add_parser(sub, choice):
-    p = sub.add_parser("proteins", help="protein backbone fragments on SE(3)^N: train, sample, evaluate")
+def add_parser(sub):
+    p = sub.add_parser(NAME, help="protein backbone fragments on SE(3)^N: train, sample, evaluate")
     psub = p.add_subparsers(dest="proteins_command", required=True)
     t = psub.add_parser("train", help="train a frame flow on backbone fragments")
     t.add_argument("--length", type=int, required=True, help="residues per fragment")
     t.add_argument("--data-path", type=Path, help="backbones .npz (embedded format), a PDB file or a folder of them")
     t.add_argument("--stride", type=int, help="residues between fragment starts (default length // 2)")
     # the run behind RESULTS' L = 16 row: 24,000 steps, about an hour on one core
-    add_training_arguments(t, steps=24_000, batch_size=64)
+    add_training_arguments(t, steps=24_000, batch_size=64, out=Path("runs/proteins"))
     t.add_argument("--width", type=int, default=96)
     t.add_argument("--layers", type=int, default=3)
     t.add_argument("--prediction", choices=("frames", "velocity"), default="frames",
@@ -48,8 +53,6 @@ def add_parser(sub, choice):
     t.add_argument("--auxiliary-weight", type=float, default=1.0,
                    help="weight of FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
     t.add_argument("--nll", type=int, default=0, help="report the exact held-out NLL per residue on this many fragments")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, default=Path("runs/proteins"))
     s = psub.add_parser("sample", help="sample backbones into PDB files")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
@@ -67,8 +70,8 @@ def add_parser(sub, choice):
 
 
 def _loss(args):
-    from molecules.proteins import FrameFlowMatching
-    from molecules.proteins.model import rotation_schedule
+    from . import FrameFlowMatching
+    from .model import rotation_schedule
 
     return FrameFlowMatching(rotation_scheduler=rotation_schedule(args.rotation_rate), ot=args.ot,
                              auxiliary_weight=args.auxiliary_weight)
@@ -76,48 +79,43 @@ def _loss(args):
 
 def heldout_nll_per_residue(model, test_points, length: int) -> float:
     """Mean exact NLL per residue (nats; translations in nm) of held-out fragments."""
-    from .metrics import nll
+    from geoflow.metrics import nll
 
     return nll(model, test_points, batch_size=16) / length
 
 
 def cmd_train(args) -> dict:
-    import jax
+    from geoflow.train import fit
 
-    from .cli import report, training_summary
-    from .serialization import save
-    from .train import fit
-    from molecules.proteins import frameflow, load_fragments, points_from_backbones
-    from molecules.proteins.model import rotation_schedule
+    from . import frameflow, load_fragments, points_from_backbones
+    from .model import rotation_schedule
 
-    t0 = time.perf_counter()
+    run = TrainingRun.start(args, args.out)
+    key_model, key_fit = run.keys(2)
     data = load_fragments(args.length, args.data_path, args.stride)
     points = points_from_backbones(data.train)
-    model = frameflow(jax.random.key(args.seed), args.length, width=args.width, layers=args.layers,
+    model = frameflow(key_model, args.length, width=args.width, layers=args.layers,
                       prediction=args.prediction, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
-    model, history = fit(model, points, key=jax.random.key(args.seed + 1), loss=_loss(args),
-                         **fit_options(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    save(args.out / "model.eqx", model)
-    res = {"length": args.length, "train_fragments": len(data.train), "test_fragments": len(data.test),
-           "test_chains": data.test_chains, "steps": args.steps, **training_summary(history, args.batch_size)}
+    model, history = fit(model, points, key=key_fit, loss=_loss(args), **fit_options(args))
+    info = {"length": args.length, "prediction": args.prediction}
+    res = {**info, "train_fragments": len(data.train), "test_fragments": len(data.test),
+           "test_chains": data.test_chains, **training_summary(history, args.batch_size)}
     if args.nll > 0 and len(data.test):
         test = points_from_backbones(data.test[: args.nll])
         res["heldout_nll_per_residue_nm"] = heldout_nll_per_residue(model, test, args.length)
         res["nll_solver"] = model.bijection.solver.description
-    res["wall_seconds"] = time.perf_counter() - t0
-    return report(args.out / "run.json", res, args.out / "model.eqx")
+    return run.finish(model, info, res)
 
 
 def cmd_sample(args) -> dict:
     import jax
 
-    from .cli import _run_dir
-    from .continuous import ODEFlow
-    from .serialization import load
-    from molecules.proteins import sample_backbones, write_pdb
+    from geoflow.continuous import ODEFlow
+    from geoflow.serialization import load
 
-    model = load(_run_dir(args.run) / "model.eqx")
+    from . import sample_backbones, write_pdb
+
+    model = load(existing_run(args.run) / "model.eqx")
     if not isinstance(getattr(model, "bijection", None), ODEFlow) or not hasattr(model.bijection.field, "length"):
         raise ValueError(f"{args.run} does not hold a protein frame flow (geoflow proteins train)")
     if args.n < 1 or args.steps < 1:
@@ -144,7 +142,7 @@ def cmd_sample(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from molecules.proteins import backbone_metrics, cut_fragments, load_chains, load_fragments, read_pdb
+    from . import backbone_metrics, cut_fragments, load_chains, load_fragments, read_pdb
 
     if not args.folder.is_dir():
         raise FileNotFoundError(f"{args.folder} is not a folder of PDB files (geoflow proteins sample --out)")
@@ -166,9 +164,12 @@ def cmd_evaluate(args) -> dict:
     res = backbone_metrics(np.asarray(backbones), reference)
     res["length"] = length
     res["reference_set"] = {"source": source, "chains": names, "fragments": int(len(reference))}
-    from .cli import report
-
     return report(args.folder / "metrics.json", res)
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}
+
+
+def run(args) -> dict:
+    """Run ``geoflow proteins SUBCOMMAND``."""
+    return COMMANDS[args.proteins_command](args)

@@ -1,24 +1,26 @@
 """``geoflow fit --model rfm``: Riemannian flow matching on a built-in manifold data set or on
-points from a file, with exact test NLL and a picture suited to the manifold."""
+points from a file, with exact test NLL and a picture suited to the manifold. Registered with
+the ``geoflow`` command as ``FIT_MODELS`` (entry-point group ``geoflow.fit_models``)."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .cli import MANIFOLD_DATA, _read_points, count_parameters, points_on_manifold
-from .cli_training import fit_options
+from geoflow.commands import (FitModels, TrainingRun, choice, count_parameters, fit_options, points_on_manifold,
+                              read_points, training_summary)
+from geoflow.datasets import random_split
+
+MANIFOLDS = ("sphere", "torus", "so3", "se3")
+# the built-in sets (manifolds.datasets.BUILT_IN): earth events on S², a checkerboard on T², a mixture on SO(3)
+MANIFOLD_DATA = ("volcano", "earthquake", "flood", "fire", "torus-checkerboard", "so3-mixture")
 
 
 def _manifold_data(args):
     """``(manifold, data set, prior)`` for ``--model rfm``: a built-in set, or points from a file."""
-    import jax
-
-    from manifolds import SE3, SO3, Sphere, Torus, se3_prior
-    from manifolds.datasets import BUILT_IN, ManifoldDataset
+    from . import SE3, SO3, Sphere, Torus, se3_prior
+    from .datasets import BUILT_IN, ManifoldDataset
 
     if args.data_path is None:
         if args.data not in MANIFOLD_DATA:
@@ -30,7 +32,7 @@ def _manifold_data(args):
         return data.manifold, data, None
     if args.manifold is None:
         raise ValueError("--model rfm with --data-path needs --manifold (sphere, torus, so3 or se3)")
-    x = np.load(args.data_path) if args.data_path.suffix == ".npy" else _read_points(args.data_path)
+    x = np.load(args.data_path, allow_pickle=False) if args.data_path.suffix == ".npy" else read_points(args.data_path)
     x = np.asarray(x, np.float32)
     manifold = {"sphere": Sphere(2), "so3": SO3(), "se3": SE3()}.get(args.manifold) or Torus(x.shape[-1])
     if x.shape[1:] != manifold.shape:
@@ -39,10 +41,7 @@ def _manifold_data(args):
         raise ValueError(f"{args.data_path}: {int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())} point(s) "
                          "hold NaN or inf")
     x = points_on_manifold(manifold, x, args.manifold, where=f"{args.data_path}: ")
-    perm = np.random.default_rng(args.seed).permutation(len(x))
-    n_train, n_val = int(0.8 * len(x)), int(0.1 * len(x))
-    x = x[perm]
-    data = ManifoldDataset(args.data_path.stem, x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :], manifold)
+    data = ManifoldDataset(args.data_path.stem, *random_split(x, args.seed), manifold)
     prior = None
     if args.manifold == "se3":  # uniform rotations × a Gaussian matched to the training translations
         t = data.train[:, 9:]
@@ -53,9 +52,10 @@ def _manifold_data(args):
 def _plot_manifold_samples(path, model, data, samples, title):
     """``samples.png`` for each manifold: a world map (S²), the square [0, 2π)² (T²), or the
     axis-and-turn picture of rotations (SO(3), SE(3)'s rotation part)."""
-    from . import metrics
-    from .plots import plot_2d, plot_so3, plot_sphere
-    from manifolds import SO3, Product, Sphere, Torus
+    from geoflow import metrics
+    from geoflow.plots import plot_2d, plot_so3, plot_sphere
+
+    from . import SO3, Product, Sphere, Torus
 
     m = data.manifold
     if isinstance(m, Sphere) and m.dim == 2:
@@ -74,40 +74,36 @@ def _plot_manifold_samples(path, model, data, samples, title):
 
 def cmd_fit_manifold(args) -> dict:
     """``geoflow fit --model rfm``: Riemannian flow matching, exact test NLL, a world map on S²."""
-    import jax
+    from geoflow import metrics
+    from geoflow.continuous import ODESolver, with_solver
+    from geoflow.train import fit
 
-    from . import metrics
-    from .continuous import ODESolver, with_solver
-    from .serialization import save
-    from .train import fit
-    from manifolds import GeodesicFlowMatching, rfm
+    from . import GeodesicFlowMatching, rfm
 
-    t_start = time.perf_counter()
     manifold, data, prior = _manifold_data(args)
-    out = args.out or Path("runs") / f"rfm-{data.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    key_model, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 3)
+    run = TrainingRun.start(args, Path("runs") / f"rfm-{data.name}")
+    key_model, key_fit, key_sample = run.keys(3)
     model = rfm(key_model, manifold, prior=prior, width=args.width)
     model, history = fit(model, data.train, key=key_fit, loss=GeodesicFlowMatching(), val_data=data.val,
                          **fit_options(args))
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
     cap = args.eval_points
-    res = {"model": "rfm", "manifold": type(manifold).__name__, "data": data.name, "seed": args.seed,
-           "steps": history.steps[-1] if history.steps else 0, "stop_reason": history.stop_reason,
-           "parameters": count_parameters(model), "fit_seconds": history.wall_time,
-           "steps_per_second": history.steps_per_second,
+    info = {"model": "rfm", "data": data.name, "manifold": type(manifold).__name__}
+    res = {**info, "seed": args.seed, "parameters": count_parameters(model), **training_summary(history, args.batch_size),
            "uniform_nll": float(-manifold.uniform_log_prob()) if manifold.compact else None}
     for split in ("train", "val", "test"):
         res[f"{split}_nll"] = metrics.nll(evaluator, getattr(data, split)[:cap])
     if data.true_log_prob is not None:  # a synthetic set: the best any model can score
         res["true_test_nll"] = float(-np.mean(data.true_log_prob(data.test[:cap])))
-    save(out / "model.eqx", model)
-    (out / "run.json").write_text(json.dumps({"model": "rfm", "data": data.name, "manifold": res["manifold"],
-                                               "seed": args.seed}, indent=2))
     samples = np.asarray(model.sample(key_sample, (min(len(data.test) * 4, 5_000),)))
-    _plot_manifold_samples(out / "samples.png", model, data, samples, f"rfm on {data.name}")
-    res["wall_seconds"] = time.perf_counter() - t_start
-    (out / "metrics.json").write_text(json.dumps(res, indent=2))
-    print(f"wrote {out / 'metrics.json'}, {out / 'model.eqx'}" + (f", {out / 'samples.png'}" if (out / 'samples.png').exists() else ""))
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
-    return res
+    _plot_manifold_samples(run.out / "samples.png", model, data, samples, f"rfm on {data.name}")
+    return run.finish(model, info, res, run.out / "samples.png")
+
+
+def _add_fit_arguments(parser) -> None:
+    parser.add_argument("--manifold", type=choice(MANIFOLDS, "manifold"),
+                        help="rfm only: sphere (default for earth data), torus, so3 or se3 (with --data-path)")
+
+
+FIT_MODELS = FitModels(models=("rfm",), data=MANIFOLD_DATA, data_kind="data on a manifold", fit=cmd_fit_manifold,
+                       add_arguments=_add_fit_arguments)

@@ -1,12 +1,15 @@
 """``geoflow molecules train | sample | evaluate``: 3-D molecule generation on QM9.
 
 - ``train --data qm9 [--hydrogens implicit|explicit] [--data-path CSV] [--subset N --steps S --out DIR]`` fits a
-  :class:`molecules.flow.MoleculeFlow` and writes ``DIR/model.eqx``, ``DIR/run.json``;
+  :class:`molecules.flow.MoleculeFlow` and writes ``DIR/model.eqx``, ``DIR/run.json``,
+  ``DIR/metrics.json`` and ``DIR/train_smiles.txt``;
 - ``sample --run DIR -n N --out FILE.sdf`` writes every sampled molecule, sanitized or not (so
   that ``evaluate`` scores the invalid ones too), and ``FILE.npz`` with the raw graphs;
 - ``evaluate FILE.sdf [--hydrogens implicit|explicit] [--train-smiles FILE]`` writes ``metrics.json``
   beside the SDF; unreadable records, elements outside the vocabulary and an empty file are
   counted as invalid molecules.
+
+Registered with the ``geoflow`` command (entry-point group ``geoflow.commands``).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_training import add_training_arguments, fit_options
+from geoflow.commands import (TrainingRun, add_training_arguments, choice, existing_run, fit_options, report,
+                              training_summary)
+
+NAME = "molecules"
 
 REFINE = 5  # EDM-rule molecule stability 25% -> 33% on explicit-hydrogen QM9 for 5% more sampling time (RESULTS)
 
 
-def add_parser(sub, choice):
-    m = sub.add_parser("molecules", help="3-D molecule generation (QM9): train, sample, evaluate")
+def add_parser(sub):
+    m = sub.add_parser(NAME, help="3-D molecule generation (QM9): train, sample, evaluate")
     msub = m.add_subparsers(dest="molecules_command", required=True)
     t = msub.add_parser("train", help="train a molecule flow")
     t.add_argument("--data", type=choice(("qm9",), "molecule data set"), default="qm9")
@@ -32,12 +38,10 @@ def add_parser(sub, choice):
     t.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="implicit",
                    help="implicit (heavy atoms only, up to 9; the default) or hydrogens as atoms (up to 29)")
     # the run behind RESULTS' implicit-hydrogen row: 97.7% valid after 20,000 steps (1.5 CPU hours)
-    add_training_arguments(t, steps=20_000, batch_size=64)
+    add_training_arguments(t, steps=20_000, batch_size=64, out=Path("runs/molecules-qm9"))
     t.add_argument("--scalars", type=int, default=64, help="scalar channels of the network")
     t.add_argument("--vectors", type=int, default=16, help="vector channels (each parity) of the network")
     t.add_argument("--layers", type=int, default=4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, default=Path("runs/molecules-qm9"))
     s = msub.add_parser("sample", help="sample molecules from a trained run into an SDF file")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
@@ -55,39 +59,35 @@ def add_parser(sub, choice):
 
 
 def cmd_train(args) -> dict:
-    import jax
+    from geoflow.train import fit
 
-    from .cli import report, training_summary
-    from .serialization import save
-    from .train import fit
-    from molecules.flow import MoleculeFlow, MoleculeFlowMatching
-    from molecules.qm9 import load_qm9, qm9_vocabulary
+    from .flow import MoleculeFlow, MoleculeFlowMatching
+    from .qm9 import load_qm9, qm9_vocabulary
 
-    t0 = time.perf_counter()
+    run = TrainingRun.start(args, args.out)
+    key_model, key_fit = run.keys(2)
     data = load_qm9(args.data_path, subset=args.subset, seed=args.seed, hydrogens=args.hydrogens)
     _, max_atoms = qm9_vocabulary(args.hydrogens)
     counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
-    model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=jax.random.key(args.seed), scalars=args.scalars,
+    model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=key_model, scalars=args.scalars,
                          vectors=args.vectors, layers=args.layers)
-    model, history = fit(model, data.graphs, key=jax.random.key(args.seed + 1), loss=MoleculeFlowMatching(permute=True),
-                         **fit_options(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    save(args.out / "model.eqx", model)
-    (args.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")
-    res = {"data": args.data, "hydrogens": args.hydrogens, "molecules": len(data), "perception_failures": data.failures, "steps": args.steps,
-           **training_summary(history, args.batch_size), "wall_seconds": time.perf_counter() - t0}
-    return report(args.out / "run.json", res, args.out / "model.eqx")
+    model, history = fit(model, data.graphs, key=key_fit, loss=MoleculeFlowMatching(permute=True), **fit_options(args))
+    (run.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")
+    info = {"data": args.data, "hydrogens": args.hydrogens}
+    res = {**info, "molecules": len(data), "perception_failures": data.failures,
+           **training_summary(history, args.batch_size)}
+    return run.finish(model, info, res, run.out / "train_smiles.txt")
 
 
 def cmd_sample(args) -> dict:
     import jax
 
-    from .cli import _run_dir
-    from .serialization import load
-    from molecules import graph_to_mol, unstack_graphs, write_sdf
-    from molecules.flow import MoleculeFlow
+    from geoflow.serialization import load
 
-    model = load(_run_dir(args.run) / "model.eqx")
+    from . import graph_to_mol, unstack_graphs, write_sdf
+    from .flow import MoleculeFlow
+
+    model = load(existing_run(args.run) / "model.eqx")
     if not isinstance(model, MoleculeFlow):
         raise ValueError(f"{args.run} holds a {type(model).__name__}, not a molecule model (geoflow molecules train)")
     if args.n < 1:
@@ -107,8 +107,8 @@ def cmd_sample(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from molecules import graph_from_rdkit, molecule_metrics, read_sdf
-    from molecules.qm9 import qm9_vocabulary
+    from . import graph_from_rdkit, molecule_metrics, read_sdf
+    from .qm9 import qm9_vocabulary
 
     vocabulary, max_atoms = qm9_vocabulary(args.hydrogens)
     # keep invalid molecules: they are scored, not dropped; an empty file scores zero molecules
@@ -129,9 +129,12 @@ def cmd_evaluate(args) -> dict:
     for key in ("validity", "connectivity", "validity_x_uniqueness"):  # over every record, readable or not
         res[key] = res[key] * len(graphs) / max(total, 1)
     res["unreadable_records"], res["molecules"] = unreadable, total
-    from .cli import report
-
     return report(args.sdf.parent / "metrics.json", res)
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}
+
+
+def run(args) -> dict:
+    """Run ``geoflow molecules SUBCOMMAND``."""
+    return COMMANDS[args.molecules_command](args)
