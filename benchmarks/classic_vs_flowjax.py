@@ -11,7 +11,7 @@ Reported per configuration and library:
   flowjax.train.fit_to_data) on a second call, i.e. after compilation — what a user waits for.
 - ``log_prob_per_s`` and ``sample_per_s`` on 100,000 points; ``compile_s`` of the training step.
 - ``test_nll`` on 20,000 fresh moons after the same number of steps from each fit function,
-  the mean over ``SEEDS`` initialisations and fits (``test_nll_seeds`` holds each): one run's
+  the mean over ``SEEDS`` initializations and fits (``test_nll_seeds`` holds each): one run's
   NLL moves by a few hundredths with the rounding of a single operation, which is the size of
   the differences between the libraries.
 - ``compile_32_over_8``: training-step compile time of 32 layers over 8 layers.

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from geoflow.continuous.fields import context_input, context_size, time_features
-from geoflow.nn import MLP, _init_linear, get_activation, scan_layers
+from geoflow.nn import MLP, init_linear, get_activation, scan_layers
 
 
 def _embedding(key, num: int, dim: int):
@@ -78,11 +78,11 @@ class _Block(eqx.Module):
 
     def __init__(self, dim: int, heads: int, cond: int, *, key, mlp_ratio: int = 4):
         k_qkv, k_out, k_up, k_down = jax.random.split(key, 4)
-        self.qkv = _init_linear(k_qkv, dim, 3 * dim)[0].T
-        self.out = _init_linear(k_out, dim, dim)[0].T
-        w, self.up_bias = _init_linear(k_up, dim, mlp_ratio * dim)
+        self.qkv = init_linear(k_qkv, dim, 3 * dim)[0].T
+        self.out = init_linear(k_out, dim, dim)[0].T
+        w, self.up_bias = init_linear(k_up, dim, mlp_ratio * dim)
         self.up = w.T
-        w, self.down_bias = _init_linear(k_down, mlp_ratio * dim, dim)
+        w, self.down_bias = init_linear(k_down, mlp_ratio * dim, dim)
         self.down = w.T
         # zero modulation: gates 0, so the block starts as the identity
         self.modulation, self.modulation_bias = jnp.zeros((cond, 6 * dim)), jnp.zeros(6 * dim)
@@ -131,7 +131,7 @@ class TransformerDenoiser(eqx.Module):
         make = lambda k: _Block(dim, heads, dim, key=k)
         self.blocks = eqx.filter_vmap(make)(jax.random.split(k_blocks, depth))
         self.final_modulation = jnp.zeros((dim, 2 * dim))
-        w, self.head_bias = _init_linear(k_head, dim, vocab_size)
+        w, self.head_bias = init_linear(k_head, dim, vocab_size)
         self.head = w.T
         self.length, self.vocab_size, self.time_embedding = length, vocab_size, time_embedding
         self.cond_shape = None if cond_dim is None else (cond_dim,)

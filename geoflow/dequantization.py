@@ -47,7 +47,7 @@ def uniform_bound_batched(model: Distribution, images, key, batch_size: int = 50
 
 class UniformDequantization(eqx.Module):
     """Loss for :func:`geoflow.fit`: the negative uniform-dequantisation bound per example (nats),
-    for integer-valued data. :meth:`dequantize` gives the noisy batch ActNorm initialises on."""
+    for integer-valued data. :meth:`dequantize` gives the noisy batch ActNorm initializes on."""
 
     def __call__(self, model, x, condition, key):
         if condition is not None:
@@ -127,7 +127,7 @@ class VariationallyDequantized(eqx.Module):
         return jnp.mean(jax.vmap(one_draw)(jax.random.split(key, samples)), axis=0)
 
     def data_init(self, x, key) -> VariationallyDequantized:
-        """Initialise the flow's ActNorm layers on ``x`` dequantised by the current ``q``."""
+        """Initialize the flow's ActNorm layers on ``x`` dequantised by the current ``q``."""
         k_noise, k_init = jax.random.split(key)
         x = jnp.asarray(x, float)
         u, _ = jax.vmap(self.dequantizer.sample_and_log_prob)(jax.random.split(k_noise, x.shape[0]), x)

@@ -100,8 +100,9 @@ def get_activation(name: str):
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 
-def _init_linear(key, fan_in: int, fan_out: int, zero: bool = False):
-    """PyTorch/Equinox default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``zero`` for identity starts."""
+def init_linear(key, fan_in: int, fan_out: int, zero: bool = False):
+    """``(weight (fan_out, fan_in), bias (fan_out,))`` of one linear layer, PyTorch/Equinox default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``zero`` for identity starts."""
     if zero:
         return jnp.zeros((fan_out, fan_in)), jnp.zeros((fan_out,))
     bound = 1.0 / math.sqrt(max(fan_in, 1))
@@ -115,7 +116,7 @@ def _init_layers(key, sizes: list[int], zero_last: bool):
     """Weights and biases of a stack of linear layers ``sizes[0] → … → sizes[-1]``."""
     keys = jax.random.split(key, len(sizes) - 1)
     layers = [
-        _init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
+        init_linear(k, a, b, zero=zero_last and i == len(sizes) - 2)
         for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
     ]
     return tuple(w for w, _ in layers), tuple(b for _, b in layers)

@@ -112,14 +112,14 @@ def _as_arrays(data, model, shape=None, check_data=None):
 
 
 def _data_dependent_init(model, x, loss, key, size: int = 512):
-    """Glow's data-dependent initialisation: a model holding ActNorm layers that have not seen
-    data is initialised on a random batch (dequantised first when the loss says how)."""
+    """Glow's data-dependent initialization: a model holding ActNorm layers that have not seen
+    data is initialized on a random batch (dequantised first when the loss says how)."""
     from .bijections.glow import needs_data_init
 
     if not needs_data_init(model):
         return model
     if not hasattr(model, "data_init"):
-        raise ValueError(f"{type(model).__name__} holds uninitialised ActNorm layers but has no data_init method")
+        raise ValueError(f"{type(model).__name__} holds uninitialized ActNorm layers but has no data_init method")
     k_batch, k_noise, k_init = jax.random.split(key, 3)
     batch = jnp.asarray(x[np.asarray(jax.random.permutation(k_batch, len(x))[:size])])
     if hasattr(loss, "dequantize"):

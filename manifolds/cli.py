@@ -12,15 +12,16 @@ from geoflow.commands import (FitModels, TrainingRun, choice, count_parameters, 
                               read_points, training_summary)
 from geoflow.datasets import random_split
 
+from .datasets import BUILT_IN
+
 MANIFOLDS = ("sphere", "torus", "so3", "se3")
-# the built-in sets (manifolds.datasets.BUILT_IN): earth events on S², a checkerboard on T², a mixture on SO(3)
-MANIFOLD_DATA = ("volcano", "earthquake", "flood", "fire", "torus-checkerboard", "so3-mixture")
+MANIFOLD_DATA = tuple(BUILT_IN)  # earth events on S², a checkerboard on T², a mixture on SO(3)
 
 
 def _manifold_data(args):
     """``(manifold, data set, prior)`` for ``--model rfm``: a built-in set, or points from a file."""
     from . import SE3, SO3, Sphere, Torus, se3_prior
-    from .datasets import BUILT_IN, ManifoldDataset
+    from .datasets import ManifoldDataset
 
     if args.data_path is None:
         if args.data not in MANIFOLD_DATA:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 
 def perturb(tree, key, scale=0.3):
-    """Add N(0, scale²) noise to every floating-point leaf: zero-initialised conditioners
+    """Add N(0, scale²) noise to every floating-point leaf: zero-initialized conditioners
     make fresh flows the identity, which would let wrong log-determinants pass. Frozen arrays
     (a 1×1 convolution's permutation, a power iteration's start) are left alone."""
     from geoflow.nn import trainable

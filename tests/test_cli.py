@@ -46,7 +46,7 @@ def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path,
     assert main(["fit", "--model", "glow", "--data", "digits", "--steps", "30", "--layers", "1", "--levels", "2",
                  "--width", "8", "--batch-size", "32", "--eval-points", "64", "--out", str(tmp_path), "--quiet"]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
-    # fit initialised every ActNorm of the multi-scale flow from its first batch
+    # fit initialized every ActNorm of the multi-scale flow from its first batch
     from geoflow import load
     from geoflow.bijections import ActNorm
 

@@ -88,3 +88,16 @@ def test_random_split_is_80_10_10_disjoint_and_seeded():
     assert np.array_equal(random_split(x, seed=3)[2], test) and not np.array_equal(random_split(x, seed=4)[2], test)
     with pytest.raises(ValueError, match="at least 10 examples; got 9"):
         random_split(np.arange(9), seed=0)
+
+
+def test_the_core_installs_without_the_chemistry_stack():
+    """``pip install .`` pulls no RDKit, e3nn-jax, biotite or geomstats; the extras do."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = lambda specs: {s.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for s in specs}
+    assert not names(project["dependencies"]) & {"rdkit", "e3nn-jax", "biotite", "geomstats"}
+    extras = project["optional-dependencies"]
+    assert {"rdkit", "e3nn-jax"} <= names(extras["molecules"]) and {"rdkit", "biotite"} <= names(extras["proteins"])
+    assert "geomstats" in names(extras["dev"])

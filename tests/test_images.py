@@ -138,30 +138,30 @@ def test_actnorm_data_init_gives_zero_mean_unit_variance_per_channel():
     assert layer.initialized
     np.testing.assert_allclose(latent.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(latent.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
-    again, _ = layer.data_init(y + 10)  # initialised once: later data leave it alone
+    again, _ = layer.data_init(y + 10)  # initialized once: later data leave it alone
     np.testing.assert_array_equal(again.bias, layer.bias)
 
 
-def test_stack_data_init_matches_initialising_each_layer_in_turn():
-    """A Stack initialises in a scan; the result is the layers initialised one by one, latent
+def test_stack_data_init_matches_initializing_each_layer_in_turn():
+    """A Stack initializes in a scan; the result is the layers initialized one by one, latent
     side last, each on the previous layer's latents."""
     make = lambda k: Chain([ActNorm((2, 4, 4)), InvertibleConv1x1(k, (2, 4, 4))])
     stack = Stack.from_init(make, jax.random.split(jax.random.key(20), 3))
     y = 1.5 + 3.0 * jax.random.normal(jax.random.key(21), (32, 2, 4, 4))
-    initialised, latent = stack.data_init(y)
-    assert not needs_data_init(initialised)
+    initialized, latent = stack.data_init(y)
+    assert not needs_data_init(initialized)
     layer_of = lambda stacked, i: eqx.combine(jax.tree.map(lambda a: a[i], eqx.filter(stacked, eqx.is_array)),
                                               eqx.filter(stacked, eqx.is_array, inverse=True))
     expected_latent = y
     for i in reversed(range(3)):
         layer, expected_latent = layer_of(stack.layers, i).data_init(expected_latent)
-        np.testing.assert_allclose(initialised.layers.bijections[0].bias[i], layer.bijections[0].bias, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(initialised.layers.bijections[0].log_scale[i], layer.bijections[0].log_scale,
+        np.testing.assert_allclose(initialized.layers.bijections[0].bias[i], layer.bijections[0].bias, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(initialized.layers.bijections[0].log_scale[i], layer.bijections[0].log_scale,
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(latent, expected_latent, rtol=1e-4, atol=1e-5)
     # the data-side layer (the last) sees the data; its ActNorm sees them through the 1×1
     # convolution's inverse and leaves them with zero mean and unit variance per channel
-    last = layer_of(initialised.layers, 2)
+    last = layer_of(initialized.layers, 2)
     after_actnorm = jax.vmap(lambda image: last.bijections[0].inverse(last.bijections[1].inverse(image)))(y)
     np.testing.assert_allclose(after_actnorm.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(after_actnorm.std(axis=(0, 2, 3)), 1.0, atol=1e-4)

@@ -55,10 +55,10 @@ class Bijection(eqx.Module):
         return call_with_key(self, "inverse_and_log_det", y, condition, key)[0]
 
     def data_init(self, y: Array, condition: Array | None = None, key=None) -> tuple[Bijection, Array]:
-        """Data-dependent initialisation from a batch ``y`` of shape ``(n, *shape)`` on the data
+        """Data-dependent initialization from a batch ``y`` of shape ``(n, *shape)`` on the data
         side (Glow's ActNorm): returns the bijection with such parameters set from ``y``, and
         ``y`` mapped to the latent side. Layers without data-dependent parameters return
-        themselves; containers initialise their children in data → latent order."""
+        themselves; containers initialize their children in data → latent order."""
         return self, _batched_inverse(self, y, condition, key)
 
 
@@ -296,20 +296,20 @@ class Stack(Bijection):
 
     def data_init(self, y, condition=None, key=None):
         # a scan in data → latent order, like the inverse: the layer is traced once, so compiling
-        # the initialisation does not grow with depth (unrolled, a Glow's took ~15 s)
+        # the initialization does not grow with depth (unrolled, a Glow's took ~15 s)
         params, static = eqx.partition(self.layers, eqx.is_array)
         keys = jax.random.split(jax.random.key(0) if key is None else key, self.n)
-        initialised_static = []  # the static part after init (ActNorm's flag flips): traced once
+        initialized_static = []  # the static part after init (ActNorm's flag flips): traced once
 
         def init_layer(y, layer_params_and_key):
             layer_params, k = layer_params_and_key
             layer, y = eqx.combine(layer_params, static).data_init(y, condition, k)
             new_params, new_static = eqx.partition(layer, eqx.is_array)
-            initialised_static.append(new_static)
+            initialized_static.append(new_static)
             return y, new_params
 
         y, stacked = jax.lax.scan(init_layer, y, (params, keys), reverse=True)
-        return Stack(eqx.combine(stacked, initialised_static[0]), self.n), y
+        return Stack(eqx.combine(stacked, initialized_static[0]), self.n), y
 
     def forward_and_log_det(self, x, condition=None, *, key=None):
         return self._scan("forward_and_log_det", x, condition, key, reverse=False)

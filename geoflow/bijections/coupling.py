@@ -18,7 +18,7 @@ class Coupling(Bijection):
     :class:`~geoflow.bijections.Reverse` or :class:`~geoflow.bijections.Permute` between layers.
 
     **Arguments:**
-    - `key`: initialisation key.
+    - `key`: initialization key.
     - `transformer`: the element-wise map (``Additive``, ``Affine``, ``RationalQuadraticSpline``).
     - `dim`: event size; `split`: number of untouched leading elements (default ``dim // 2``).
     - `cond_dim`: size of the context vector, or ``None``.

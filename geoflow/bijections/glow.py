@@ -50,7 +50,7 @@ class ActNorm(Bijection):
     """Per-channel affine map ``data = latent · exp(log_scale) + bias`` (channels are the first
     axis: an image's channels, or every element of a vector).
 
-    Data-dependent initialisation (:meth:`data_init`, called by :func:`geoflow.fit` on the first
+    Data-dependent initialization (:meth:`data_init`, called by :func:`geoflow.fit` on the first
     batch) sets ``bias`` and ``log_scale`` so that the data-side activations of that batch map to
     zero mean and unit variance per channel; after that they are ordinary parameters.
     ``initialized`` records whether that happened, so a second ``fit`` does not redo it.
@@ -98,7 +98,7 @@ def needs_data_init(model) -> bool:
 
 
 def _random_rotation_lu(key, c: int):
-    """LU factors of a random orthogonal ``c × c`` matrix (Glow's initialisation); traceable, so
+    """LU factors of a random orthogonal ``c × c`` matrix (Glow's initialization); traceable, so
     stacked layers can be built under ``filter_vmap``."""
     q, _ = jnp.linalg.qr(jax.random.normal(key, (c, c)))
     p, lower, upper = jax.scipy.linalg.lu(q)
@@ -110,7 +110,7 @@ class InvertibleConv1x1(Bijection):
     """Invertible 1×1 convolution ``data[:, i, j] = W · latent[:, i, j]`` with
     ``W = P · L · (U + diag(sign · exp(log_diag)))`` (Glow's LU parameterisation).
 
-    ``P`` (a permutation) and ``sign`` are fixed at initialisation; ``L`` is unit lower
+    ``P`` (a permutation) and ``sign`` are fixed at initialization; ``L`` is unit lower
     triangular and ``U`` strictly upper triangular. The log-determinant is
     ``height · width · Σ log_diag`` — O(c) instead of an O(c³) determinant — and the inverse
     is ``W⁻¹`` from two triangular solves. Starts as a random rotation.

@@ -69,7 +69,7 @@ class ImageCoupling(Bijection):
     identity.
 
     **Arguments:**
-    - `key`: initialisation key; `shape`: ``(channels, height, width)``.
+    - `key`: initialization key; `shape`: ``(channels, height, width)``.
     - `mask`: ``"checkerboard"`` (any channel count) or ``"channel"`` (at least 2 channels).
     - `parity`: 0 or 1, which half moves.
     - `width`, `blocks`: the :class:`ConvNet`.

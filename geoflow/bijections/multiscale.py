@@ -23,7 +23,7 @@ from .image_coupling import ConvNet
 
 class SplitPrior(eqx.Module):
     """``z = μ(h) + exp(log σ(h)) · ε``: the learned conditional prior of factored channels.
-    A zero-initialised network, so it starts as a standard normal."""
+    A zero-initialized network, so it starts as a standard normal."""
 
     net: ConvNet
 

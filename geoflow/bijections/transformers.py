@@ -6,7 +6,7 @@ element by element. Its per-element parameters come parameter-major: ``params`` 
 parameter. Conditioners produce them with :func:`geoflow.nn.output_parts`, which keeps each
 one a contiguous block under ``vmap`` (why: see there).
 Coupling layers, MADE layers and :class:`~geoflow.bijections.Elementwise` all use them.
-Every transformer maps zero parameters to the identity, so zero-initialised conditioners
+Every transformer maps zero parameters to the identity, so zero-initialized conditioners
 start each layer as the identity.
 """
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..checks import check_condition
-from ..nn import ACTIVATIONS, MLP, _init_linear, get_activation
+from ..nn import ACTIVATIONS, MLP, init_linear, get_activation
 
 
 def context_input(condition, cond_shape, keep=None):
@@ -102,9 +102,9 @@ class ConcatSquashMLP(eqx.Module):
         get_activation(activation)
         sizes = [dim + context_size(cond_dim)] + [width] * depth + [dim]
         keys = jax.random.split(key, len(sizes) - 1)
-        layers = [_init_linear(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
-        gates = [_init_linear(jax.random.fold_in(k, 1), 1, b) for k, b in zip(keys, sizes[1:])]
-        shifts = [_init_linear(jax.random.fold_in(k, 2), 1, b)[0][:, 0] for k, b in zip(keys, sizes[1:])]
+        layers = [init_linear(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+        gates = [init_linear(jax.random.fold_in(k, 1), 1, b) for k, b in zip(keys, sizes[1:])]
+        shifts = [init_linear(jax.random.fold_in(k, 2), 1, b)[0][:, 0] for k, b in zip(keys, sizes[1:])]
         self.weights, self.biases = tuple(w for w, _ in layers), tuple(b for _, b in layers)
         self.gate_weights, self.gate_biases = tuple(w[:, 0] for w, _ in gates), tuple(b for _, b in gates)
         self.time_shifts = tuple(shifts)

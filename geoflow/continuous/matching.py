@@ -86,7 +86,7 @@ def flow_matching(key, dim: int, *, source=None, field: str = "mlp", width: int 
     return Transformed(base, ODEFlow(vf, ODESolver() if solver is None else solver, trace))
 
 
-def _regress(flow: ODEFlow, t, xt, ut, condition, keep):
+def velocity_regression(flow: ODEFlow, t, xt, ut, condition, keep):
     """Mean over the batch of ``‖v(t, x_t, c) − u_t‖²`` (summed over the event)."""
     if condition is None:
         v = jax.vmap(lambda ti, xi: flow.field(ti, xi))(t, xt)
@@ -143,7 +143,7 @@ class FlowMatching(eqx.Module):
         eps = jax.random.normal(k_eps, x1.shape)
         xt, ut = jax.vmap(self.path.sample)(t, x0, x1, eps)
         keep = None if condition is None else jax.random.bernoulli(k_drop, 1 - self.condition_dropout, (n,))
-        return _regress(flow, t, xt, ut, condition, keep)
+        return velocity_regression(flow, t, xt, ut, condition, keep)
 
 
 def cfm(kind: str = "i-cfm", sigma: float = 0.1) -> FlowMatching:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from ..distributions import Transformed
 from ..train import fit
 from .cnf import ODEFlow
-from .matching import _regress, ode_flow_of
+from .matching import velocity_regression, ode_flow_of
 from .ode import fixed
 
 
@@ -41,7 +41,7 @@ class PairedFlowMatching(eqx.Module):
         x0, x1 = pairs[:, 0], pairs[:, 1]
         t = jax.random.uniform(key, (x0.shape[0],))
         tb = t.reshape(-1, *([1] * (x0.ndim - 1)))
-        return _regress(flow, t, tb * x1 + (1 - tb) * x0, x1 - x0, condition, None)
+        return velocity_regression(flow, t, tb * x1 + (1 - tb) * x0, x1 - x0, condition, None)
 
 
 class OneStepDistillation(eqx.Module):
@@ -53,7 +53,7 @@ class OneStepDistillation(eqx.Module):
     def __call__(self, model, pairs, condition, key):
         flow = ode_flow_of(model)
         x0, x1 = pairs[:, 0], pairs[:, 1]
-        return _regress(flow, jnp.zeros(x0.shape[0]), x0, x1 - x0, condition, None)
+        return velocity_regression(flow, jnp.zeros(x0.shape[0]), x0, x1 - x0, condition, None)
 
 
 def reflow(model, key, *, pairs: int = 20_000, rounds: int = 1, **fit_kwargs):
