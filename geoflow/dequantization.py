@@ -126,6 +126,10 @@ class VariationallyDequantized(eqx.Module):
 
         return jnp.mean(jax.vmap(one_draw)(jax.random.split(key, samples)), axis=0)
 
+    def needs_data_init(self) -> bool:
+        """Whether a layer of the flow (ActNorm) awaits :meth:`data_init`."""
+        return self.flow.needs_data_init()
+
     def data_init(self, x, key) -> VariationallyDequantized:
         """Initialize the flow's ActNorm layers on ``x`` dequantised by the current ``q``."""
         k_noise, k_init = jax.random.split(key)

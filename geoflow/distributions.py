@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .bijections import Bijection
-from .bijections.base import call_with_key
+from .bijections.base import call_with_key, needs_data_init
 from .checks import check_condition, check_event, check_finite
 from .nn import Frozen
 
@@ -199,6 +199,10 @@ class Transformed(Distribution):
     def _log_prob(self, y, condition=None, key=None):
         x, logdet = call_with_key(self.bijection, "inverse_and_log_det", y, condition, key)
         return self.base._log_prob(x, None) + logdet
+
+    def needs_data_init(self) -> bool:
+        """Whether a layer of the flow (ActNorm) awaits :meth:`data_init`."""
+        return needs_data_init(self.bijection)
 
     def data_init(self, y: Array, key=None) -> Transformed:
         """The flow with data-dependent parameters (ActNorm) set from the batch ``y`` ``(n, *shape)``;

@@ -7,12 +7,21 @@ stopping and checkpoints), not once per step. Minibatches are drawn on device wi
 function of its key, and a resumed run continues exactly where it stopped.
 
 A loss is any ``loss(model, x, condition, key) -> scalar``; the default is maximum likelihood.
-Later packages (flow matching, CTMC) pass their own. A loss may also define
-``prepare(model, x, condition, key)``: work that does not depend on the trained parameters
-(minibatch OT's assignment). ``fit`` then runs it for every step of a chunk, as a program of its
-own on one device before the chunk's scan, a block of steps at a time, and calls
-``loss(..., prepared=...)`` with each step's result. Such a loss is validated on one device too:
-a host callback inside a sharded program stalls its collectives.
+Later packages (flow matching, CTMC) pass their own. What else a loss or a model can tell
+``fit`` is declared by the small protocols below, each optional:
+
+- :class:`HostPrepared` — a loss with ``prepare(model, x, condition, key)``: work that does not
+  depend on the trained parameters (minibatch OT's assignment). ``fit`` runs it for every step
+  of a chunk, as a program of its own on one device before the chunk's scan, a block of steps at
+  a time, and calls ``loss(..., prepared=...)`` with each step's result. Such a loss is
+  validated on one device too: a host callback inside a sharded program stalls its collectives.
+- :class:`DeclaresDataShape` — a loss that trains on other examples than the model's events
+  (``data_shape(model)``, reflow's pairs); :class:`ChecksData` — one that checks and converts
+  them itself (``check_data(model, x)``, tokens or molecular graphs).
+- :class:`Dequantizing` — a loss that adds noise to integer data (``dequantize(x, key)``); the
+  data-dependent initialization sees the noisy batch.
+- :class:`DataDependentInit` — a model some of whose parameters are set from a first batch
+  (Glow's ActNorm): ``needs_data_init()`` and ``data_init(x, key)``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -35,6 +45,43 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .checks import check_event
 from .nn import trainable
 from .serialization import classes_in, load, save
+
+
+@runtime_checkable
+class HostPrepared(Protocol):
+    """A loss with per-step work that does not depend on the trained parameters."""
+
+    def prepare(self, model, x, condition, key): ...
+
+
+@runtime_checkable
+class DeclaresDataShape(Protocol):
+    """A loss whose training examples are not the model's events (reflow trains on pairs)."""
+
+    def data_shape(self, model) -> tuple[int, ...]: ...
+
+
+@runtime_checkable
+class ChecksData(Protocol):
+    """A loss that checks and converts its training examples itself (tokens, molecular graphs)."""
+
+    def check_data(self, model, x): ...
+
+
+@runtime_checkable
+class Dequantizing(Protocol):
+    """A loss that trains on integer data made continuous with noise."""
+
+    def dequantize(self, x, key): ...
+
+
+@runtime_checkable
+class DataDependentInit(Protocol):
+    """A model whose parameters are partly set from a first batch of data."""
+
+    def needs_data_init(self) -> bool: ...
+
+    def data_init(self, x, key): ...
 
 
 def maximum_likelihood(model, x, condition, key):
@@ -112,17 +159,13 @@ def _as_arrays(data, model, shape=None, check_data=None):
 
 
 def _data_dependent_init(model, x, loss, key, size: int = 512):
-    """Glow's data-dependent initialization: a model holding ActNorm layers that have not seen
-    data is initialized on a random batch (dequantised first when the loss says how)."""
-    from .bijections.glow import needs_data_init
-
-    if not needs_data_init(model):
+    """Glow's data-dependent initialization: a model that says it awaits data is initialized on
+    a random batch (dequantized first when the loss says how)."""
+    if not (isinstance(model, DataDependentInit) and model.needs_data_init()):
         return model
-    if not hasattr(model, "data_init"):
-        raise ValueError(f"{type(model).__name__} holds uninitialized ActNorm layers but has no data_init method")
     k_batch, k_noise, k_init = jax.random.split(key, 3)
     batch = jnp.asarray(x[np.asarray(jax.random.permutation(k_batch, len(x))[:size])])
-    if hasattr(loss, "dequantize"):
+    if isinstance(loss, Dequantizing):
         batch = loss.dequantize(batch, k_noise)
     return _compiled_data_init(model, batch, k_init)
 
@@ -366,13 +409,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
                          eval_every=eval_every, patience=patience, eval_batch_size=eval_batch_size,
                          ema_decay=ema_decay, devices=devices, optimizer=optimizer)
     loss = maximum_likelihood if loss is None else loss
-    # a loss may train on other examples than the model's events (reflow trains on pairs)
-    data_shape = loss.data_shape(model) if hasattr(loss, "data_shape") else None
-    x, condition = _as_arrays(data, model, data_shape, getattr(loss, "check_data", None))
     split_key, train_key, eval_key = jax.random.split(key, 3)
+    x, condition = _as_arrays(data, model, *_data_checks(model, loss))
     model = _data_dependent_init(model, x, loss, jax.random.fold_in(key, 3))
     if val_data is not None:
-        train, val = (x, condition), _as_arrays(val_data, model, data_shape, getattr(loss, "check_data", None))
+        train, val = (x, condition), _as_arrays(val_data, model, *_data_checks(model, loss))
     elif val_fraction > 0:
         train, val = _split(x, condition, val_fraction, split_key)
     else:
@@ -380,124 +421,197 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     mesh = _mesh(devices)
     if mesh is not None and batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")
-    batch_sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
-
     if optimizer is None:
         warm = min(500, steps // 20) if warmup_steps is None else warmup_steps
         optimizer = make_optimizer(float(learning_rate), int(steps), int(warm), schedule,
                                    None if clip_norm is None else float(clip_norm), float(weight_decay))
     params, static = eqx.partition(model, trainable(model))
-    opt_state = optimizer.init(params)
-    ema = None if ema_decay is None else params
-    history = History()
-    step, best_params, best_val = 0, None, math.inf
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if resume and checkpoint is not None and checkpoint.exists():
-        saved = load(checkpoint, trust=classes_in(model))  # the caller's own module classes too
-        params = _trainable_params(saved["model"])
-        opt_state, step, history = saved["opt_state"], int(saved["step"]), saved["history"]
-        if ema_decay is not None:
-            if saved.get("ema_model") is None:
-                raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
-            ema = _trainable_params(saved["ema_model"])
-        best_params = _trainable_params(saved["best_model"])
-        best_val = math.inf if history.best_val_loss is None else history.best_val_loss
-
-    tx, tc = _put(train[0], mesh), _put(train[1], mesh)
-    params, opt_state, ema = _put_tree(params, mesh), _put_tree(opt_state, mesh), _put_tree(ema, mesh)
-    vx = vc = None
-    if val is not None:
-        vx, vc = _put(val[0], mesh), _put(val[1], mesh)
-
-    # a loss with `prepare` calls a host solver, which must not run inside a sharded program:
-    # its work for the training steps, and its validation, run on one device
-    host_solver = hasattr(loss, "prepare")
-    on_eval_device = (lambda tree: _on_one_device(tree, mesh)) if host_solver else (lambda tree: tree)
-    prepare_data = _on_one_device((tx, tc), mesh) if host_solver else None
-    val_data_on_device = None if vx is None else on_eval_device((vx, vc))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=step, desc="fit", file=sys.stderr, dynamic_ncols=True)
-    start, timed_steps, timed_seconds = time.perf_counter(), 0, 0.0
-    bad_step = jnp.asarray(-1, jnp.int32)
-    stale = 0
+        state = TrainingState.resumed(checkpoint, model, ema_decay)
+    else:
+        state = TrainingState.start(params, optimizer, ema_decay)
+    placed = _Placement(mesh, isinstance(loss, HostPrepared), train, val)
+    state.put_on(placed)
+    bar = _progress_bar(steps, state.step) if progress else None
+    clock = _StepClock()
     chunk = min(eval_every, steps)  # steps per compiled chunk; the last one may run fewer
-    while step < steps:
-        n = min(chunk, steps - step)
+    ema_decay = None if ema_decay is None else float(ema_decay)
+    while state.step < steps:
+        n = min(chunk, steps - state.step)
         t0 = time.perf_counter()
-        step0, active = jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32)
-        state = (params, opt_state, ema, static, step0, bad_step, active)
+        step0, active = jnp.asarray(state.step, jnp.int32), jnp.asarray(n, jnp.int32)
         prepared = None
-        if host_solver:  # a program of its own, on one device
-            prepared = _put_tree(_prepare_chunk(eqx.combine(_on_one_device(params, mesh), static), *prepare_data,
-                                                train_key, step0, active, num_steps=chunk, batch_size=batch_size,
-                                                loss=loss), mesh)
-        params, opt_state, ema, bad_step, losses = _train_chunk(
-            state, tx, tc, train_key, prepared, num_steps=chunk, batch_size=batch_size, loss=loss,
-            optimizer=optimizer, batch_sharding=batch_sharding,
-            ema_decay=None if ema_decay is None else float(ema_decay),
-        )
+        if placed.host_solver:  # a program of its own, on one device
+            prepared = _put_tree(_prepare_chunk(eqx.combine(_on_one_device(state.params, mesh), static),
+                                                *placed.prepare_data, train_key, step0, active, num_steps=chunk,
+                                                batch_size=batch_size, loss=loss), mesh)
+        chunk_state = (state.params, state.opt_state, state.ema, static, step0, state.bad_step, active)
+        state.params, state.opt_state, state.ema, state.bad_step, losses = _train_chunk(
+            chunk_state, *placed.train, train_key, prepared, num_steps=chunk, batch_size=batch_size, loss=loss,
+            optimizer=optimizer, batch_sharding=placed.batch_sharding, ema_decay=ema_decay)
         losses = np.asarray(losses)[:n]
-        dt = time.perf_counter() - t0
-        if history.steps:  # the first chunk includes compilation
-            timed_steps, timed_seconds = timed_steps + n, timed_seconds + dt
-        bad = int(bad_step)
-        if bad >= 0:
-            history.stop_reason = "nan"
-            good = losses[: bad - step]
-            if len(good):
-                history.steps.append(bad)
-                history.train_loss.append(float(good.mean()))
-            step = bad
+        clock.add(n, time.perf_counter() - t0, first=not state.history.steps)
+        if state.stop_at_nan(losses):
             warnings.warn(
-                f"fit: the loss or its gradient became NaN/inf at step {bad}; training stopped and "
-                f"the model from the last good step ({bad}) is returned", RuntimeWarning, stacklevel=2,
+                f"fit: the loss or its gradient became NaN/inf at step {state.step}; training stopped and "
+                f"the model from the last good step ({state.step}) is returned", RuntimeWarning, stacklevel=2,
             )
             break
-        step += n
-        history.steps.append(step)
-        history.train_loss.append(float(losses.mean()))
-        # the model a user gets: the parameter average when there is one
-        evaluated = params if ema is None else ema
-        model_now = eqx.combine(evaluated, static)
-        postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
-        if vx is not None:
-            v = float(_eval_loss(on_eval_device(model_now), *val_data_on_device, eval_key, loss=loss,
+        state.record_chunk(n, losses)
+        model_now = eqx.combine(state.evaluated, static)  # the model a user gets: the average when there is one
+        postfix = {"loss": f"{state.history.train_loss[-1]:.4f}"}
+        if placed.val is not None:
+            v = float(_eval_loss(placed.on_eval_device(model_now), *placed.val, eval_key, loss=loss,
                                  batch_size=eval_batch_size))
-            history.val_loss.append(v)
+            state.record_validation(v)
             postfix["val"] = f"{v:.4f}"
-            if v < best_val:
-                best_val, best_params, stale = v, evaluated, 0
-                history.best_step, history.best_val_loss = step, v
-            else:
-                stale += 1
-        if timed_seconds > 0:
-            postfix["steps/s"] = f"{timed_steps / timed_seconds:.0f}"
+        if clock.seconds > 0:
+            postfix["steps/s"] = f"{clock.rate:.0f}"
         if bar is not None:
             bar.set_postfix(postfix, refresh=False)
             bar.update(n)
         if checkpoint is not None:
-            best_model = None if best_params is None else eqx.combine(best_params, static)
-            save(checkpoint, {"model": eqx.combine(params, static), "opt_state": opt_state, "step": step,
-                              "history": history, "best_model": best_model,
-                              "ema_model": None if ema is None else model_now})
-        if patience is not None and stale >= patience:
-            history.stop_reason = "early_stopping"
+            state.save(checkpoint, static, model_now)
+        if patience is not None and state.stale >= patience:
+            state.history.stop_reason = "early_stopping"
             break
-        if callback is not None and callback(step, model_now, history):
-            history.stop_reason = "callback"
+        if callback is not None and callback(state.step, model_now, state.history):
+            state.history.stop_reason = "callback"
             break
     if bar is not None:
         bar.close()
-    history.wall_time += time.perf_counter() - start
-    if timed_seconds > 0:
-        history.steps_per_second = timed_steps / timed_seconds
-    final = params if ema is None else ema
-    if restore_best and best_params is not None and history.stop_reason != "nan":
-        final = best_params
+    history = state.history
+    history.wall_time += clock.wall()
+    if clock.seconds > 0:
+        history.steps_per_second = clock.rate
+    final = state.evaluated
+    if restore_best and state.best_params is not None and history.stop_reason != "nan":
+        final = state.best_params
     return eqx.combine(final, static), history
+
+
+def _data_checks(model, loss):
+    """``(example shape or None, check_data or None)``: what the loss declares of its data."""
+    return (loss.data_shape(model) if isinstance(loss, DeclaresDataShape) else None,
+            loss.check_data if isinstance(loss, ChecksData) else None)
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """What :func:`fit`'s host loop carries from chunk to chunk: the trainable parameters, the
+    optimizer state, the parameter average (``ema``, ``None`` when off), the step, the history,
+    the best validated parameters and how many validations since they improved, and the first
+    step whose loss or gradient was not finite (``bad_step``, −1 while there is none)."""
+
+    params: object
+    opt_state: object
+    ema: object
+    step: int = 0
+    history: History = dataclasses.field(default_factory=History)
+    best_params: object = None
+    best_val: float = math.inf
+    stale: int = 0
+    bad_step: jax.Array = dataclasses.field(default_factory=lambda: jnp.asarray(-1, jnp.int32))
+
+    @classmethod
+    def start(cls, params, optimizer, ema_decay) -> TrainingState:
+        return cls(params, optimizer.init(params), None if ema_decay is None else params)
+
+    @classmethod
+    def resumed(cls, checkpoint: Path, model, ema_decay) -> TrainingState:
+        """The state saved in ``checkpoint`` (written by :meth:`save` for a model like ``model``)."""
+        saved = load(checkpoint, trust=classes_in(model))  # the caller's own module classes too
+        ema = None
+        if ema_decay is not None:
+            if saved.get("ema_model") is None:
+                raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
+            ema = _trainable_params(saved["ema_model"])
+        history = saved["history"]
+        return cls(_trainable_params(saved["model"]), saved["opt_state"], ema, int(saved["step"]), history,
+                   _trainable_params(saved["best_model"]),
+                   math.inf if history.best_val_loss is None else history.best_val_loss)
+
+    def put_on(self, placed: _Placement) -> None:
+        """Replicate the parameters, optimizer state and average over ``placed``'s mesh."""
+        self.params, self.opt_state, self.ema = (_put_tree(t, placed.mesh) for t in (self.params, self.opt_state, self.ema))
+
+    @property
+    def evaluated(self):
+        """The parameters that are validated, kept as best and returned: the average when there is one."""
+        return self.params if self.ema is None else self.ema
+
+    def stop_at_nan(self, losses: np.ndarray) -> bool:
+        """After a chunk: if a step broke, record the good steps before it, stop there, say so."""
+        bad = int(self.bad_step)
+        if bad < 0:
+            return False
+        self.history.stop_reason = "nan"
+        good = losses[: bad - self.step]
+        if len(good):
+            self.history.steps.append(bad)
+            self.history.train_loss.append(float(good.mean()))
+        self.step = bad
+        return True
+
+    def record_chunk(self, n: int, losses: np.ndarray) -> None:
+        self.step += n
+        self.history.steps.append(self.step)
+        self.history.train_loss.append(float(losses.mean()))
+
+    def record_validation(self, value: float) -> None:
+        self.history.val_loss.append(value)
+        if value < self.best_val:
+            self.best_val, self.best_params, self.stale = value, self.evaluated, 0
+            self.history.best_step, self.history.best_val_loss = self.step, value
+        else:
+            self.stale += 1
+
+    def save(self, checkpoint: Path, static, model_now) -> None:
+        """The checkpoint :meth:`resumed` reads (its layout is :func:`fit`'s documented one)."""
+        best_model = None if self.best_params is None else eqx.combine(self.best_params, static)
+        save(checkpoint, {"model": eqx.combine(self.params, static), "opt_state": self.opt_state, "step": self.step,
+                          "history": self.history, "best_model": best_model,
+                          "ema_model": None if self.ema is None else model_now})
+
+
+class _Placement:
+    """Where the training and validation arrays live: replicated over the mesh, and a copy on one
+    device for a loss with a host solver (whose validation runs there too)."""
+
+    def __init__(self, mesh, host_solver: bool, train, val):
+        self.mesh, self.host_solver = mesh, host_solver
+        self.batch_sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
+        self.train = (_put(train[0], mesh), _put(train[1], mesh))
+        self.prepare_data = _on_one_device(self.train, mesh) if host_solver else None
+        self.val = None if val is None else self.on_eval_device((_put(val[0], mesh), _put(val[1], mesh)))
+
+    def on_eval_device(self, tree):
+        return _on_one_device(tree, self.mesh) if self.host_solver else tree
+
+
+class _StepClock:
+    """Steps per second of the training chunks after the first (which includes compilation)."""
+
+    def __init__(self):
+        self.started, self.steps, self.seconds = time.perf_counter(), 0, 0.0
+
+    def add(self, n: int, seconds: float, *, first: bool) -> None:
+        if not first:
+            self.steps, self.seconds = self.steps + n, self.seconds + seconds
+
+    @property
+    def rate(self) -> float:
+        return self.steps / self.seconds
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _progress_bar(steps: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, initial=initial, desc="fit", file=sys.stderr, dynamic_ncols=True)
 
 
 def _trainable_params(model):

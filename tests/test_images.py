@@ -21,7 +21,7 @@ from geoflow.dequantization import (
     uniform_bound,
 )
 from geoflow.distributions import StandardNormal, Transformed
-from geoflow.bijections.glow import needs_data_init
+from geoflow.bijections.base import needs_data_init
 from geoflow.datasets.locations import shared_data
 from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow, sample_at_temperature
 from geoflow.nn import conv_chw

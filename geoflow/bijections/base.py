@@ -61,6 +61,18 @@ class Bijection(eqx.Module):
         themselves; containers initialize their children in data → latent order."""
         return self, _batched_inverse(self, y, condition, key)
 
+    @property
+    def awaiting_data(self) -> bool:
+        """Whether this layer's own parameters are still to be set by :meth:`data_init`."""
+        return False
+
+
+def needs_data_init(tree) -> bool:
+    """Whether any bijection in ``tree`` (a model, or any pytree of modules) awaits data-dependent
+    initialization (:attr:`Bijection.awaiting_data`)."""
+    nodes = jax.tree.leaves(tree, is_leaf=lambda node: isinstance(node, Bijection))
+    return any(isinstance(node, Bijection) and node.awaiting_data for node in nodes)
+
 
 def call_with_key(bijection: Bijection, method: str, x, condition, key):
     """``bijection.<method>(x, condition)``, passing ``key`` only to a bijection that needs one."""

@@ -82,6 +82,10 @@ class ActNorm(Bijection):
     def inverse_and_log_det(self, y, condition=None):
         return (y - self._per_channel(self.bias)) * self._per_channel(jnp.exp(-self.log_scale)), -self._log_det()
 
+    @property
+    def awaiting_data(self) -> bool:
+        return not self.initialized
+
     def data_init(self, y, condition=None, key=None):
         if self.initialized:
             return super().data_init(y, condition, key)
@@ -89,12 +93,6 @@ class ActNorm(Bijection):
         layer = ActNorm(self.shape, bias=jnp.mean(y, axis=axes),
                         log_scale=jnp.log(jnp.std(y, axis=axes) + 1e-6), initialized=True)
         return layer, jax.vmap(layer.inverse)(y)
-
-
-def needs_data_init(model) -> bool:
-    """Whether ``model`` holds an :class:`ActNorm` that has not seen data yet."""
-    leaves = jax.tree.leaves(model, is_leaf=lambda node: isinstance(node, ActNorm))
-    return any(isinstance(leaf, ActNorm) and not leaf.initialized for leaf in leaves)
 
 
 def _random_rotation_lu(key, c: int):
