@@ -209,7 +209,7 @@ def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, 
 
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *RFM_SMALL]) == 0
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
-    # --width 16 is used as given (it was raised to 64 silently)
+    # --width 16 is used as given, never silently replaced
     assert m["parameters"] == count_parameters(rfm(jax.random.key(0), Sphere(2), width=16))
     capsys.readouterr()
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--width", "0", "--out", str(tmp_path / "w")]) == 2
@@ -225,7 +225,7 @@ def test_riemannian_flow_matching_on_so3_from_the_command_line(tmp_path, capsys)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["true_test_nll"] < m["test_nll"] < m["uniform_nll"] + 0.5 and (tmp_path / "r" / "samples.png").is_file()
     # eval takes rotations as (n, 3, 3) or flattened (n, 9), with the same NLL; off-manifold points
-    # are one line and exit 2 (they were a traceback, and (n, 3, 3) was refused as "not 2-D")
+    # are one line and exit 2, never a traceback
     rotations = np.asarray(SO3().random_uniform(jax.random.key(0), (20,)), np.float32)
     np.save(tmp_path / "r33.npy", rotations)
     np.save(tmp_path / "r9.npy", rotations.reshape(20, 9))

@@ -251,8 +251,8 @@ def test_resume_with_ema_matches_uninterrupted_run(tmp_path):
 
 def test_fixed_distribution_arrays_are_not_trained():
     """Bounds, fitted moments, prior means and the IGSO(3) tables are fixed: ``trainable`` leaves
-    them out, so fit with weight decay cannot shrink them (it once could: a Uniform's bounds or
-    a WrappedNormal's mean were plain arrays, and only stop_gradient guarded them)."""
+    them out, so fit with weight decay cannot shrink them (``stop_gradient`` alone would not: weight
+    decay acts on every parameter the optimizer holds)."""
     from manifolds import SO3, GeodesicFlowMatching, rfm
     from manifolds.distributions import IGSO3, WrappedNormal, WrappedNormalMixtureSO3
 
