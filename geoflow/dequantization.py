@@ -71,11 +71,11 @@ class VariationalDequantizer(eqx.Module):
     levels: int = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, key, shape, *, levels: int = 256, couplings: int = 4, width: int = 32):
+    def __init__(self, shape, *, levels: int = 256, couplings: int = 4, width: int = 32, key):
         self.shape = check_image_shape(shape, "VariationalDequantizer")
         keys = jax.random.split(key, couplings)
-        self.flow = Chain([ImageCoupling(k, self.shape, mask="checkerboard", parity=i % 2, width=width,
-                                         cond_channels=self.shape[0]) for i, k in enumerate(keys)])
+        self.flow = Chain([ImageCoupling(self.shape, mask="checkerboard", parity=i % 2, width=width,
+                                         cond_channels=self.shape[0], key=k) for i, k in enumerate(keys)])
         self.levels = levels
 
     def sample_and_log_prob(self, key, x: Float[Array, "c h w"]) -> tuple[Array, Array]:

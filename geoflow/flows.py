@@ -45,8 +45,8 @@ def coupling_flow(key, dim: int, *, transformer: Transformer, cond_dim: int | No
 
     def layer(k):
         ck, pk = jax.random.split(k)
-        coupling = Coupling(ck, transformer=transformer, dim=dim, cond_dim=cond_dim,
-                            width=width, depth=depth, activation=activation)
+        coupling = Coupling(transformer=transformer, dim=dim, cond_dim=cond_dim,
+                            width=width, depth=depth, activation=activation, key=ck)
         return Chain([coupling, _mixer(pk, dim, permutation)])
 
     return _finish(key, layer, dim, layers, preprocess=preprocess)
@@ -61,8 +61,8 @@ def masked_autoregressive_flow(key, dim: int, *, transformer: Transformer, cond_
 
     def layer(k):
         mk, pk = jax.random.split(k)
-        made = MaskedAutoregressive(mk, transformer=transformer, dim=dim, cond_dim=cond_dim,
-                                    width=width, depth=depth, activation=activation, order=order)
+        made = MaskedAutoregressive(transformer=transformer, dim=dim, cond_dim=cond_dim,
+                                    width=width, depth=depth, activation=activation, order=order, key=mk)
         return Chain([Invert(made) if invert else made, _mixer(pk, dim, permutation)])
 
     return _finish(key, layer, dim, layers, preprocess=preprocess)
@@ -116,7 +116,7 @@ def residual(key, dim: int, *, cond_dim: int | None = None, layers: int = 8, wid
     log_det = ("exact" if dim <= 16 else "series") if log_det is None else log_det
 
     def layer(k):
-        block = ResidualBlock(k, (dim,), cond_dim=cond_dim, width=width, depth=depth, coeff=coeff, log_det=log_det)
+        block = ResidualBlock((dim,), cond_dim=cond_dim, width=width, depth=depth, coeff=coeff, log_det=log_det, key=k)
         return Chain([block, ActNorm(dim)])
 
     return _finish(key, layer, dim, layers, preprocess=preprocess)

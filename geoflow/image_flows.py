@@ -80,8 +80,8 @@ def glow(key, shape, *, levels: int | None = None, depth: int = 8, width: int = 
     def make_steps(k, s):
         def step(k_step):
             k_coupling, k_conv = jax.random.split(k_step)
-            return Chain([ImageCoupling(k_coupling, s, mask="channel", width=width),
-                          InvertibleConv1x1(k_conv, s), ActNorm(s)])
+            return Chain([ImageCoupling(s, mask="channel", width=width, key=k_coupling),
+                          InvertibleConv1x1(s, key=k_conv), ActNorm(s)])
 
         return Stack.from_init(step, jax.random.split(k, depth))
 
@@ -105,7 +105,7 @@ def realnvp_multiscale(key, shape, *, levels: int | None = None, couplings: int 
             keys = jax.random.split(k, n)
             layers = []
             for i in range(n):
-                layers += [ImageCoupling(keys[i], s, mask=mask, parity=i % 2, width=width, blocks=blocks), ActNorm(s)]
+                layers += [ImageCoupling(s, mask=mask, parity=i % 2, width=width, blocks=blocks, key=keys[i]), ActNorm(s)]
             return Chain(layers)
 
         return make
@@ -128,7 +128,7 @@ def residual_image_flow(key, shape, *, levels: int | None = None, depth: int = 4
 
     def make_steps(k, s):
         def step(k_step):
-            return Chain([ResidualBlock(k_step, s, width=width, coeff=coeff, log_det=log_det), ActNorm(s)])
+            return Chain([ResidualBlock(s, width=width, coeff=coeff, log_det=log_det, key=k_step), ActNorm(s)])
 
         return Stack.from_init(step, jax.random.split(k, depth))
 

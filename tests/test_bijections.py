@@ -18,27 +18,27 @@ SPLINE = RationalQuadraticSpline(knots=6, bound=3.0)
 
 def _stack(k):
     def layer(kk):
-        return Chain([Coupling(kk, transformer=Affine(), dim=DIM, width=16, depth=1), Reverse(DIM)])
+        return Chain([Coupling(transformer=Affine(), dim=DIM, width=16, depth=1, key=kk), Reverse(DIM)])
     return Stack.from_init(layer, jax.random.split(k, 3))
 
 
 BIJECTIONS = {
-    "coupling-additive": lambda k: Coupling(k, transformer=Additive(), dim=DIM, width=16, depth=2),
-    "coupling-affine": lambda k: Coupling(k, transformer=Affine(), dim=DIM, width=16, depth=2),
-    "coupling-spline": lambda k: Coupling(k, transformer=SPLINE, dim=DIM, width=16, depth=2),
-    "coupling-affine-cond": lambda k: Coupling(k, transformer=Affine(), dim=DIM, cond_dim=COND, width=16),
-    "coupling-spline-cond": lambda k: Coupling(k, transformer=SPLINE, dim=DIM, cond_dim=COND, width=16),
-    "made-affine": lambda k: MaskedAutoregressive(k, transformer=Affine(), dim=DIM, width=16, depth=2),
-    "made-spline": lambda k: MaskedAutoregressive(k, transformer=SPLINE, dim=DIM, width=16, depth=2),
-    "made-random-order": lambda k: MaskedAutoregressive(k, transformer=Affine(), dim=DIM, width=16, order="random"),
-    "made-spline-cond": lambda k: MaskedAutoregressive(k, transformer=SPLINE, dim=DIM, cond_dim=COND, width=16),
-    "iaf-cond": lambda k: Invert(MaskedAutoregressive(k, transformer=Affine(), dim=DIM, cond_dim=COND, width=16)),
+    "coupling-additive": lambda k: Coupling(transformer=Additive(), dim=DIM, width=16, depth=2, key=k),
+    "coupling-affine": lambda k: Coupling(transformer=Affine(), dim=DIM, width=16, depth=2, key=k),
+    "coupling-spline": lambda k: Coupling(transformer=SPLINE, dim=DIM, width=16, depth=2, key=k),
+    "coupling-affine-cond": lambda k: Coupling(transformer=Affine(), dim=DIM, cond_dim=COND, width=16, key=k),
+    "coupling-spline-cond": lambda k: Coupling(transformer=SPLINE, dim=DIM, cond_dim=COND, width=16, key=k),
+    "made-affine": lambda k: MaskedAutoregressive(transformer=Affine(), dim=DIM, width=16, depth=2, key=k),
+    "made-spline": lambda k: MaskedAutoregressive(transformer=SPLINE, dim=DIM, width=16, depth=2, key=k),
+    "made-random-order": lambda k: MaskedAutoregressive(transformer=Affine(), dim=DIM, width=16, order="random", key=k),
+    "made-spline-cond": lambda k: MaskedAutoregressive(transformer=SPLINE, dim=DIM, cond_dim=COND, width=16, key=k),
+    "iaf-cond": lambda k: Invert(MaskedAutoregressive(transformer=Affine(), dim=DIM, cond_dim=COND, width=16, key=k)),
     "elementwise-spline": lambda k: Elementwise(SPLINE, DIM),
     "elementwise-scale": lambda k: Elementwise(Affine(shift=False), DIM),
     "permute": lambda k: Permute(jax.random.permutation(k, DIM)),
     "reverse": lambda k: Reverse(DIM),
     "stack": _stack,
-    "chain": lambda k: Chain([Coupling(k, transformer=SPLINE, dim=DIM, width=8), Permute(jnp.array([2, 0, 3, 1]))]),
+    "chain": lambda k: Chain([Coupling(transformer=SPLINE, dim=DIM, width=8, key=k), Permute(jnp.array([2, 0, 3, 1]))]),
     "standardize": lambda k: Standardize(jnp.arange(DIM) * 0.3, 1.0 + jnp.arange(DIM) * 0.5),
 }
 
@@ -89,8 +89,8 @@ def test_logit_log_det_and_inverse():
 
 def test_made_is_autoregressive():
     """Output i of MADE depends only on inputs of smaller degree (random order included)."""
-    made = perturb(MaskedAutoregressive(jax.random.key(0), transformer=Affine(), dim=5, width=16,
-                                        order="random"), jax.random.key(1))
+    made = perturb(MaskedAutoregressive(transformer=Affine(), dim=5, width=16,
+                                        order="random", key=jax.random.key(0)), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (5,))
     jac = jax.jacfwd(made.inverse)(x)
     nonzero = np.abs(np.asarray(jac)) > 0
@@ -130,7 +130,7 @@ def test_stack_compiles_one_layer_regardless_of_depth():
     """The scanned stack traces its layer once: the jaxpr size does not grow with depth."""
     def size(n):
         def layer(k):
-            return Coupling(k, transformer=SPLINE, dim=DIM, width=8)
+            return Coupling(transformer=SPLINE, dim=DIM, width=8, key=k)
         stack = Stack.from_init(layer, jax.random.split(jax.random.key(0), n))
         return len(str(jax.make_jaxpr(stack.forward)(jnp.ones(DIM))))
 

@@ -67,10 +67,10 @@ def test_image_layers_log_det_and_inverse(shape):
     x = jax.random.normal(keys[0], shape)
     layers = [
         perturb(ActNorm(shape), keys[1]),
-        InvertibleConv1x1(keys[2], shape),
-        perturb(ImageCoupling(keys[3], shape, mask="channel", parity=1, width=8, blocks=1), keys[4]),
-        perturb(ImageCoupling(keys[5], shape, mask="checkerboard", parity=0, width=8), keys[6]),
-        ResidualBlock(keys[7], shape, width=8, log_det="exact"),
+        InvertibleConv1x1(shape, key=keys[2]),
+        perturb(ImageCoupling(shape, mask="channel", parity=1, width=8, blocks=1, key=keys[3]), keys[4]),
+        perturb(ImageCoupling(shape, mask="checkerboard", parity=0, width=8, key=keys[5]), keys[6]),
+        ResidualBlock(shape, width=8, log_det="exact", key=keys[7]),
     ]
     for layer in layers:
         check_bijection(layer, x)
@@ -79,8 +79,8 @@ def test_image_layers_log_det_and_inverse(shape):
 def test_split_prior_and_multiscale_log_det_on_a_tiny_image():
     k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
     shape = (1, 4, 4)
-    steps = perturb(ImageCoupling(k1, (4, 2, 2), mask="channel", width=8), k2)
-    inner = perturb(ImageCoupling(k3, (2, 2, 2), mask="checkerboard", width=8), k2)
+    steps = perturb(ImageCoupling((4, 2, 2), mask="channel", width=8, key=k1), k2)
+    inner = perturb(ImageCoupling((2, 2, 2), mask="checkerboard", width=8, key=k3), k2)
     prior = perturb(SplitPrior(2, 2, 8, key=k4), k3)
     before = perturb(ActNorm(shape), k4)
     check_bijection(MultiScale(shape, steps, inner, prior, before), jax.random.normal(k1, shape))
@@ -123,7 +123,7 @@ def test_patch_product_convolution_rejects_what_it_does_not_compute():
 
 
 def test_lu_convolution_determinant_against_slogdet():
-    conv = perturb(InvertibleConv1x1(jax.random.key(5), (6, 3, 5)), jax.random.key(6))
+    conv = perturb(InvertibleConv1x1((6, 3, 5), key=jax.random.key(5)), jax.random.key(6))
     sign, logabs = jnp.linalg.slogdet(conv.weight)
     _, log_det = conv.forward_and_log_det(jnp.zeros((6, 3, 5)))
     np.testing.assert_allclose(log_det, 15 * logabs, rtol=1e-5)
@@ -145,7 +145,7 @@ def test_actnorm_data_init_gives_zero_mean_unit_variance_per_channel():
 def test_stack_data_init_matches_initializing_each_layer_in_turn():
     """A Stack initializes in a scan; the result is the layers initialized one by one, latent
     side last, each on the previous layer's latents."""
-    make = lambda k: Chain([ActNorm((2, 4, 4)), InvertibleConv1x1(k, (2, 4, 4))])
+    make = lambda k: Chain([ActNorm((2, 4, 4)), InvertibleConv1x1((2, 4, 4), key=k)])
     stack = Stack.from_init(make, jax.random.split(jax.random.key(20), 3))
     y = 1.5 + 3.0 * jax.random.normal(jax.random.key(21), (32, 2, 4, 4))
     initialized, latent = stack.data_init(y)
@@ -223,7 +223,7 @@ def test_triangular_affine_fit_and_log_det():
 # ---- residual flows --------------------------------------------------------------------------
 
 def test_russian_roulette_estimate_averages_to_the_exact_log_det():
-    block = ResidualBlock(jax.random.key(16), (4,), width=16, coeff=0.9, n_exact=1, p=0.5)
+    block = ResidualBlock((4,), width=16, coeff=0.9, n_exact=1, p=0.5, key=jax.random.key(16))
     y = jax.random.normal(jax.random.key(17), (4,))
     exact = block.exact_log_det(y)
     draws = jax.jit(jax.vmap(lambda k: block.series_log_det(y, k)))(jax.random.split(jax.random.key(18), 20_000))
@@ -237,11 +237,11 @@ def test_russian_roulette_estimate_averages_to_the_exact_log_det():
 
 
 def test_residual_fixed_point_inverse_reaches_1e_5_and_fails_loudly():
-    block = ResidualBlock(jax.random.key(20), (1, 4, 4), width=8, tol=1e-7)
+    block = ResidualBlock((1, 4, 4), width=8, tol=1e-7, key=jax.random.key(20))
     latent = jax.random.normal(jax.random.key(21), (1, 4, 4))
     data = block.forward(latent)
     assert float(jnp.max(jnp.abs(data + block.residual(data) - latent))) < 1e-5
-    stuck = ResidualBlock(jax.random.key(20), (1, 4, 4), width=8, tol=1e-7, max_iter=1)
+    stuck = ResidualBlock((1, 4, 4), width=8, tol=1e-7, max_iter=1, key=jax.random.key(20))
     with pytest.raises(Exception, match="did not converge"):
         jax.block_until_ready(stuck.forward(latent))
 
@@ -252,7 +252,7 @@ def test_spectral_normalisation_bounds_every_layer_after_perturbations(shape):
     Jacobian) stays ≤ ``coeff`` after random perturbations of the weights, including ones
     whose top singular values nearly tie, where a restarted power iteration falls short."""
     coeff = 0.7
-    block = ResidualBlock(jax.random.key(22), shape, width=24, coeff=coeff)
+    block = ResidualBlock(shape, width=24, coeff=coeff, key=jax.random.key(22))
     n = math.prod(shape)
     for trial in range(4):
         keys = jax.random.split(jax.random.key(100 + trial), len(block.layers))
@@ -276,14 +276,14 @@ def test_variational_dequantization_bound_beats_uniform_after_short_training():
 
     def flow(key):
         k1, k2, k3 = jax.random.split(key, 3)
-        layers = [ImageCoupling(k, (1, 2, 2), mask="checkerboard", parity=i % 2, width=16) for i, k in
+        layers = [ImageCoupling((1, 2, 2), mask="checkerboard", parity=i % 2, width=16, key=k) for i, k in
                   enumerate(jax.random.split(k1, 4))]
         return Transformed(StandardNormal((1, 2, 2)), Chain([*layers, Logit((1, 2, 2), alpha=0.01, levels=4)]))
 
     kw = dict(steps=400, batch_size=128, learning_rate=3e-3, val_fraction=0.0, eval_every=200, progress=False)
     uniform, _ = fit(flow(jax.random.key(24)), data, key=jax.random.key(25), loss=UniformDequantization(), **kw)
     model = VariationallyDequantized(flow(jax.random.key(24)),
-                                     VariationalDequantizer(jax.random.key(26), (1, 2, 2), levels=4, couplings=2, width=16))
+                                     VariationalDequantizer((1, 2, 2), levels=4, couplings=2, width=16, key=jax.random.key(26)))
     variational, _ = fit(model, data, key=jax.random.key(25), loss=VariationalDequantization(), **kw)
     uniform_lb = float(jnp.mean(uniform_bound(uniform, data, jax.random.key(27))))
     variational_lb = float(jnp.mean(variational.elbo(data, jax.random.key(27), samples=4)))

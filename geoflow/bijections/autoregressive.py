@@ -29,8 +29,8 @@ class MaskedAutoregressive(Bijection):
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True)
 
-    def __init__(self, key, *, transformer: Transformer, dim: int, cond_dim: int | None = None,
-                 width: int = 64, depth: int = 2, activation: str = "relu", order="sequential"):
+    def __init__(self, *, transformer: Transformer, dim: int, cond_dim: int | None = None,
+                 width: int = 64, depth: int = 2, activation: str = "relu", order="sequential", key):
         self.transformer = transformer
         self.made = MaskedMLP(dim, transformer.num_params, width, depth, key=key,
                               cond_dim=cond_dim or 0, order=order, activation=activation)

@@ -31,9 +31,9 @@ class Coupling(Bijection):
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True)
 
-    def __init__(self, key, *, transformer: Transformer, dim: int, split: int | None = None,
+    def __init__(self, *, transformer: Transformer, dim: int, split: int | None = None,
                  cond_dim: int | None = None, width: int = 64, depth: int = 2,
-                 activation: str = "relu"):
+                 activation: str = "relu", key):
         if dim < 2:
             raise ValueError(f"a coupling layer needs at least 2 dimensions, got dim={dim}")
         split = dim // 2 if split is None else split

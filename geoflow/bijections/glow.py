@@ -122,7 +122,7 @@ class InvertibleConv1x1(Bijection):
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
-    def __init__(self, key, shape: tuple[int, int, int]):
+    def __init__(self, shape: tuple[int, int, int], *, key):
         c, _, _ = self.shape = check_image_shape(shape, "InvertibleConv1x1")
         p, lower, upper, sign, log_diag = _random_rotation_lu(key, c)
         self.permutation, self.sign = Frozen(p), Frozen(sign)

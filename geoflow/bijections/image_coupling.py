@@ -84,8 +84,8 @@ class ImageCoupling(Bijection):
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True)
 
-    def __init__(self, key, shape, *, mask: str = "channel", parity: int = 0, width: int = 64,
-                 blocks: int = 0, max_log_scale: float = 3.0, cond_channels: int = 0):
+    def __init__(self, shape, *, mask: str = "channel", parity: int = 0, width: int = 64,
+                 blocks: int = 0, max_log_scale: float = 3.0, cond_channels: int = 0, key):
         c, h, w = self.shape = check_image_shape(shape, "ImageCoupling")
         if mask not in MASKS:
             raise ValueError(f"unknown coupling mask {mask!r}; expected one of {MASKS}")

@@ -149,9 +149,9 @@ class ResidualBlock(Bijection):
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
-    def __init__(self, key, shape, *, cond_dim: int | None = None, width: int = 64, depth: int = 2, coeff: float = 0.9,
+    def __init__(self, shape, *, cond_dim: int | None = None, width: int = 64, depth: int = 2, coeff: float = 0.9,
                  log_det: str = "series", n_exact: int = 2, p: float = 0.5,
-                 tol: float = 1e-6, max_iter: int = 200):
+                 tol: float = 1e-6, max_iter: int = 200, key):
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if log_det not in LOG_DETS:
             raise ValueError(f"unknown log_det {log_det!r}; expected one of {LOG_DETS}")
