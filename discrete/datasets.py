@@ -11,29 +11,25 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from geoflow.datasets import random_split
+from geoflow.datasets import Dataset, random_split
 from geoflow.datasets.locations import qm9_files
 
 CHECKERBOARD_CELLS = 8192
 
 
-@dataclass
-class TokenDataset:
-    """Integer sequences ``(n, L)`` split into train/val/test, with the vocabulary size and, for
-    the toys, the true negative log-likelihood per sequence in nats."""
+@dataclasses.dataclass(frozen=True)
+class TokenDataset(Dataset):
+    """Integer sequences ``(n, L)`` split into train/val/test (a :class:`geoflow.datasets.Dataset`
+    whose ``true_nll`` is the true NLL per sequence in nats for the toys), with the vocabulary
+    size and, for text, the tokenizer that decodes samples back to strings."""
 
-    name: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    vocab_size: int
-    true_nll: float | None = None
-    tokenizer: object | None = None  # for text: decodes samples back to strings
+    vocab_size: int = dataclasses.field(default=0, kw_only=True)
+    tokenizer: object | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def length(self) -> int:
@@ -74,7 +70,7 @@ def sorted_ones_counts(x: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _splits(name, x, vocab_size, true_nll, seed, tokenizer=None):
-    return TokenDataset(name, *random_split(x, seed), vocab_size, true_nll, tokenizer)
+    return TokenDataset(name, *random_split(x, seed), true_nll=true_nll, vocab_size=vocab_size, tokenizer=tokenizer)
 
 
 # ---- SMILES ---------------------------------------------------------------------------------

@@ -199,9 +199,9 @@ def cmd_fit(args) -> dict:
             res["nll_points"] = min(cap, len(data.test))
         if data.levels is not None:
             res["test_bits_per_dim"] = metrics.bits_per_dim(res["test_nll"], data.dim, data.levels)
-        if data.entropy is not None:
-            res["entropy"] = data.entropy
-            res["kl"] = metrics.kl_from_truth(res["test_nll"], data.entropy)
+        if data.true_nll is not None:
+            res["true_nll"] = data.true_nll
+            res["kl"] = metrics.kl_from_truth(res["test_nll"], data.true_nll)
     samples = np.asarray(model.sample(key_sample, (min(len(data.test), 20_000),)))
     if not density:
         n = min(len(samples), 5_000)

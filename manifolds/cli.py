@@ -42,7 +42,7 @@ def _manifold_data(args):
         raise ValueError(f"{args.data_path}: {int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())} point(s) "
                          "hold NaN or inf")
     x = points_on_manifold(manifold, x, args.manifold, where=f"{args.data_path}: ")
-    data = ManifoldDataset(args.data_path.stem, *random_split(x, args.seed), manifold)
+    data = ManifoldDataset(args.data_path.stem, *random_split(x, args.seed), manifold=manifold)
     prior = None
     if args.manifold == "se3":  # uniform rotations × a Gaussian matched to the training translations
         t = data.train[:, 9:]

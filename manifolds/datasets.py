@@ -10,13 +10,13 @@ protocol is a random 80/10/10 split per seed; the uniform density on S² scores 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from geoflow.datasets import random_split
+from geoflow.datasets import Dataset, random_split
 
 from .sphere import Sphere
 
@@ -24,16 +24,12 @@ EARTH = {"volcano": "volerup.csv", "earthquake": "quakes_all.csv", "flood": "flo
 EARTH_ROWS = {"volcano": 827, "earthquake": 6120, "flood": 4875, "fire": 12809}
 
 
-@dataclass
-class ManifoldDataset:
-    """Splits as points of the manifold's embedding: ``(n, *manifold.shape)`` float32."""
+@dataclasses.dataclass(frozen=True)
+class ManifoldDataset(Dataset):
+    """Splits as points of the manifold's embedding, ``(n, *manifold.shape)`` float32, and the
+    manifold (a :class:`geoflow.datasets.Dataset` with ``manifold=``)."""
 
-    name: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    manifold: object
-    true_log_prob: Callable | None = None  # the exact density of a synthetic set, points (n, …) → (n,)
+    manifold: object = dataclasses.field(default=None, kw_only=True)
 
 
 def read_lat_lon(path) -> np.ndarray:
@@ -67,7 +63,7 @@ def load_earth(name: str, seed: int = 0, path=None) -> ManifoldDataset:
         path = resources.files("manifolds") / "data" / EARTH[name]
     lat_lon = read_lat_lon(path)
     x = np.asarray(Sphere.from_lat_lon(lat_lon), np.float32)
-    return ManifoldDataset(name, *random_split(x, seed), Sphere(2))
+    return ManifoldDataset(name, *random_split(x, seed), manifold=Sphere(2))
 
 
 def torus_checkerboard(n: int, seed: int = 0, squares: int = 2) -> np.ndarray:
@@ -94,7 +90,7 @@ def load_torus_checkerboard(seed: int = 0, n_train: int = 20_000, n_val: int = 2
 
     x = torus_checkerboard(n_train + n_val + n_test, seed, squares)
     return ManifoldDataset("torus-checkerboard", x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :],
-                           Torus(2), lambda p: torus_checkerboard_log_prob(np.asarray(p), squares))
+                           true_log_prob=lambda p: torus_checkerboard_log_prob(np.asarray(p), squares), manifold=Torus(2))
 
 
 def load_so3_mixture(k: int = 16, seed: int = 0, n_train: int = 100_000, n_val: int = 2_000,
@@ -109,8 +105,8 @@ def load_so3_mixture(k: int = 16, seed: int = 0, n_train: int = 100_000, n_val: 
     key = jax.random.key(seed)
     truth = WrappedNormalMixtureSO3.random(jax.random.fold_in(key, k), k)
     draw = lambda i, n: np.asarray(truth.sample(jax.random.fold_in(key, i), n))
-    return ManifoldDataset(f"so3-mixture{k}", draw(1, n_train), draw(2, n_val), draw(3, n_test), SO3(),
-                           lambda p: np.asarray(truth.log_prob(p)))
+    return ManifoldDataset(f"so3-mixture{k}", draw(1, n_train), draw(2, n_val), draw(3, n_test),
+                           true_log_prob=lambda p: np.asarray(truth.log_prob(p)), manifold=SO3())
 
 
 # every built-in set by name, for the command line: name → loader(seed) → ManifoldDataset

@@ -24,15 +24,15 @@ def test_reference_entropy_matches_monte_carlo(name):
     lp = LOG_PROBS[name](d.test.astype(np.float64))
     assert np.isfinite(lp).all()  # every sample lies in the support
     mc = -lp.mean()
-    assert abs(mc - d.entropy) < 4 * lp.std() / math.sqrt(len(lp)) + 1e-3
+    assert abs(mc - d.true_nll) < 4 * lp.std() / math.sqrt(len(lp)) + 1e-3
 
 
 def test_checkerboard_entropy_is_log_32_and_8gaussians_is_sensible():
-    assert load_dataset("checkerboard", n_test=10).entropy == pytest.approx(math.log(32))
+    assert load_dataset("checkerboard", n_test=10).true_nll == pytest.approx(math.log(32))
     sigma2 = (0.5 / math.sqrt(2)) ** 2
     separated = math.log(2 * math.pi * math.e * sigma2) + math.log(8)  # non-overlapping limit
     # neighbouring components are 6σ apart: their slight overlap lowers the entropy a little
-    assert separated - 0.02 < load_dataset("8gaussians", n_test=10).entropy < separated
+    assert separated - 0.02 < load_dataset("8gaussians", n_test=10).true_nll < separated
 
 
 def test_splits_are_disjoint_streams():
@@ -72,4 +72,4 @@ def test_bits_per_dim_convention():
 def test_kl_of_the_true_density_is_zero():
     d = load_dataset("8gaussians", n_train=10, n_val=10, n_test=100_000)
     test_nll = -LOG_PROBS["8gaussians"](d.test.astype(np.float64)).mean()
-    assert abs(metrics.kl_from_truth(test_nll, d.entropy)) < 0.02
+    assert abs(metrics.kl_from_truth(test_nll, d.true_nll)) < 0.02

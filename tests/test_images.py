@@ -149,7 +149,7 @@ def test_stack_data_init_matches_initializing_each_layer_in_turn():
     stack = Stack.from_init(make, jax.random.split(jax.random.key(20), 3))
     y = 1.5 + 3.0 * jax.random.normal(jax.random.key(21), (32, 2, 4, 4))
     initialized, latent = stack.data_init(y)
-    assert not needs_data_init(initialized)
+    assert needs_data_init(stack) and needs_data_init([stack]) and not needs_data_init(initialized)
     layer_of = lambda stacked, i: eqx.combine(jax.tree.map(lambda a: a[i], eqx.filter(stacked, eqx.is_array)),
                                               eqx.filter(stacked, eqx.is_array, inverse=True))
     expected_latent = y

@@ -70,8 +70,8 @@ class Bijection(eqx.Module):
 def needs_data_init(tree) -> bool:
     """Whether any bijection in ``tree`` (a model, or any pytree of modules) awaits data-dependent
     initialization (:attr:`Bijection.awaiting_data`)."""
-    nodes = jax.tree.leaves(tree, is_leaf=lambda node: isinstance(node, Bijection))
-    return any(isinstance(node, Bijection) and node.awaiting_data for node in nodes)
+    awaiting = lambda node: isinstance(node, Bijection) and node.awaiting_data
+    return any(awaiting(node) for node in jax.tree.leaves(tree, is_leaf=awaiting))
 
 
 def call_with_key(bijection: Bijection, method: str, x, condition, key):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,18 +18,24 @@ DATASETS = tuple(GENERATORS) + ("digits",)
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Splits of a data set plus what is known about its truth.
+    """Splits of a data set plus what is known about its truth; the one container of every
+    package's data (``manifolds.datasets.ManifoldDataset`` and ``discrete.datasets.TokenDataset``
+    add their own fields to it).
 
-    **Fields:** ``train``, ``val``, ``test`` (float32, ``(n, dim)``, or ``(n, c, h, w)`` images); ``entropy``: the true
-    differential entropy in nats where known; ``levels``: for dequantised integer data the
-    number of levels per dimension (bits/dim are then reported in that discrete space).
+    **Fields:** ``train``, ``val``, ``test`` (``(n, *shape)``: float32 vectors, ``(n, c, h, w)``
+    images, points of a manifold's embedding, integer tokens); the ground truth where known:
+    ``true_nll``, its expected negative log-likelihood per example in nats (the differential
+    entropy of continuous data, the entropy of a discrete distribution), and ``true_log_prob``,
+    its log-density, examples ``(n, *shape)`` → ``(n,)``; ``levels``: for dequantized integer
+    data the number of levels per dimension (bits/dim are then reported in that discrete space).
     """
 
     name: str
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-    entropy: float | None = None
+    true_nll: float | None = None
+    true_log_prob: Callable | None = None
     levels: int | None = None
 
     @property
@@ -66,7 +73,7 @@ def load_dataset(name: str, *, seed: int = 0, n_train: int = 20_000, n_val: int 
     # three disjoint streams so the test set never overlaps training data
     train, val, test = (sample_toy(name, n, seed=seed * 3 + i) for i, n in enumerate((n_train, n_val, n_test)))
     entropy = ENTROPIES[name]() if name in ENTROPIES else None
-    return Dataset(name, train, val, test, entropy=entropy)
+    return Dataset(name, train, val, test, true_nll=entropy, true_log_prob=LOG_PROBS.get(name))
 
 
 __all__ = ["DATASETS", "Dataset", "IMAGE_DATASETS", "load_images", "LOG_PROBS", "load_dataset", "random_split", "sample_toy"]
