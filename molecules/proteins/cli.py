@@ -114,9 +114,10 @@ def cmd_sample(args) -> dict:
     from geoflow.serialization import load
 
     from . import sample_backbones, write_pdb
+    from .model import FrameField
 
     model = load(existing_run(args.run) / "model.eqx")
-    if not isinstance(getattr(model, "bijection", None), ODEFlow) or not hasattr(model.bijection.field, "length"):
+    if not (isinstance(getattr(model, "bijection", None), ODEFlow) and isinstance(model.bijection.field, FrameField)):
         raise ValueError(f"{args.run} does not hold a protein frame flow (geoflow proteins train)")
     if args.n < 1 or args.steps < 1:
         raise ValueError(f"-n and --steps must be positive, got {args.n} and {args.steps}")
