@@ -245,7 +245,7 @@ def _put(a, mesh):
         return jnp.asarray(a)
     sharding = NamedSharding(mesh, P())
     if jax.process_count() > 1:
-        return jax.make_array_from_process_local_data(sharding, np.asarray(a))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a))
     return jax.device_put(a, sharding)
 
 
@@ -393,7 +393,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
       continues from its step, identically to an uninterrupted run.
     - `devices`: ``None`` (default device), ``"all"``, a count, or a list of devices for data
       parallelism: the batch is sharded over a one-axis ``Mesh``, parameters are replicated.
-      After ``jax.distributed.initialize()`` the mesh spans every host's devices.
+      After ``jax.distributed.initialize()`` the mesh spans every process's devices: every
+      process calls ``fit`` with the same arguments and data and returns the same model; only
+      process 0 writes the checkpoint (put it on a file system every process reads, for
+      ``resume``); a loss's host solver runs in every process on its own copy. A process that
+      dies stops the others through JAX's coordination service within its heartbeat timeout.
     - `callback`: ``callback(step, model, history)`` after every chunk (after the checkpoint
       is written); returning ``True`` stops training (``history.stop_reason == "callback"``).
     - `ema_decay`: keep an exponential moving average of the parameters with this decay (e.g.
@@ -472,7 +476,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
             bar.set_postfix(postfix, refresh=False)
             bar.update(n)
         if checkpoint is not None:
-            state.save(checkpoint, static, model_now)
+            _save_once(state, checkpoint, static, model_now)
         if patience is not None and state.stale >= patience:
             state.history.stop_reason = "early_stopping"
             break
@@ -614,18 +618,32 @@ def _progress_bar(steps: int, initial: int):
     return tqdm(total=steps, initial=initial, desc="fit", file=sys.stderr, dynamic_ncols=True)
 
 
+def _save_once(state: TrainingState, checkpoint: Path, static, model_now) -> None:
+    """Process 0 writes the checkpoint; with several processes all wait until it is written, so
+    that a later ``resume`` finds the same file in every process (they must agree on the step)."""
+    if jax.process_index() == 0:
+        state.save(checkpoint, static, model_now)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"geoflow.fit checkpoint at step {state.step}")
+
+
 def _trainable_params(model):
     """The trainable part of a saved model (``None`` stays ``None``)."""
     return None if model is None else eqx.partition(model, trainable(model))[0]
 
 
 def _on_one_device(tree, mesh):
-    """``tree`` on the default device (a copy of replicated arrays when there is a mesh)."""
-    return tree if mesh is None else jax.device_put(tree, jax.devices()[0])
+    """``tree``'s replicated arrays as this process's copy on its first device (every process
+    holds the whole of a replicated array, so each works on its own)."""
+    if mesh is None:
+        return tree
+    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
 
 
 def _put_tree(tree, mesh):
+    """``tree``'s arrays replicated over the mesh (from each process's identical local copy)."""
     if mesh is None:
         return tree
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda a: jax.device_put(a, sharding) if eqx.is_array(a) else a, tree)
+    return jax.tree.map(lambda a: _put(a, mesh) if eqx.is_array(a) else a, tree)
