@@ -116,12 +116,17 @@ class TrainingRun:
     def finish(self, model, info: dict, metrics: dict, *files: Path) -> dict:
         """Save ``model.eqx``; write ``run.json`` (``info`` and the seed: what ``sample``/``eval``
         need to read the run back) and ``metrics.json`` (``metrics`` and the wall time); print
-        the files written (``files``: others the command wrote) and the metrics rounded."""
+        the files written (``files``: others the command wrote) and the metrics rounded. Under
+        ``jax.distributed`` only process 0 writes and prints."""
+        import jax
+
         from .serialization import save
 
+        metrics = {**metrics, "wall_seconds": time.perf_counter() - self.started}
+        if jax.process_index() != 0:  # under jax.distributed every process holds the same run
+            return metrics
         save(self.out / "model.eqx", model)
         (self.out / "run.json").write_text(json.dumps({**info, "seed": self.seed}, indent=2))
-        metrics = {**metrics, "wall_seconds": time.perf_counter() - self.started}
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         written = [self.out / "metrics.json", self.out / "model.eqx", *(f for f in files if f.exists())]
         print("wrote " + ", ".join(str(p) for p in written))
