@@ -62,13 +62,14 @@ def _timed_fit(name, model, data, loss, steps, batch):
     return row
 
 
-def workloads(quick: bool):
-    """``(name, thunk)`` pairs; each thunk returns a row."""
+def workloads(quick: bool, steps: int | None = None, qm9_path: Path | None = None):
+    """``(name, thunk)`` pairs; each thunk returns a row. ``steps`` overrides the timed steps per
+    workload (some take a fraction of them), ``qm9_path`` a qm9pack-format CSV instead of qm9pack."""
     import geoflow as gf
     from geoflow.continuous import cfm, flow_matching
     from geoflow.datasets import load_images, sample_toy
 
-    steps = 20 if quick else 500
+    steps = steps or (20 if quick else 500)
     moons = sample_toy("moons", 20_000, seed=0)
 
     def classic():
@@ -110,7 +111,8 @@ def workloads(quick: bool):
         from molecules.qm9 import load_qm9, qm9_vocabulary
 
         sample = Path(__file__).resolve().parents[1] / "tests" / "qm9_sample.csv"
-        data = load_qm9(sample if quick else None, subset=400 if quick else 20_000, hydrogens="explicit")
+        path = qm9_path or (sample if quick else None)
+        data = load_qm9(path, subset=400 if quick else 20_000, hydrogens="explicit")
         _, max_atoms = qm9_vocabulary("explicit")
         counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
         model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=jax.random.key(0),
@@ -152,11 +154,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small models and data (a CPU check, under 2 minutes)")
     ap.add_argument("--only", nargs="*", help="run only these workloads (classic, i-cfm, ot-cfm, rfm, dfm, "
                                               "molecules, proteins, glow)")
+    ap.add_argument("--steps", type=int, help="timed steps per workload (default 500; 20 with --quick)")
+    ap.add_argument("--qm9-path", type=Path, help="a qm9pack-format CSV for the molecule workload (default: qm9pack)")
     ap.add_argument("--out", type=Path, help="where to write the JSON (default benchmarks/results/gpu_suite[_quick].json)")
     args = ap.parse_args(argv)
     _count_host_callbacks()
     t0 = time.perf_counter()
-    rows = [run() for name, run in workloads(args.quick) if not args.only or name in args.only]
+    rows = [run() for name, run in workloads(args.quick, args.steps, args.qm9_path) if not args.only or name in args.only]
     fallbacks = [r["workload"] for r in rows if r["host_callbacks_per_step"] > 0 and not r["host_work_expected"]]
     result = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick, **device_summary(), "rows": rows,
               "host_fallbacks": fallbacks, "seconds": time.perf_counter() - t0}
