@@ -6,7 +6,8 @@ molecules, with the curve of these against CPU time, beside the published rows �
 
 A long run is checkpointed after every chunk and resumed with ``--resume`` (same arguments);
 the curve is kept in the checkpoint's directory and continues across runs. Figures go to
-``results/qm9_molecules_<hydrogens>.json``, ``…_<hydrogens>_e3nn.json`` for the e3nn network
+``results/qm9_molecules_<hydrogens>.json``, ``…_<hydrogens>_e3nn.json`` for the e3nn network,
+``…_<hydrogens>_<tag>.json`` with ``--tag``
 (``--quick`` only prints them).
 
 Usage: python benchmarks/qm9_molecules.py [--quick] [--hydrogens implicit|explicit] [--subset N]
@@ -64,6 +65,7 @@ def main():
     ap.add_argument("--refine", type=int, default=0, help="clean predictions fed back after sampling (MoleculeSampler.sample)")
     ap.add_argument("--time-weight", type=float, default=0.0,
                     help="cap of the position loss's t/(1 − t) weight (MoleculeFlowMatching.time_weight; 0: uniform)")
+    ap.add_argument("--tag", help="appended to the results file's name, so a variant keeps the recorded run")
     ap.add_argument("--checkpoint", type=Path, help="directory for the checkpoint and the curve")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
@@ -118,7 +120,7 @@ def main():
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()
                       if k not in ("published", "curve")}))
     if not args.quick:  # a smoke run never replaces the recorded long run
-        suffix = "" if args.network == "vector" else f"_{args.network}"
+        suffix = ("" if args.network == "vector" else f"_{args.network}") + (f"_{args.tag}" if args.tag else "")
         path = Path(__file__).parent / "results" / f"qm9_molecules_{args.hydrogens}{suffix}.json"
         path.write_text(json.dumps(out, indent=1))
         print(f"wrote {path}")
