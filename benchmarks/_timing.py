@@ -5,22 +5,28 @@ from __future__ import annotations
 import time
 
 
-def timed(fn, reps: int = 3) -> float:
-    """Seconds per call of ``fn()``, after one untimed call (compilation, caches)."""
+def timed(fn, reps: int = 3, sync=None) -> float:
+    """Seconds per call of ``fn()``, after one untimed call (compilation, caches); ``sync()``
+    waits for queued device work (a peer's CUDA stream) before the clock is read."""
     fn()
+    sync and sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
+    sync and sync()
     return (time.perf_counter() - t0) / reps
 
 
-def loop_rate(step, steps: int, warmup: int = 10) -> float:
-    """Calls per second of a training ``step()`` (a peer's loop), after ``warmup`` calls."""
+def loop_rate(step, steps: int, warmup: int = 10, sync=None) -> float:
+    """Calls per second of a training ``step()`` (a peer's loop), after ``warmup`` calls;
+    ``sync`` as for :func:`timed`."""
     for _ in range(warmup):
         step()
+    sync and sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    sync and sync()
     return steps / (time.perf_counter() - t0)
 
 

@@ -13,7 +13,10 @@ lr 1e-3; two moons. Measured:
 - for reference, the bare JAX training step of the same network (AdamW on fixed inputs in one
   jitted scan, no data sampling or path): the ceiling for any JAX code on this machine.
 
-Usage: python benchmarks/fm_vs_torch.py [--quick]
+On an accelerator (``--device cuda``) PyTorch runs on the GPU too (JAX uses it by default), and
+every timing waits for the CUDA stream; the figures go to ``fm_vs_torch_cuda.json``.
+
+Usage: python benchmarks/fm_vs_torch.py [--quick] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -39,7 +42,13 @@ from geoflow.continuous import cfm, fixed, flow_matching, with_solver
 from geoflow.datasets import sample_toy
 
 BATCH, STEPS_EULER = 512, 100
+DEVICE = torch.device("cpu")  # set from --device
 torch.set_num_threads(2)
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class TorchField(torch.nn.Module):
@@ -56,21 +65,21 @@ class TorchField(torch.nn.Module):
 def torch_train_rate(lib, kind, data, steps):
     """Steps per second of the peer's training loop (after 20 warm-up steps)."""
     torch.manual_seed(0)
-    net = TorchField()
+    net = TorchField().to(DEVICE)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-5)
-    x = torch.as_tensor(data)
+    x = torch.as_tensor(data, device=DEVICE)
     if lib == "torchcfm":
         matcher = ExactOptimalTransportConditionalFlowMatcher(0.1) if kind == "ot-cfm" else ConditionalFlowMatcher(0.1)
     else:
         path = AffineProbPath(scheduler=CondOTScheduler())
 
     def step():
-        x1 = x[torch.randint(0, len(x), (BATCH,))]
+        x1 = x[torch.randint(0, len(x), (BATCH,), device=DEVICE)]
         x0 = torch.randn_like(x1)
         if lib == "torchcfm":
             t, xt, ut = matcher.sample_location_and_conditional_flow(x0, x1)
         else:
-            t = torch.rand(BATCH)
+            t = torch.rand(BATCH, device=DEVICE)
             sample = path.sample(x_0=x0, x_1=x1, t=t)
             xt, ut = sample.x_t, sample.dx_t
         loss = ((net(xt, t) - ut) ** 2).mean()
@@ -78,7 +87,7 @@ def torch_train_rate(lib, kind, data, steps):
         loss.backward()
         opt.step()
 
-    return loop_rate(step, steps, warmup=20), net
+    return loop_rate(step, steps, warmup=20, sync=sync), net
 
 
 def geoflow_train_rate(kind, data, steps):
@@ -89,11 +98,15 @@ def geoflow_train_rate(kind, data, steps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where PyTorch runs")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     steps = {"i-cfm": 300 if args.quick else 2000, "ot-cfm": 50 if args.quick else 300}
     n_sample, n_lik = (2000, 500) if args.quick else (10_000, 2_000)
     data = sample_toy("moons", 10_000, seed=0)
-    out = {"quick": args.quick, "torch": torch.__version__, "jax": jax.__version__, "train_steps_per_s": {}}
+    out = {"quick": args.quick, "torch": torch.__version__, "jax": jax.__version__, "device": args.device,
+           "jax_device": jax.devices()[0].device_kind, "train_steps_per_s": {}}
 
     for kind in ("i-cfm", "ot-cfm"):
         row = {"geoflow": geoflow_train_rate(kind, data, steps[kind])[0],
@@ -112,12 +125,13 @@ def main():
     model = with_solver(flow_matching(jax.random.key(0), 2, width=64, depth=3), fixed(STEPS_EULER, "euler"))
     sample = jax.jit(lambda k: model.sample(k, n_sample))
     g_sample = timed(lambda: sample(jax.random.key(0)).block_until_ready())
-    x0 = torch.randn(n_sample, 2)
+    x0 = torch.randn(n_sample, 2, device=DEVICE)
     wrapped = lambda x, t: torch_net(x, t)
     with torch.no_grad():
-        fm_sample = timed(lambda: FmODESolver(velocity_model=wrapped).sample(x_init=x0, step_size=1 / STEPS_EULER, method="euler"))
-        grid = torch.linspace(0, 1, STEPS_EULER + 1)
-        cfm_sample = timed(lambda: odeint(lambda t, x: torch_net(x, t), x0, grid, method="euler"))
+        fm_sample = timed(lambda: FmODESolver(velocity_model=wrapped).sample(x_init=x0, step_size=1 / STEPS_EULER,
+                                                                              method="euler"), sync=sync)
+        grid = torch.linspace(0, 1, STEPS_EULER + 1, device=DEVICE)
+        cfm_sample = timed(lambda: odeint(lambda t, x: torch_net(x, t), x0, grid, method="euler"), sync=sync)
     out["sample_points_per_s"] = {"geoflow": n_sample / g_sample, "flow_matching": n_sample / fm_sample,
                                   "torchcfm_torchdiffeq": n_sample / cfm_sample}
     out["sample_points_per_s"]["ratio_vs_flow_matching"] = fm_sample / g_sample
@@ -128,13 +142,13 @@ def main():
     lik = jax.jit(lambda p: model.log_prob(p))
     g_lik = timed(lambda: lik(pts).block_until_ready())
     log_p0 = lambda x: -0.5 * (x**2).sum(-1) - np.log(2 * np.pi)
-    x1 = torch.as_tensor(data[:n_lik])
+    x1 = torch.as_tensor(data[:n_lik], device=DEVICE)
     fm_lik = timed(lambda: FmODESolver(velocity_model=wrapped).compute_likelihood(
-        x_1=x1, log_p0=log_p0, step_size=1 / STEPS_EULER, method="euler", exact_divergence=True), reps=1)
+        x_1=x1, log_p0=log_p0, step_size=1 / STEPS_EULER, method="euler", exact_divergence=True), reps=1, sync=sync)
     out["likelihood_seconds"] = {"geoflow": g_lik, "flow_matching": fm_lik, "ratio_vs_flow_matching": fm_lik / g_lik,
                                  "points": n_lik, "euler_steps": STEPS_EULER}
     print("likelihood", json.dumps({k: round(v, 4) for k, v in out["likelihood_seconds"].items()}), flush=True)
-    path = Path(__file__).parent / "results" / "fm_vs_torch.json"
+    path = Path(__file__).parent / "results" / ("fm_vs_torch.json" if args.device == "cpu" else "fm_vs_torch_cuda.json")
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
 
