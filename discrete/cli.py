@@ -28,8 +28,6 @@ def _token_data(args):
 
 
 def cmd_fit_discrete(args) -> dict:
-    import jax
-
     from geoflow.plots import plot_2d
     from geoflow.train import fit
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
 CORE_MODELS = tuple(dict.fromkeys(DISCRETE_TIME_MODELS + CONTINUOUS_MODELS + IMAGE_MODELS))
 
 
-def fit_plugins() -> list[FitModels]:
+def fit_plugins() -> tuple[FitModels, ...]:
     """The models other packages add to ``geoflow fit`` (entry-point group ``geoflow.fit_models``)."""
     return registered(FIT_MODEL_GROUP)
 
@@ -35,7 +36,7 @@ def _owner(plugins, model: str) -> FitModels | None:
     return next((p for p in plugins if model in p.models), None)
 
 
-def build_parser(plugins: list[FitModels] | None = None, commands: list | None = None) -> argparse.ArgumentParser:
+def build_parser(plugins: Sequence[FitModels] | None = None, commands: Sequence | None = None) -> argparse.ArgumentParser:
     """The ``geoflow`` parser: the core's ``fit``, ``sample`` and ``eval``, with the models of
     ``plugins`` added to ``fit`` and the subcommands of ``commands`` (default: what is registered)."""
     plugins = fit_plugins() if plugins is None else plugins
@@ -94,7 +95,7 @@ def _plugin_options(plugin: FitModels) -> list[str]:
     return [(a.dest, a.option_strings[0]) for a in scratch._actions]
 
 
-def _refuse_other_models_input(args, plugins: list[FitModels]) -> None:
+def _refuse_other_models_input(args, plugins: Sequence[FitModels]) -> None:
     """An option, data set or source that belongs to another package's models, named as such."""
     for plugin in plugins:
         if args.model in plugin.models:

@@ -21,8 +21,6 @@ def _images(args):
 
 
 def cmd_fit_images(args) -> dict:
-    import jax
-
     from .dequantization import UniformDequantization, uniform_bound_batched
     from .metrics import bits_per_dim
     from .image_flows import clip_to_pixels, make_image_flow, sample_at_temperature

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -227,10 +228,12 @@ class FitModels:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
-def registered(group: str) -> list:
+@functools.cache
+def registered(group: str) -> tuple:
     """The objects the installed distributions register under the entry-point ``group``, sorted
-    by name. A command whose package cannot be imported (its extra is not installed) is kept as
-    one that says so when run; a ``fit`` model that cannot be is left out."""
+    by name, read once per process. A command whose package cannot be imported (its extra is
+    not installed) is kept as one that says so when run; a ``fit`` model that cannot be is left
+    out."""
     found = []
     for ep in sorted(entry_points(group=group), key=lambda ep: ep.name):
         try:
@@ -238,7 +241,7 @@ def registered(group: str) -> list:
         except ImportError as e:
             if group == COMMAND_GROUP:
                 found.append(UnavailableCommand(ep.name, str(e)))
-    return found
+    return tuple(found)
 
 
 @dataclasses.dataclass(frozen=True)

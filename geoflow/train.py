@@ -414,10 +414,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
                          ema_decay=ema_decay, devices=devices, optimizer=optimizer)
     loss = maximum_likelihood if loss is None else loss
     split_key, train_key, eval_key = jax.random.split(key, 3)
-    x, condition = _as_arrays(data, model, *_data_checks(model, loss))
+    checks = _data_checks(model, loss)
+    x, condition = _as_arrays(data, model, *checks)
     model = _data_dependent_init(model, x, loss, jax.random.fold_in(key, 3))
     if val_data is not None:
-        train, val = (x, condition), _as_arrays(val_data, model, *_data_checks(model, loss))
+        train, val = (x, condition), _as_arrays(val_data, model, *checks)
     elif val_fraction > 0:
         train, val = _split(x, condition, val_fraction, split_key)
     else:
@@ -505,8 +506,9 @@ def _data_checks(model, loss):
 class TrainingState:
     """What :func:`fit`'s host loop carries from chunk to chunk: the trainable parameters, the
     optimizer state, the parameter average (``ema``, ``None`` when off), the step, the history,
-    the best validated parameters and how many validations since they improved, and the first
-    step whose loss or gradient was not finite (``bad_step``, −1 while there is none)."""
+    the best validated parameters (their loss is ``history.best_val_loss``) and how many
+    validations since they improved, and the first step whose loss or gradient was not finite
+    (``bad_step``, −1 while there is none)."""
 
     params: object
     opt_state: object
@@ -514,7 +516,6 @@ class TrainingState:
     step: int = 0
     history: History = dataclasses.field(default_factory=History)
     best_params: object = None
-    best_val: float = math.inf
     stale: int = 0
     bad_step: jax.Array = dataclasses.field(default_factory=lambda: jnp.asarray(-1, jnp.int32))
 
@@ -531,10 +532,8 @@ class TrainingState:
             if saved.get("ema_model") is None:
                 raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
             ema = _trainable_params(saved["ema_model"])
-        history = saved["history"]
-        return cls(_trainable_params(saved["model"]), saved["opt_state"], ema, int(saved["step"]), history,
-                   _trainable_params(saved["best_model"]),
-                   math.inf if history.best_val_loss is None else history.best_val_loss)
+        return cls(_trainable_params(saved["model"]), saved["opt_state"], ema, int(saved["step"]), saved["history"],
+                   _trainable_params(saved["best_model"]))
 
     def put_on(self, placed: _Placement) -> None:
         """Replicate the parameters, optimizer state and average over ``placed``'s mesh."""
@@ -565,8 +564,9 @@ class TrainingState:
 
     def record_validation(self, value: float) -> None:
         self.history.val_loss.append(value)
-        if value < self.best_val:
-            self.best_val, self.best_params, self.stale = value, self.evaluated, 0
+        best = self.history.best_val_loss
+        if value < (math.inf if best is None else best):
+            self.best_params, self.stale = self.evaluated, 0
             self.history.best_step, self.history.best_val_loss = self.step, value
         else:
             self.stale += 1

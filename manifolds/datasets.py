@@ -9,7 +9,6 @@ protocol is a random 80/10/10 split per seed; the uniform density on S² scores 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
 from importlib import resources
 from pathlib import Path
