@@ -158,13 +158,35 @@ def _as_arrays(data, model, shape=None, check_data=None):
     return x, condition
 
 
+def _on_disk(data) -> bool:
+    """Whether ``data`` (an array or ``(x, condition)``) is read from disk as it is needed: a
+    NumPy memory map, e.g. ``np.load(path, mmap_mode="r")``."""
+    return isinstance(data[0] if isinstance(data, tuple) else data, np.memmap)
+
+
+def _rows_on_disk(data, model, shape=None):
+    """``data`` on disk → ``(x, condition or None)``, the memory maps themselves, with their
+    shapes checked against the model (values are checked as rows are read)."""
+    x, condition = (data if isinstance(data, tuple) else (data, None))
+    shape = tuple(getattr(model, "shape", x.shape[1:]) if shape is None else shape)
+    if tuple(x.shape[1:]) != shape or len(x) == 0:
+        raise ValueError(f"training data on disk has shape {x.shape}; expected (n ≥ 1, {', '.join(map(str, shape))})")
+    if condition is not None and (np.ndim(condition) != 2 or len(condition) != len(x)):
+        raise ValueError(f"condition has shape {np.shape(condition)}; expected ({len(x)}, cond_dim)")
+    if condition is None and getattr(model, "cond_shape", None) is not None:
+        raise ValueError("the model is conditional: pass data=(x, condition)")
+    return x, condition
+
+
 def _data_dependent_init(model, x, loss, key, size: int = 512):
     """Glow's data-dependent initialization: a model that says it awaits data is initialized on
     a random batch (dequantized first when the loss says how)."""
     if not (isinstance(model, DataDependentInit) and model.needs_data_init()):
         return model
     k_batch, k_noise, k_init = jax.random.split(key, 3)
-    batch = jnp.asarray(x[np.asarray(jax.random.permutation(k_batch, len(x))[:size])])
+    idx = np.asarray(jax.random.permutation(k_batch, len(x))[:size])
+    # rows on disk are read in file order (the statistics do not depend on the order)
+    batch = jnp.asarray(np.asarray(x[np.sort(idx)], np.float32) if isinstance(x, np.memmap) else x[idx])
     if isinstance(loss, Dequantizing):
         batch = loss.dequantize(batch, k_noise)
     return _compiled_data_init(model, batch, k_init)
@@ -249,6 +271,45 @@ def _put(a, mesh):
     return jax.device_put(a, sharding)
 
 
+def _put_rows(a, mesh, what: str):
+    """This process's rows of a set spread over the mesh: split evenly over its devices, each
+    device keeping as many rows as the device with the fewest (the rest left out, with a warning)."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    local_devices = mesh.size // jax.process_count()
+    per_device = min(_process_sizes(len(a))) // local_devices
+    if per_device == 0:
+        raise ValueError(f"{what}: a process holds {min(_process_sizes(len(a)))} rows for its {local_devices} "
+                         "devices; shard_data needs at least one row per device")
+    kept = per_device * local_devices
+    if kept < len(a):
+        warnings.warn(f"fit(shard_data=True): {len(a) - kept} of this process's {len(a)} rows of {what} are left "
+                      f"out so that every device holds {per_device}", RuntimeWarning, stacklevel=4)
+    global_shape = (per_device * mesh.size, *a.shape[1:])
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P("batch")), a[:kept], global_shape)
+
+
+def _process_sizes(n: int) -> list[int]:
+    """Every process's ``n``, in process order."""
+    if jax.process_count() == 1:
+        return [n]
+    from jax.experimental import multihost_utils
+
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(n))).ravel()]
+
+
+def _all_processes(a):
+    """``a``'s first rows from every process, concatenated in process order (as many from each as
+    the process with the fewest); ``a`` itself in a single process."""
+    if jax.process_count() == 1:
+        return a
+    from jax.experimental import multihost_utils
+
+    a = np.asarray(a)[: min(_process_sizes(len(a)))]
+    return np.concatenate(list(np.asarray(multihost_utils.process_allgather(a))), 0)
+
+
 def _ema_update(ema, params, decay, step):
     """One step of the exponential moving average of the parameters after ``step`` updates.
 
@@ -266,11 +327,66 @@ def _ema_update(ema, params, decay, step):
 _PREPARE_EXAMPLES = 32_768
 
 
-def _step_batch(x, condition, key, step, batch_size):
-    """Step ``step``'s minibatch and loss key: a pure function of the run's key and the step."""
+def _step_indices(key, step, batch_size, n):
+    """Step ``step``'s minibatch rows ``(batch_size,)`` of ``n`` and its loss key: a pure
+    function of the run's key and the step."""
     k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
-    idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
+    return jax.random.randint(k_batch, (batch_size,), 0, n), k_loss
+
+
+def _step_batch(x, condition, key, step, batch_size):
+    """Step ``step``'s minibatch and loss key (:func:`_step_indices`)."""
+    idx, k_loss = _step_indices(key, step, batch_size, x.shape[0])
     return x[idx], None if condition is None else condition[idx], k_loss
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "batch_size", "n"))
+def _chunk_indices(key, step0, *, num_steps, batch_size, n):
+    """The rows ``(num_steps, batch_size)`` that the steps ``step0 …`` draw (as :func:`_step_batch`)."""
+    return jax.vmap(lambda i: _step_indices(key, step0 + i, batch_size, n)[0])(jnp.arange(num_steps))
+
+
+def _read_chunk(rows, key, step0, active, *, num_steps, batch_size, batch_sharding, what="training data"):
+    """The minibatches of a chunk's first ``active`` steps read from ``rows`` (arrays on disk,
+    e.g. ``np.load(path, mmap_mode="r")``; ``None`` entries stay ``None``), stacked
+    ``(num_steps, batch_size, …)`` with zeros for the steps past ``active``, as float32, on
+    the devices. Each distinct row is read once, in file order."""
+    n = len(rows[0])
+    idx = np.asarray(_chunk_indices(key, jnp.asarray(step0, jnp.int32), num_steps=num_steps, batch_size=batch_size,
+                                    n=n))[:active]
+    wanted, where = np.unique(idx.ravel(), return_inverse=True)
+    stacks = []
+    for a in rows:
+        if a is None:
+            stacks.append(None)
+            continue
+        got = np.asarray(a[wanted], dtype=np.float32)
+        if not np.isfinite(got).all():
+            bad = wanted[~np.isfinite(got).reshape(len(wanted), -1).all(1)]
+            raise ValueError(f"{what} on disk has NaN or inf in row(s) {bad[:5].tolist()}; expected finite values")
+        stack = np.zeros((num_steps, batch_size, *a.shape[1:]), np.float32)
+        stack[:active] = got[where].reshape(active, batch_size, *a.shape[1:])
+        sharding = None if batch_sharding is None else NamedSharding(batch_sharding.mesh, P(None, "batch"))
+        stacks.append(jnp.asarray(stack) if sharding is None else jax.device_put(stack, sharding))
+    return tuple(stacks)
+
+
+def _device_batches(x, condition, key, step, batch_size, mesh):
+    """Step ``step``'s minibatch when the data is sharded over ``mesh``: each device draws its
+    ``batch_size / devices`` examples from the rows it holds, keyed by the step and its position
+    in the mesh, so no example crosses devices and the run stays a pure function of the key for
+    a given partition of the data over the devices."""
+    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
+    per_device = batch_size // mesh.size
+
+    def draw(rows):
+        x_local, c_local = rows
+        idx = jax.random.randint(jax.random.fold_in(k_batch, jax.lax.axis_index("batch")), (per_device,), 0,
+                                 x_local.shape[0])
+        return x_local[idx], None if c_local is None else c_local[idx]
+
+    xb, cb = jax.shard_map(draw, mesh=mesh, in_specs=(P("batch"),), out_specs=P("batch"))((x, condition))
+    return xb, cb, k_loss
 
 
 @eqx.filter_jit
@@ -293,7 +409,7 @@ def _prepare_chunk(model, x, condition, key, step0, active, *, num_steps, batch_
 
 @eqx.filter_jit
 def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, loss, optimizer, batch_sharding,
-                 ema_decay=None):
+                 ema_decay=None, sharded_data=False, streamed=None):
     """The first ``active`` (traced, at most ``num_steps``) optimisation steps of one
     ``lax.scan`` over ``num_steps``; the rest are skipped by a ``lax.cond`` at no cost. A run
     whose last chunk is shorter than ``eval_every`` thus reuses the compiled chunk instead of
@@ -306,6 +422,9 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
     after every applied step with ``ema_decay``.
 
     ``prepared`` (``None``, or :func:`_prepare_chunk`'s stack) gives each step its ``prepared=``.
+    With ``sharded_data`` the rows of ``x`` are spread over the mesh and each device draws its
+    part of the batch from its own (:func:`_device_batches`). ``streamed`` (with ``x`` and
+    ``condition`` None) is :func:`_read_chunk`'s stack of the chunk's minibatches, read from disk.
     """
     params, opt_state, ema, static, step0, bad_step, active = state
 
@@ -314,10 +433,15 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
                             carry, inputs)
 
     def optimisation_step(carry, inputs):
-        i, prep = inputs
+        i, prep, batch = inputs
         params, opt_state, ema, bad_step = carry
         step = step0 + i
-        xb, cb, k_loss = _step_batch(x, condition, key, step, batch_size)
+        if batch is not None:
+            (xb, cb), k_loss = batch, _step_indices(key, step, batch_size, 1)[1]
+        elif sharded_data:
+            xb, cb, k_loss = _device_batches(x, condition, key, step, batch_size, batch_sharding.mesh)
+        else:
+            xb, cb, k_loss = _step_batch(x, condition, key, step, batch_size)
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             cb = None if cb is None else jax.lax.with_sharding_constraint(cb, batch_sharding)
@@ -338,7 +462,7 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
         return (params, opt_state, ema, bad_step), value
 
     (params, opt_state, ema, bad_step), losses = jax.lax.scan(
-        one_step, (params, opt_state, ema, bad_step), (jnp.arange(num_steps), prepared)
+        one_step, (params, opt_state, ema, bad_step), (jnp.arange(num_steps), prepared, streamed)
     )
     return params, opt_state, ema, bad_step, losses
 
@@ -371,7 +495,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         weight_decay: float = 0.0, val_data=None, val_fraction: float = 0.1,
         eval_every: int = 100, patience: int | None = None, restore_best: bool = True,
         progress: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
-        devices=None, eval_batch_size: int = 4096, callback=None, ema_decay: float | None = None):
+        devices=None, shard_data: bool = False, eval_batch_size: int = 4096, callback=None,
+        ema_decay: float | None = None):
     """Train ``model`` on ``data``; returns ``(trained_model, History)``.
 
     **Arguments:**
@@ -398,6 +523,23 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
       process 0 writes the checkpoint (put it on a file system every process reads, for
       ``resume``); a loss's host solver runs in every process on its own copy. A process that
       dies stops the others through JAX's coordination service within its heartbeat timeout.
+    - `shard_data`: with `devices`, each process passes only its own part of the data, which
+      is spread over its devices instead of copied to every one (a device holds ``n / devices``
+      examples); each device draws its ``batch_size / devices`` examples from its own rows.
+      The trade-off against the default (every device holds everything, batches drawn from
+      the whole set): a batch is stratified, an equal share from each device's rows, so the
+      parts should be random splits of the data; the run is a pure function of the key for a
+      given partition of the rows over the devices (not of the data alone). Every device keeps
+      the same number of rows: a remainder is left out with a warning. The validation split is
+      drawn within each process's part. Losses with a host solver (``prepare``) need the whole
+      batch on one device and are refused.
+    - `data` may also live on disk: a NumPy memory map (``np.load("x.npy", mmap_mode="r")``, or
+      a tuple of two). Before each chunk of `eval_every` steps the host reads the rows the
+      chunk's steps draw — the same rows, hence the same run, as with the array in memory —
+      and moves them to the device in one transfer, so a set larger than host memory trains
+      with one host sync per chunk, not per step. Validation then needs `val_data` (in memory)
+      or ``val_fraction=0``; losses that prepare or check their data on the host, `shard_data`
+      and several processes are refused with data on disk.
     - `callback`: ``callback(step, model, history)`` after every chunk (after the checkpoint
       is written); returning ``True`` stops training (``history.stop_reason == "callback"``).
     - `ema_decay`: keep an exponential moving average of the parameters with this decay (e.g.
@@ -413,14 +555,25 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
                          eval_every=eval_every, patience=patience, eval_batch_size=eval_batch_size,
                          ema_decay=ema_decay, devices=devices, optimizer=optimizer)
     loss = maximum_likelihood if loss is None else loss
+    if shard_data and (devices is None or isinstance(loss, HostPrepared)):
+        raise ValueError("shard_data=True needs devices= (the mesh the rows are spread over) and a loss without a "
+                         f"host solver; got devices={devices!r} and {type(loss).__name__}")
     split_key, train_key, eval_key = jax.random.split(key, 3)
     checks = _data_checks(model, loss)
-    x, condition = _as_arrays(data, model, *checks)
-    model = _data_dependent_init(model, x, loss, jax.random.fold_in(key, 3))
-    if val_data is not None:
+    on_disk = _on_disk(data)
+    if on_disk:
+        _check_data_on_disk(loss, checks, shard_data, val_data, val_fraction)
+        x, condition = _rows_on_disk(data, model, checks[0])
+    else:
+        x, condition = _as_arrays(data, model, *checks)
+    model = _data_dependent_init(model, _all_processes(x) if shard_data else x, loss, jax.random.fold_in(key, 3))
+    if on_disk:
+        train, val = (x, condition), None if val_data is None else _as_arrays(val_data, model, *checks)
+    elif val_data is not None:
         train, val = (x, condition), _as_arrays(val_data, model, *checks)
     elif val_fraction > 0:
-        train, val = _split(x, condition, val_fraction, split_key)
+        train, val = _split(x, condition, val_fraction,
+                            jax.random.fold_in(split_key, jax.process_index()) if shard_data else split_key)
     else:
         train, val = (x, condition), None
     mesh = _mesh(devices)
@@ -436,7 +589,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         state = TrainingState.resumed(checkpoint, model, ema_decay)
     else:
         state = TrainingState.start(params, optimizer, ema_decay)
-    placed = _Placement(mesh, isinstance(loss, HostPrepared), train, val)
+    placed = _Placement(mesh, isinstance(loss, HostPrepared), train, val, shard_data, on_disk)
     state.put_on(placed)
     bar = _progress_bar(steps, state.step) if progress else None
     clock = _StepClock()
@@ -451,10 +604,15 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
             prepared = _put_tree(_prepare_chunk(eqx.combine(_on_one_device(state.params, mesh), static),
                                                 *placed.prepare_data, train_key, step0, active, num_steps=chunk,
                                                 batch_size=batch_size, loss=loss), mesh)
+        streamed = None
+        if placed.on_disk is not None:  # this chunk's minibatches, read in one pass
+            streamed = _read_chunk(placed.on_disk, train_key, state.step, n, num_steps=chunk, batch_size=batch_size,
+                                   batch_sharding=placed.batch_sharding)
         chunk_state = (state.params, state.opt_state, state.ema, static, step0, state.bad_step, active)
         state.params, state.opt_state, state.ema, state.bad_step, losses = _train_chunk(
             chunk_state, *placed.train, train_key, prepared, num_steps=chunk, batch_size=batch_size, loss=loss,
-            optimizer=optimizer, batch_sharding=placed.batch_sharding, ema_decay=ema_decay)
+            optimizer=optimizer, batch_sharding=placed.batch_sharding, ema_decay=ema_decay, sharded_data=shard_data,
+            streamed=streamed)
         losses = np.asarray(losses)[:n]
         clock.add(n, time.perf_counter() - t0, first=not state.history.steps)
         if state.stop_at_nan(losses):
@@ -494,6 +652,19 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     if restore_best and state.best_params is not None and history.stop_reason != "nan":
         final = state.best_params
     return eqx.combine(final, static), history
+
+
+def _check_data_on_disk(loss, checks, shard_data, val_data, val_fraction) -> None:
+    """What training from disk cannot do, refused by name before anything is read."""
+    if isinstance(loss, HostPrepared) or checks[1] is not None:
+        raise ValueError(f"data on disk (a memory map) works with losses that neither prepare nor check their data on "
+                         f"the host; {type(loss).__name__} does: load the data into memory")
+    if shard_data or jax.process_count() > 1:
+        raise ValueError("data on disk (a memory map) trains in one process without shard_data; pass each process's "
+                         "part in memory with shard_data=True instead")
+    if val_data is None and val_fraction > 0:
+        raise ValueError("with data on disk (a memory map) give val_data (in memory) or val_fraction=0; a held-out "
+                         f"fraction ({val_fraction}) of a set on disk would have to be read whole")
 
 
 def _data_checks(model, loss):
@@ -580,15 +751,19 @@ class TrainingState:
 
 
 class _Placement:
-    """Where the training and validation arrays live: replicated over the mesh, and a copy on one
-    device for a loss with a host solver (whose validation runs there too)."""
+    """Where the training and validation arrays live: replicated over the mesh, spread over it
+    (``sharded``), and a copy on one device for a loss with a host solver (whose validation
+    runs there too)."""
 
-    def __init__(self, mesh, host_solver: bool, train, val):
+    def __init__(self, mesh, host_solver: bool, train, val, sharded: bool = False, on_disk: bool = False):
         self.mesh, self.host_solver = mesh, host_solver
         self.batch_sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
-        self.train = (_put(train[0], mesh), _put(train[1], mesh))
+        put = (lambda a, what: _put_rows(a, mesh, what)) if sharded else (lambda a, what: _put(a, mesh))
+        self.on_disk = train if on_disk else None  # read chunk by chunk (_read_chunk), never placed whole
+        self.train = (None, None) if on_disk else (put(train[0], "training data"), put(train[1], "training conditions"))
         self.prepare_data = _on_one_device(self.train, mesh) if host_solver else None
-        self.val = None if val is None else self.on_eval_device((_put(val[0], mesh), _put(val[1], mesh)))
+        self.val = None if val is None else self.on_eval_device((put(val[0], "validation data"),
+                                                                 put(val[1], "validation conditions")))
 
     def on_eval_device(self, tree):
         return _on_one_device(tree, self.mesh) if self.host_solver else tree

@@ -4,7 +4,8 @@ single-process reference: ``python distributed_worker.py PROCESS_ID NUM_PROCESSE
 With ``NUM_PROCESSES > 1`` the process joins a ``jax.distributed`` run over gloo on localhost.
 Scenario ``train`` fits a flow on every device of the run (recording the batch's sharding as the
 loss sees it), interrupts and resumes a second fit from process 0's checkpoint, and fits OT-CFM
-(a host solver); it prints one JSON line. Scenario ``die``: process 1 exits in the middle of
+(a host solver), and fits with ``shard_data=True`` on this process's part of the data (twice, to
+show the run is a pure function of its key); it prints one JSON line. Scenario ``die``: process 1 exits in the middle of
 training, and the others must stop."""
 
 import json
@@ -69,7 +70,20 @@ resume_matches = all(np.array_equal(a, b) for a, b in zip(leaves(resumed), leave
 fm = flow_matching(jax.random.key(0), 2, width=16, depth=2)
 _, ot = gf.fit(fm, x, loss=cfm("ot-cfm"), **{**kw, "steps": 40, "eval_every": 20})
 
-print(json.dumps({"train": history.train_loss, "val": history.val_loss,
+# each process passes only its part of the data: 4000 / 4 rows per device, a batch drawn per device
+mine = slice(process_id * len(x) // num_processes, (process_id + 1) * len(x) // num_processes)
+x_val = sample_toy("moons", 400, seed=1)
+val_part = slice(process_id * 400 // num_processes, (process_id + 1) * 400 // num_processes)
+shards.clear()
+sharded = [gf.fit(model, x[mine], val_data=x_val[val_part], shard_data=True, loss=recording_loss, **kw) for _ in range(2)]
+mesh = geoflow.train._mesh("all")
+rows_per_device = geoflow.train._put_rows(x[mine], mesh, "x").addressable_shards[0].data.shape[0]
+(m1, h1), (m2, h2) = sharded
+
+print(json.dumps({"sharded": {"train": h1.train_loss, "val": h1.val_loss, "parameters": [a.ravel().tolist() for a in leaves(m1)],
+                              "rerun_matches": all(np.array_equal(a, b) for a, b in zip(leaves(m1), leaves(m2))),
+                              "rows_per_device": rows_per_device, "shard_shapes": sorted({tuple(s) for s in shards})},
+                  "train": history.train_loss, "val": history.val_loss,
                   "parameters": [a.ravel().tolist() for a in leaves(trained)],
                   "shard_shapes": sorted({tuple(s) for s in shards}), "stopped": part.stop_reason,
                   "resume_matches": resume_matches, "ot": ot.train_loss + ot.val_loss}))

@@ -54,6 +54,18 @@ def test_two_processes_train_as_one_four_device_run(tmp_path):
     assert first["stopped"] == "callback" and first["resume_matches"] and (tmp_path / "run" / "checkpoint.eqx").is_file()
     # OT-CFM's host solver: each process solves its own identical copy of the assignments
     np.testing.assert_allclose(first["ot"], reference["ot"], rtol=1e-4, atol=1e-4)
+    # sharded data: each process passed its half, each device held a quarter and drew its
+    # 16 examples from it; a rerun is identical, and the same partition over one process's
+    # 4 devices trains the same model
+    ours, theirs = first["sharded"], reference["sharded"]
+    assert ours["rerun_matches"] and theirs["rerun_matches"]
+    assert ours["rows_per_device"] == theirs["rows_per_device"] == 1000
+    assert ours["shard_shapes"] == theirs["shard_shapes"] == [[16, 2]]
+    np.testing.assert_allclose(ours["train"], theirs["train"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours["val"], theirs["val"], rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours["parameters"], theirs["parameters"]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(ours["train"], first["train"])  # per-device draws, not the replicated run's batches
 
 
 @pytest.mark.slow
