@@ -40,13 +40,16 @@ def _finish(key, layer, dim, layers, extra=(), preprocess=None):
 
 def coupling_flow(key, dim: int, *, transformer: Transformer, cond_dim: int | None = None,
                   layers: int = 8, width: int = 64, depth: int = 2, activation: str = "relu",
-                  permutation: str = "reverse", preprocess: Bijection | None = None) -> Transformed:
-    """``layers`` × (coupling with ``transformer``, then a permutation) on a standard normal."""
+                  permutation: str = "reverse", preprocess: Bijection | None = None,
+                  compute_dtype: str | None = None) -> Transformed:
+    """``layers`` × (coupling with ``transformer``, then a permutation) on a standard normal.
+    ``compute_dtype="bfloat16"``: the conditioners multiply in bfloat16 (mixed precision, see
+    :class:`geoflow.nn.MLP`); the coupling stays exactly invertible, its log-determinant float32."""
 
     def layer(k):
         ck, pk = jax.random.split(k)
         coupling = Coupling(transformer=transformer, dim=dim, cond_dim=cond_dim,
-                            width=width, depth=depth, activation=activation, key=ck)
+                            width=width, depth=depth, activation=activation, compute_dtype=compute_dtype, key=ck)
         return Chain([coupling, _mixer(pk, dim, permutation)])
 
     return _finish(key, layer, dim, layers, preprocess=preprocess)

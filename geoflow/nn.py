@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from .precision import check_compute_dtype, mixed_matmul
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -129,26 +131,31 @@ class MLP(eqx.Module):
     - `in_size`, `out_size`, `width`, `depth` (number of hidden layers).
     - `activation`: a name from ``geoflow.nn.ACTIVATIONS``.
     - `zero_last`: start the output layer at zero, so that a conditioner begins as the identity.
+    - `compute_dtype`: ``"bfloat16"`` (or ``"float16"``) rounds each layer's product's factors to
+      that type and accumulates in the input's (:func:`geoflow.precision.mixed_matmul`): mixed
+      precision for accelerators; parameters, activations and outputs stay float32.
     """
 
     weights: tuple[Float[Array, "out in"], ...]
     biases: tuple[Float[Array, " out"], ...]
     activation: str = eqx.field(static=True)
+    compute_dtype: str | None = eqx.field(static=True, default=None)
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, *, key,
-                 activation: str = "relu", zero_last: bool = False):
+                 activation: str = "relu", zero_last: bool = False, compute_dtype: str | None = None):
         get_activation(activation)
         self.weights, self.biases = _init_layers(key, [in_size] + [width] * depth + [out_size], zero_last)
         self.activation = activation
+        self.compute_dtype = check_compute_dtype(compute_dtype)
 
     def _hidden(self, x):
         act = ACTIVATIONS[self.activation]
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            x = act(w @ x + b)
+            x = act(mixed_matmul(w, x, self.compute_dtype) + b)
         return x
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
-        return self.weights[-1] @ self._hidden(x) + self.biases[-1]
+        return mixed_matmul(self.weights[-1], self._hidden(x), self.compute_dtype) + self.biases[-1]
 
     def on_rows(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
         """The network applied to every row of ``x`` (any leading shape), one matrix product
@@ -157,15 +164,15 @@ class MLP(eqx.Module):
         features of a molecule network this form trains 8% faster on XLA:CPU."""
         act = ACTIVATIONS[self.activation]
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            x = act(x @ w.T + b)
-        return x @ self.weights[-1].T + self.biases[-1]
+            x = act(mixed_matmul(x, w.T, self.compute_dtype) + b)
+        return mixed_matmul(x, self.weights[-1].T, self.compute_dtype) + self.biases[-1]
 
     def parts(self, x: Float[Array, " in"], n: int) -> tuple[Float[Array, " out/n"], ...]:
         """The output cut into ``n`` equal consecutive parts (a transformer's parameters)."""
-        return output_parts(self.weights[-1], self.biases[-1], self._hidden(x), n)
+        return output_parts(self.weights[-1], self.biases[-1], self._hidden(x), n, self.compute_dtype)
 
 
-def output_parts(weight, bias, x, n: int) -> tuple[Array, ...]:
+def output_parts(weight, bias, x, n: int, compute_dtype: str | None = None) -> tuple[Array, ...]:
     """``weight @ x + bias`` cut into ``n`` equal consecutive parts (a transformer's parameters).
 
     Shapes: ``weight`` ``(n·part, in)``, ``bias`` ``(n·part,)``, ``x`` ``(in,)``; returns ``n``
@@ -184,14 +191,17 @@ def output_parts(weight, bias, x, n: int) -> tuple[Array, ...]:
       trains 2.3× and evaluates ``log_prob`` 2× faster, and 2–3.7× at 4 to 64 dimensions.
     - ``n <= 2`` (affine and additive): the plain ``split(product + bias)``; folding made
       MAF-affine's ``log_prob`` 1.3–1.5× slower at 2 to 64 dimensions.
+
+    ``compute_dtype``: the product's factors rounded to it (:func:`geoflow.precision.mixed_matmul`).
     """
     part = weight.shape[0] // n
+    product = lambda w, v: mixed_matmul(w, v, compute_dtype)
     if part == 1:
-        return tuple(p + c for p, c in zip(jnp.split(weight @ x, n), jnp.split(bias, n)))
+        return tuple(p + c for p, c in zip(jnp.split(product(weight, x), n), jnp.split(bias, n)))
     if n > 2:
         with_bias = jnp.concatenate([weight, bias[:, None]], axis=1)
-        return tuple(jnp.split(with_bias @ jnp.concatenate([x, jnp.ones(1, x.dtype)]), n))
-    return tuple(jnp.split(weight @ x + bias, n))
+        return tuple(jnp.split(product(with_bias, jnp.concatenate([x, jnp.ones(1, x.dtype)])), n))
+    return tuple(jnp.split(product(weight, x) + bias, n))
 
 
 def made_degrees(dim: int, order: str | np.ndarray, key=None) -> Array:

@@ -11,6 +11,7 @@ import numpy as np
 
 from geoflow.distributions import Distribution
 from geoflow.nn import Frozen
+from geoflow.precision import exact_matmul
 
 from .base import Manifold
 from .product import Power, Product
@@ -204,7 +205,7 @@ class IGSO3(OnManifold):
         return jax.lax.stop_gradient(self.table.value)[2]
 
     def _log_prob(self, r, condition=None):
-        omega = jnp.linalg.norm(matrix_to_rotvec(self.mean.T @ r))
+        omega = jnp.linalg.norm(matrix_to_rotvec(exact_matmul(self.mean.T, r)))
         return jnp.interp(omega, self.grid, self.log_density)
 
     def _sample(self, key, condition=None):
@@ -212,7 +213,7 @@ class IGSO3(OnManifold):
         omega = jnp.interp(jax.random.uniform(k_angle), self.cdf, self.grid)
         axis = jax.random.normal(k_axis, (3,))
         axis = axis / jnp.linalg.norm(axis)
-        return self.mean @ rotvec_to_matrix(omega * axis)
+        return exact_matmul(self.mean, rotvec_to_matrix(omega * axis))
 
 
 class WrappedNormalMixtureSO3(OnManifold):
@@ -262,4 +263,4 @@ class WrappedNormalMixtureSO3(OnManifold):
     def _sample(self, key, condition=None):
         k_comp, k_z = jax.random.split(key)
         c = jax.random.randint(k_comp, (), 0, self.means.shape[0])
-        return self.means[c] @ rotvec_to_matrix(self.sigmas[c] * jax.random.normal(k_z, (3,)))
+        return exact_matmul(self.means[c], rotvec_to_matrix(self.sigmas[c] * jax.random.normal(k_z, (3,))))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from geoflow.precision import exact_matmul
+
 from .so3 import hat, matrix_to_rotvec, rotvec_to_matrix
 
 _SMALL = 1e-2  # below this angle the series (to θ⁴) are exact in float32 and float64
@@ -28,7 +30,7 @@ def left_jacobian(omega):
     a = jnp.where(small, 0.5 - theta**2 / 24 + theta**4 / 720, (1 - jnp.cos(t)) / t**2)
     b = jnp.where(small, 1 / 6 - theta**2 / 120 + theta**4 / 5040, (t - jnp.sin(t)) / t**3)
     k = hat(omega)
-    return jnp.eye(3, dtype=omega.dtype) + a * k + b * k @ k
+    return jnp.eye(3, dtype=omega.dtype) + a * k + b * exact_matmul(k, k)
 
 
 def left_jacobian_inverse(omega):
@@ -39,16 +41,16 @@ def left_jacobian_inverse(omega):
     c = jnp.where(small, 1 / 12 + theta**2 / 720 + theta**4 / 30240,
                   (1 - 0.5 * t * jnp.cos(0.5 * t) / jnp.sin(0.5 * t)) / t**2)
     k = hat(omega)
-    return jnp.eye(3, dtype=omega.dtype) - 0.5 * k + c * k @ k
+    return jnp.eye(3, dtype=omega.dtype) - 0.5 * k + c * exact_matmul(k, k)
 
 
 def twist_exp(xi):
     """The rigid motion ``(R (3, 3), t (3,))`` of the twist ``ξ = (ω, v)`` ``(6,)``."""
     omega, v = xi[:3], xi[3:]
-    return rotvec_to_matrix(omega), left_jacobian(omega) @ v
+    return rotvec_to_matrix(omega), exact_matmul(left_jacobian(omega), v)
 
 
 def twist_log(rotation, translation):
     """The twist ``(6,)`` with rotation angle in ``[0, π]`` whose exponential is ``(R, t)``."""
     omega = matrix_to_rotvec(rotation)
-    return jnp.concatenate([omega, left_jacobian_inverse(omega) @ translation])
+    return jnp.concatenate([omega, exact_matmul(left_jacobian_inverse(omega), translation)])

@@ -15,6 +15,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from geoflow.precision import exact_matmul
+
 from .base import Manifold
 
 
@@ -38,7 +40,7 @@ def rotvec_to_matrix(w):
     a = jnp.where(small, 1 - theta2 / 6 + theta2**2 / 120, jnp.sin(t) / t)
     b = jnp.where(small, 0.5 - theta2 / 24 + theta2**2 / 720, (1 - jnp.cos(t)) / t2)
     k = hat(w)
-    return jnp.eye(3, dtype=w.dtype) + a * k + b * (k @ k)
+    return jnp.eye(3, dtype=w.dtype) + a * k + b * exact_matmul(k, k)
 
 
 def matrix_to_quaternion(r):
@@ -92,30 +94,30 @@ class SO3(Manifold):
     dim: int = eqx.field(static=True, default=3)
 
     def exp(self, r, v):
-        return r @ rotvec_to_matrix(vee(r.T @ v))
+        return exact_matmul(r, rotvec_to_matrix(vee(exact_matmul(r.T, v))))
 
     def log(self, r, s):
-        return r @ hat(matrix_to_rotvec(r.T @ s))
+        return exact_matmul(r, hat(matrix_to_rotvec(exact_matmul(r.T, s))))
 
     def proj(self, m):
         """The nearest rotation (polar decomposition by SVD, determinant fixed to +1)."""
         u, _, vt = jnp.linalg.svd(m)
-        d = jnp.sign(jnp.linalg.det(u @ vt))
-        return u @ jnp.diag(jnp.array([1.0, 1.0, 1.0], m.dtype).at[2].set(d)) @ vt
+        d = jnp.sign(jnp.linalg.det(exact_matmul(u, vt)))
+        return exact_matmul(u * jnp.array([1.0, 1.0, 1.0], m.dtype).at[2].set(d), vt)
 
     def to_tangent(self, r, v):
-        a = r.T @ v
-        return r @ (0.5 * (a - a.T))
+        a = exact_matmul(r.T, v)
+        return exact_matmul(r, 0.5 * (a - a.T))
 
     def belongs(self, r, atol=1e-5):
-        orthogonal = jnp.max(jnp.abs(r.T @ r - jnp.eye(3, dtype=r.dtype))) < atol
+        orthogonal = jnp.max(jnp.abs(exact_matmul(r.T, r) - jnp.eye(3, dtype=r.dtype))) < atol
         return orthogonal & (jnp.abs(jnp.linalg.det(r) - 1.0) < atol)
 
     def inner(self, r, u, v):
         return 0.5 * jnp.sum(u * v)
 
     def dist(self, r, s):
-        return jnp.sqrt(jnp.sum(matrix_to_rotvec(r.T @ s) ** 2) + 1e-30)
+        return jnp.sqrt(jnp.sum(matrix_to_rotvec(exact_matmul(r.T, s)) ** 2) + 1e-30)
 
     def tangent_basis(self, r):
         """``R [eₖ]× / √2``: orthonormal under the ambient (Frobenius) dot product."""
@@ -123,13 +125,13 @@ class SO3(Manifold):
 
     def random_tangent_normal(self, key, r):
         # ω ~ N(0, I₃) has Riemannian norm |ω| under ½ tr: the tangent vector is R [ω]×
-        return r @ hat(jax.random.normal(key, (3,), r.dtype))
+        return exact_matmul(r, hat(jax.random.normal(key, (3,), r.dtype)))
 
     def wrapped_normal_log_prob(self, mean, r, sigma):
         """For a relative rotation of angle ``θ``: ``Σ_j N₃(θ_j; σ) θ_j² / (2(1 − cos θ))`` over
         the preimages ``θ_j = θ + 2πj`` (``j ∈ {−1, 0, 1}``, ample for σ ≲ 1), the inverse
         Jacobian of ``exp`` on so(3)."""
-        theta = jnp.linalg.norm(matrix_to_rotvec(mean.T @ r))
+        theta = jnp.linalg.norm(matrix_to_rotvec(exact_matmul(mean.T, r)))
         near_identity = theta < 1e-4
         safe = jnp.where(near_identity, 1.0, theta)
         wraps = safe + 2 * jnp.pi * jnp.arange(-1, 2)

@@ -13,15 +13,31 @@ for each new shape, about 30 ms apiece. Two XLA:CPU flags cut that, neither chan
 - ``xla_backend_optimization_level=1`` (LLVM -O1): 25-70% faster compiles per function than -O2
   at the same speed (a 2000-step NSF fit 20.6 s at both); -O0 runs 2.2x slower.
 
-Subprocesses and notebook kernels inherit them through the environment.
+Subprocesses and notebook kernels inherit them through the environment. XLA aborts the process
+on a flag it does not know (jaxlib 0.11 dropped the fusion-emitter switch), and under pytest's
+output capture that abort is silent, so each flag is first tried in a subprocess and set only
+where this jaxlib accepts it.
 """
 
 import os
+import subprocess
+import sys
 
 _FLAGS = {"xla_backend_optimization_level": "1", "xla_cpu_use_fusion_emitters": "false"}
-for _name, _value in _FLAGS.items():
-    if _name not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
+_PROBE = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
+
+
+def _accepted(flags: dict[str, str]) -> list[str]:
+    """The flags XLA parses without aborting, each tried alone in a fresh interpreter."""
+    tries = {name: subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--{name}={value}"})
+             for name, value in flags.items()}
+    return [f"--{name}={flags[name]}" for name, process in tries.items() if process.wait() == 0]
+
+
+_missing = {name: value for name, value in _FLAGS.items() if name not in os.environ.get("XLA_FLAGS", "")}
+if _missing:
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_accepted(_missing)]).strip()
 
 
 # GEOFLOW_COMPILE_REPORT=FILE: append one JSON line per test with the seconds it spent tracing,

@@ -33,7 +33,7 @@ class Coupling(Bijection):
 
     def __init__(self, *, transformer: Transformer, dim: int, split: int | None = None,
                  cond_dim: int | None = None, width: int = 64, depth: int = 2,
-                 activation: str = "relu", key):
+                 activation: str = "relu", compute_dtype: str | None = None, key):
         if dim < 2:
             raise ValueError(f"a coupling layer needs at least 2 dimensions, got dim={dim}")
         split = dim // 2 if split is None else split
@@ -44,7 +44,8 @@ class Coupling(Bijection):
         self.shape = (dim,)
         self.cond_shape = None if cond_dim is None else (cond_dim,)
         self.conditioner = MLP(split + (cond_dim or 0), (dim - split) * transformer.num_params,
-                               width, depth, key=key, activation=activation, zero_last=True)
+                               width, depth, key=key, activation=activation, zero_last=True,
+                               compute_dtype=compute_dtype)
 
     def _params(self, x_fixed, condition):
         inp = x_fixed if condition is None else jnp.concatenate([x_fixed, condition])

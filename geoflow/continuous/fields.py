@@ -56,6 +56,8 @@ class TimeMLP(eqx.Module):
     - `time_embedding`: ``0`` feeds ``t`` itself (as in Tong et al.'s 2-D experiments), an even
       number ``n`` feeds ``n`` sinusoidal features.
     - `out_size`: output size when it differs from the input (a field on features of ``x``).
+    - `compute_dtype`: ``"bfloat16"`` for mixed precision in the MLP (:class:`geoflow.nn.MLP`);
+      the field's value and the ODE's state stay float32.
     """
 
     mlp: MLP
@@ -64,12 +66,13 @@ class TimeMLP(eqx.Module):
     cond_shape: tuple[int, ...] | None = eqx.field(static=True)
 
     def __init__(self, dim: int, *, key, width: int = 64, depth: int = 3, activation: str = "selu",
-                 time_embedding: int = 0, cond_dim: int | None = None, out_size: int | None = None):
+                 time_embedding: int = 0, cond_dim: int | None = None, out_size: int | None = None,
+                 compute_dtype: str | None = None):
         if time_embedding % 2:
             raise ValueError(f"time_embedding must be 0 or even, got {time_embedding}")
         t_size = 1 if time_embedding == 0 else time_embedding
         self.mlp = MLP(dim + t_size + context_size(cond_dim), dim if out_size is None else out_size,
-                       width, depth, key=key, activation=activation)
+                       width, depth, key=key, activation=activation, compute_dtype=compute_dtype)
         self.time_embedding = time_embedding
         self.shape = (dim,)
         self.cond_shape = None if cond_dim is None else (cond_dim,)

@@ -20,6 +20,7 @@ from geoflow.continuous import ODEFlow, ODESolver, ode_flow_of
 from geoflow.continuous.couplings import exact_pairing
 from geoflow.continuous.matching import source_is_trained
 from geoflow.continuous.paths import CondOT, Exponential, Scheduler
+from geoflow.precision import exact_matmul
 from geoflow.distributions import Transformed
 from manifolds import CentredPoints, geodesic_euler, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
 from manifolds.distributions import IGSO3, PowerDistribution
@@ -82,7 +83,7 @@ def rotation_schedule(rate: float) -> Scheduler:
 
 def follow_way(rotations, translations, omega, displacement):
     """The frames a clean-frame network's outputs point at: ``(Rᵢ exp[ωᵢ]× (L, 3, 3), c + d (L, 3))``."""
-    return rotations @ jax.vmap(rotvec_to_matrix)(omega), translations + displacement
+    return exact_matmul(rotations, jax.vmap(rotvec_to_matrix)(omega)), translations + displacement
 
 
 _END = 1e-2  # the field's rates are capped at their value this far from t = 1, where they diverge
@@ -140,7 +141,7 @@ class FrameField(eqx.Module):
             end = jnp.minimum(t, 1 - _END)
             omega = omega * self.rotation_scheduler.remaining_rate(end)
             displacement = displacement / (1 - end)
-        return self.manifold.join([rotations @ jax.vmap(hat)(omega), displacement])
+        return self.manifold.join([exact_matmul(rotations, jax.vmap(hat)(omega)), displacement])
 
 
 def frameflow(key, length: int, *, rotation_eps: float | None = None, translation_sigma: float = 1.0,
@@ -165,17 +166,17 @@ def rotation_path(r0, r1, t, scheduler: Scheduler):
     """The geodesic ``R_t = R₀ exp(α_t log(R₀ᵀR₁))`` and its velocity ``R_t [α̇_t ω]×``
     (closed form; ``ω`` the rotation vector of ``R₀ᵀR₁``)."""
     a, _, da, _ = scheduler.with_derivatives(t)
-    omega = matrix_to_rotvec(r0.T @ r1)
-    rt = r0 @ rotvec_to_matrix(a * omega)
-    return rt, rt @ hat(da * omega)
+    omega = matrix_to_rotvec(exact_matmul(r0.T, r1))
+    rt = exact_matmul(r0, rotvec_to_matrix(a * omega))
+    return rt, exact_matmul(rt, hat(da * omega))
 
 
 def predicted_end(rt, ct, vr, vc, t, scheduler: Scheduler):
     """The clean frames the velocity points at: each rotation continued along its geodesic for
     the remaining ``(1 − α_t)/α̇_t`` of the schedule, translations for the remaining ``1 − t``
     (exact when the velocity is the conditional target)."""
-    omega = jax.vmap(lambda r, v: vee(r.T @ v))(rt, vr)  # body angular velocities
-    r1 = rt @ jax.vmap(rotvec_to_matrix)(omega / scheduler.remaining_rate(t))
+    omega = jax.vmap(lambda r, v: vee(exact_matmul(r.T, v)))(rt, vr)  # body angular velocities
+    r1 = exact_matmul(rt, jax.vmap(rotvec_to_matrix)(omega / scheduler.remaining_rate(t)))
     return r1, ct + (1 - t) * vc
 
 
@@ -251,7 +252,7 @@ class FrameFlowMatching(eqx.Module):
             weight = 1 / jnp.maximum(1 - ti, 1 - self.clip) ** 2  # FrameFlow's: errors scaled by 1/(1 − t)
             if flow.field.prediction == "frames":
                 omega_hat, d_hat = flow.field.outputs(ti, xt)
-                omega = jax.vmap(lambda p, q: matrix_to_rotvec(p.T @ q))(rt, r1)
+                omega = jax.vmap(lambda p, q: matrix_to_rotvec(exact_matmul(p.T, q)))(rt, r1)
                 value = weight * (wr * jnp.sum((omega_hat - omega) ** 2)
                                   + wt * jnp.sum((d_hat - (c1 - ct)) ** 2)) / length
                 r_hat, c_hat = follow_way(rt, ct, omega_hat, d_hat)
