@@ -11,7 +11,8 @@ the curve is kept in the checkpoint's directory and continues across runs. Figur
 (``--quick`` only prints them).
 
 Usage: python benchmarks/qm9_molecules.py [--quick] [--hydrogens implicit|explicit] [--subset N]
-       [--steps S] [--eval-every K] [--samples M] [--refine K] [--time-weight W] [--checkpoint DIR --resume]
+       [--steps S] [--eval-every K] [--samples M] [--refine K] [--time-weight W] [--fake-atoms F]
+       [--checkpoint DIR --resume]
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main():
     ap.add_argument("--refine", type=int, default=0, help="clean predictions fed back after sampling (MoleculeSampler.sample)")
     ap.add_argument("--time-weight", type=float, default=0.0,
                     help="cap of the position loss's t/(1 − t) weight (MoleculeFlowMatching.time_weight; 0: uniform)")
+    ap.add_argument("--fake-atoms", type=float, default=0.0,
+                    help="most fake atoms per real atom in training (MoleculeFlow.fake_atoms; 0: none)")
     ap.add_argument("--tag", help="appended to the results file's name, so a variant keeps the recorded run")
     ap.add_argument("--checkpoint", type=Path, help="directory for the checkpoint and the curve")
     ap.add_argument("--resume", action="store_true")
@@ -78,7 +81,8 @@ def main():
     _, max_atoms = qm9_vocabulary(args.hydrogens)
     counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
     model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=jax.random.key(0), scalars=args.scalars,
-                         vectors=args.vectors, layers=args.layers, network=args.network)
+                         vectors=args.vectors, layers=args.layers, network=args.network,
+                         fake_atoms=args.fake_atoms)
 
     curve_path = args.checkpoint / "curve.json" if args.checkpoint else None
     curve = json.loads(curve_path.read_text()) if args.resume and curve_path and curve_path.exists() else []

@@ -46,6 +46,9 @@ def add_parser(sub):
                    help="cap of the position loss's clip(t/(1 − t)) weight (MoleculeFlowMatching.time_weight; 0: uniform). "
                         "With explicit hydrogens 1.5 gave more molecules passing EDM's distance rule at equal steps and "
                         "fewer valid ones (RESULTS)")
+    t.add_argument("--fake-atoms", type=float, default=0.0,
+                   help="FlowMol3's fake atoms: up to this fraction of each molecule's atom count added in training as "
+                        "atoms of an extra type that sampling removes (MoleculeFlow.fake_atoms; 0: none)")
     s = msub.add_parser("sample", help="sample molecules from a trained run into an SDF file")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
@@ -74,11 +77,11 @@ def cmd_train(args) -> dict:
     _, max_atoms = qm9_vocabulary(args.hydrogens)
     counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
     model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=key_model, scalars=args.scalars,
-                         vectors=args.vectors, layers=args.layers)
+                         vectors=args.vectors, layers=args.layers, fake_atoms=args.fake_atoms)
     loss = MoleculeFlowMatching(permute=True, time_weight=args.time_weight)
     model, history = fit(model, data.graphs, key=key_fit, loss=loss, **fit_options(args))
     (run.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")
-    info = {"data": args.data, "hydrogens": args.hydrogens, "time_weight": args.time_weight}
+    info = {"data": args.data, "hydrogens": args.hydrogens, "time_weight": args.time_weight, "fake_atoms": args.fake_atoms}
     res = {**info, "molecules": len(data), "perception_failures": data.failures,
            **training_summary(history, args.batch_size)}
     return run.finish(model, info, res, run.out / "train_smiles.txt")

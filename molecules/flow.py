@@ -21,6 +21,8 @@ import numpy as np
 from discrete import MixturePath, posterior_rates
 from geoflow.continuous.paths import Polynomial
 from geoflow.continuous.couplings import exact_assignment, squared_distances
+from geoflow.precision import exact_matmul
+from geoflow.serialization import register_migration
 from discrete.model import categorical_from_weights
 
 from .graph import BOND_ORDERS, MolecularGraph, Vocabulary
@@ -38,10 +40,10 @@ def centre(x, maskf):
 
 def kabsch_rotation(x0, x1, maskf):
     """The proper rotation ``R`` minimising ``Σ ‖R x0ᵢ − x1ᵢ‖²`` over real atoms (both centred)."""
-    h = (x0 * maskf[:, None]).T @ (x1 * maskf[:, None])
+    h = exact_matmul((x0 * maskf[:, None]).T, x1 * maskf[:, None])
     u, _, vt = jnp.linalg.svd(h)
-    d = jnp.sign(jnp.linalg.det(vt.T @ u.T))
-    return vt.T @ jnp.diag(jnp.array([1.0, 1.0, 1.0], x0.dtype).at[2].set(d)) @ u.T
+    d = jnp.sign(jnp.linalg.det(exact_matmul(vt.T, u.T)))
+    return exact_matmul(vt.T * jnp.array([1.0, 1.0, 1.0], x0.dtype).at[2].set(d), u.T)
 
 
 def symmetric_uniform(key, n):
@@ -49,6 +51,56 @@ def symmetric_uniform(key, n):
     u = jax.random.uniform(key, (n, n))
     upper = jnp.triu(u, 1)
     return upper + upper.T
+
+
+# spread (Å) of a fake atom's position about the real atom it is placed beside
+FAKE_ATOM_SPREAD = 1.0
+
+
+def fake_atom_limit(n, fraction: float, max_atoms: int):
+    """The most fake atoms a molecule of ``n`` real atoms receives: ``⌊fraction · n⌋``, no more
+    than the free slots ``max_atoms − n``."""
+    return jnp.minimum(jnp.floor(fraction * n).astype(jnp.int32), max_atoms - n)
+
+
+def slot_counts(atom_counts, fraction: float, max_atoms: int) -> tuple[float, ...]:
+    """The distribution of ``n + k`` slots, ``n`` drawn from ``atom_counts`` (probabilities of
+    ``0…max_atoms`` real atoms) and ``k`` fake atoms uniform on ``0…fake_atom_limit(n)``."""
+    out = np.zeros(max_atoms + 1)
+    for n, p in enumerate(atom_counts):
+        limit = int(fake_atom_limit(n, fraction, max_atoms))
+        out[n : n + limit + 1] += p / (limit + 1)
+    return tuple(float(v) for v in out)
+
+
+def add_fake_atoms(g: MolecularGraph, key, fraction: float, fake_type: int, zero_charge: int) -> MolecularGraph:
+    """FlowMol3's fake atoms: ``k`` uniform on ``0…fake_atom_limit(n)`` padding slots become atoms
+    of type ``fake_type`` (charge index ``zero_charge``, no bonds), each placed ``FAKE_ATOM_SPREAD``
+    Å about a real atom drawn uniformly. A model trained so learns to turn an atom the forming
+    molecule has no place for into a fake one, which sampling then removes: the molecule's size
+    is decided during generation, not only drawn before it."""
+    k_count, k_anchor, k_offset = jax.random.split(key, 3)
+    n_slots = g.mask.shape[0]
+    n = jnp.sum(g.mask)
+    count = jnp.floor(jax.random.uniform(k_count) * (fake_atom_limit(n, fraction, n_slots) + 1)).astype(jnp.int32)
+    free_rank = jnp.cumsum(~g.mask) - 1
+    fake = ~g.mask & (free_rank < count)
+    anchors = jax.random.choice(k_anchor, n_slots, (n_slots,), p=g.mask / jnp.maximum(n, 1))
+    beside = g.positions[anchors] + FAKE_ATOM_SPREAD * jax.random.normal(k_offset, (n_slots, 3))
+    return MolecularGraph(jnp.where(fake[:, None], beside, g.positions), jnp.where(fake, fake_type, g.atom_types),
+                          jnp.where(fake, zero_charge, g.charges), g.bonds, g.mask | fake)
+
+
+def without_fake_atoms(g: MolecularGraph, fake_type: int) -> MolecularGraph:
+    """The molecule left when the atoms of type ``fake_type`` are removed: the real atoms moved
+    to the first slots in their order, recentred."""
+    real = g.mask & (g.atom_types != fake_type)
+    order = jnp.argsort(~real, stable=True)
+    mask = real[order]
+    keep = lambda v: jnp.where(mask, v[order], 0)
+    bonds = jnp.where(mask[:, None] & mask[None], g.bonds[order][:, order], 0)
+    return MolecularGraph(centre(g.positions[order], mask.astype(g.positions.dtype)), keep(g.atom_types),
+                          keep(g.charges), bonds, mask)
 
 
 def as_previous(prediction):
@@ -65,7 +117,7 @@ class MoleculeSampler(eqx.Module):
     A subclass has the fields ``vocabulary``, ``max_atoms``, ``atom_counts`` (probabilities of each
     atom count ``0…max_atoms``), ``prior_scale`` and ``token_power`` (tokens are unmasked by time
     ``t`` with probability ``κ_t = t^token_power``), and the methods :meth:`predict` and
-    :meth:`no_prediction`. Positions follow Euler steps of the straight-path velocity
+    :meth:`no_prediction`; a subclass trained with fake atoms overrides :attr:`fake_atoms`. Positions follow Euler steps of the straight-path velocity
     ``(x̂₁ − x)/(1 − t)``; each masked token leaves the mask with probability ``h κ̇/(1 − κ)`` in a
     step of size ``h`` (more with ``eta``, see :meth:`sample`) and draws its value from the
     predicted posterior; the last step takes the
@@ -87,16 +139,30 @@ class MoleculeSampler(eqx.Module):
         """The ``previous`` argument of :meth:`predict` before any prediction was made."""
 
     @property
+    def fake_atoms(self) -> float:
+        """The most fake atoms per real atom seen in training (:func:`add_fake_atoms`; 0: none)."""
+        return 0.0
+
+    @property
+    def fake_type(self) -> int | None:
+        """The atom-type index of a fake atom, one past the vocabulary's elements; None without."""
+        return len(self.vocabulary.elements) if self.fake_atoms > 0 else None
+
+    @property
     def paths(self) -> tuple[MixturePath, MixturePath, MixturePath]:
-        """Masking paths for atom types, charges and bond orders (the mask is the last class)."""
+        """Masking paths for atom types (with the fake type when there is one), charges and bond
+        orders (the mask is the last class)."""
         schedule = Polynomial(self.token_power)
+        types = len(self.vocabulary.elements) + (self.fake_type is not None)
         return tuple(MixturePath(size, scheduler=schedule)
-                     for size in (len(self.vocabulary.elements), len(self.vocabulary.charges), len(BOND_ORDERS)))
+                     for size in (types, len(self.vocabulary.charges), len(BOND_ORDERS)))
 
     def sample(self, key, n: int, *, steps: int = 100, num_atoms=None, eta: float = 0.0,
                noise: float = 0.0, refine: int = 0) -> MolecularGraph:
         """``n`` molecules as a batched :class:`MolecularGraph`; sizes drawn from the training
-        distribution unless ``num_atoms`` (an int or ``(n,)`` ints) is given. ``eta`` adds
+        distribution unless ``num_atoms`` (an int or ``(n,)`` ints) is given. A model trained with
+        fake atoms starts from that many slots (sizes drawn from :func:`slot_counts`) and returns
+        the atoms it did not predict fake, real atoms first. ``eta`` adds
         detailed-balance noise to the tokens (Campbell et al. 2024): a known token returns to the
         mask at rate η and masked ones leave it faster to match, which leaves every time's
         marginal unchanged and lets a token drawn early, from a vague posterior, be drawn again.
@@ -118,7 +184,8 @@ class MoleculeSampler(eqx.Module):
                 raise ValueError(f"{name} must be finite and non-negative, got {value}")
         k_size, k_mol = jax.random.split(key)
         if num_atoms is None:
-            num_atoms = jax.random.choice(k_size, self.max_atoms + 1, (n,), p=jnp.asarray(self.atom_counts))
+            sizes = slot_counts(self.atom_counts, self.fake_atoms, self.max_atoms) if self.fake_atoms else self.atom_counts
+            num_atoms = jax.random.choice(k_size, self.max_atoms + 1, (n,), p=jnp.asarray(sizes))
         num_atoms = jnp.broadcast_to(jnp.asarray(num_atoms, jnp.int32), (n,))
         if int(jnp.max(num_atoms)) > self.max_atoms or int(jnp.min(num_atoms)) < 1:
             raise ValueError(f"num_atoms must be in [1, {self.max_atoms}]")
@@ -197,7 +264,8 @@ class MoleculeSampler(eqx.Module):
             return centre(self.predict(x1, types, charges, bonds, mask, t_last, (x1, *tokens))[0], maskf)
 
         x1 = jax.lax.fori_loop(0, refine, again, centre(x1, maskf))
-        return MolecularGraph(x1, types, charges, bonds, mask)
+        molecule = MolecularGraph(x1, types, charges, bonds, mask)
+        return molecule if self.fake_type is None else without_fake_atoms(molecule, self.fake_type)
 
 
 def check_token_power(power) -> float:
@@ -228,7 +296,10 @@ class MoleculeFlow(MoleculeSampler):
     its previous prediction: at every sampling step, and in half the training examples),
     `network` (``"vector"``: :class:`~molecules.vector_network.VectorNetwork`, scalar and vector
     channels, the fast default; ``"e3nn"``: :class:`~molecules.network.EquivariantNetwork`,
-    spherical-harmonic tensor products up to l = 2) and the network's keyword arguments.
+    spherical-harmonic tensor products up to l = 2), `fake_atoms` (FlowMol3's fake atoms: in
+    training each molecule of ``n`` atoms gains up to ``⌊fake_atoms · n⌋`` atoms of an extra
+    type, :func:`add_fake_atoms`, which sampling removes; 0: none) and the network's keyword
+    arguments.
     """
 
     network: VectorNetwork | EquivariantNetwork
@@ -237,14 +308,18 @@ class MoleculeFlow(MoleculeSampler):
     atom_counts: tuple[float, ...] = eqx.field(static=True)
     prior_scale: float = eqx.field(static=True)
     token_power: float = eqx.field(static=True)
+    _fake_atoms: float = eqx.field(static=True)  # read through the fake_atoms property
 
     def __init__(self, vocabulary: Vocabulary, max_atoms: int, atom_counts, *, key, prior_scale: float = 1.0,
                  token_power: float = 1.0, self_conditioning: bool = True, network: str = "vector",
-                 **network_kwargs):
+                 fake_atoms: float = 0.0, **network_kwargs):
         self.vocabulary, self.max_atoms, self.prior_scale = vocabulary, int(max_atoms), float(prior_scale)
         self.token_power = check_token_power(token_power)
         self.atom_counts = normalized_counts(atom_counts, self.max_atoms)
-        a, c, b = len(vocabulary.elements), len(vocabulary.charges), len(BOND_ORDERS)
+        if not (0.0 <= float(fake_atoms) < float("inf")):
+            raise ValueError(f"fake_atoms must be a non-negative fraction of the real atoms; got {fake_atoms}")
+        self._fake_atoms = float(fake_atoms)
+        a, c, b = self.paths[0].vocab_size, len(vocabulary.charges), len(BOND_ORDERS)
         # inputs have one more class each, the mask token; outputs predict the clean classes only
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; expected one of {sorted(NETWORKS)}")
@@ -264,8 +339,16 @@ class MoleculeFlow(MoleculeSampler):
         return self.network.no_prediction(positions)
 
     @property
+    def fake_atoms(self) -> float:
+        return self._fake_atoms
+
+    @property
     def self_conditioning(self) -> bool:
         return self.network.self_conditioning
+
+
+# files written before fake atoms existed hold models without them
+register_migration("molecules.flow.MoleculeFlow", lambda fields: {"_fake_atoms": 0.0, **fields})
 
 
 @eqx.filter_jit
@@ -351,14 +434,24 @@ class MoleculeFlowMatching(eqx.Module):
         if not self.permute:
             return None
         keys = jax.random.split(key, rows.shape[0])
-        return jax.vmap(lambda k, r: self._assignment(model, unpack_graph(r, model.max_atoms), k))(keys, rows)
+        return jax.vmap(lambda k, r: self._assignment(model, self.training_graph(model, r, k), k))(keys, rows)
 
     def __call__(self, model: MoleculeFlow, rows, condition, key, prepared=None):
         keys = jax.random.split(key, rows.shape[0])
-        graphs = lambda r: unpack_graph(r, model.max_atoms)
+        graph = lambda r, k: self.training_graph(model, r, k)
         if prepared is None:
-            return jnp.mean(jax.vmap(lambda k, r: self._one(model, graphs(r), k))(keys, rows))
-        return jnp.mean(jax.vmap(lambda k, r, p: self._one(model, graphs(r), k, p))(keys, rows, prepared))
+            return jnp.mean(jax.vmap(lambda k, r: self._one(model, graph(r, k), k))(keys, rows))
+        return jnp.mean(jax.vmap(lambda k, r, p: self._one(model, graph(r, k), k, p))(keys, rows, prepared))
+
+    @staticmethod
+    def training_graph(model: MoleculeSampler, row, key) -> MolecularGraph:
+        """One example's molecule from its packed row, with fake atoms (:func:`add_fake_atoms`,
+        drawn from the example's key) when the model was built with them."""
+        g = unpack_graph(row, model.max_atoms)
+        if model.fake_type is None:
+            return g
+        return add_fake_atoms(g, jax.random.fold_in(key, 11), model.fake_atoms, model.fake_type,
+                              model.vocabulary.charge_index(0))
 
     @staticmethod
     def _endpoints(model, g: MolecularGraph, key):
@@ -393,7 +486,7 @@ class MoleculeFlowMatching(eqx.Module):
         if self.permute:  # prior atoms are exchangeable: pair each real atom with its nearest-in-sum partner
             x0 = x0[self._assignment(model, g, key) if assignment is None else assignment]
         if self.align:
-            x0 = x0 @ kabsch_rotation(x0, x1, maskf).T  # rotate the noise onto the molecule
+            x0 = exact_matmul(x0, kabsch_rotation(x0, x1, maskf).T)  # rotate the noise onto the molecule
         if t is None:
             t = self.draw_time(key)
         xt = (1 - t) * x0 + t * x1

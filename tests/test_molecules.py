@@ -289,6 +289,76 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3)
 
 
+def test_fake_atoms_fill_padding_in_training_and_leave_the_samples():
+    """FlowMol3's fake atoms: a training molecule of n atoms gains k ~ U{0…min(⌊f n⌋, N − n)}
+    atoms of the extra type in padding slots, unbonded, beside real atoms, and the counts' law is
+    :func:`slot_counts`, which sampling draws from; removing them gives back the molecule; a model
+    with them trains and samples molecules with no fake atom left, real atoms first."""
+    import jax
+    import jax.numpy as jnp
+
+    from molecules import stack_graphs
+    from molecules.flow import (FAKE_ATOM_SPREAD, MoleculeFlow, MoleculeFlowMatching, add_fake_atoms, centre,
+                                pack_graphs, slot_counts, without_fake_atoms)
+
+    vocab = Vocabulary(("H", "C", "N", "O"))
+    graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=12, seed=k) for k, s in enumerate(["CCO", "OC=O", "N"])])
+    sizes = np.asarray(graphs.mask).sum(1)  # 9, 5, 4 atoms
+    fake_type, fraction = len(vocab.elements), 0.5
+    g = jax.tree.map(lambda a: jnp.asarray(a[0]), graphs)
+    augmented = jax.vmap(lambda k: add_fake_atoms(g, k, fraction, fake_type, 0))(jax.random.split(jax.random.key(0), 4000))
+    added = np.asarray(augmented.mask).sum(1) - sizes[0]
+    # n = 9 in 12 slots: k uniform on 0…min(4, 3)
+    np.testing.assert_allclose(np.bincount(added, minlength=4) / 4000, [0.25] * 4, atol=0.03)
+    fake = np.asarray(augmented.mask) & ~np.asarray(g.mask)[None]
+    assert (np.asarray(augmented.atom_types)[fake] == fake_type).all()
+    assert (np.asarray(augmented.atom_types)[:, : sizes[0]] == np.asarray(g.atom_types)[: sizes[0]]).all()
+    np.testing.assert_array_equal(augmented.bonds, np.broadcast_to(g.bonds, augmented.bonds.shape))
+    # each fake atom sits beside a real one: its nearest real atom is about FAKE_ATOM_SPREAD away
+    gaps = np.linalg.norm(np.asarray(augmented.positions)[:, :, None] - np.asarray(g.positions)[None, None, : sizes[0]], axis=-1)
+    nearest = gaps.min(-1)[fake]
+    assert 0.3 * FAKE_ATOM_SPREAD < np.median(nearest) < 1.6 * FAKE_ATOM_SPREAD
+    # the slots' law: a molecule of n atoms spreads its mass evenly over n…n + limit (4 → 4…6, 5 → 5…7, 9 → 9…12)
+    counts = np.bincount(sizes, minlength=13) / 3
+    law = np.asarray(slot_counts(tuple(counts), fraction, 12))
+    np.testing.assert_allclose(law[[4, 5, 6, 7, 9, 10, 11, 12]], [1 / 9, 2 / 9, 2 / 9, 1 / 9, 1 / 12, 1 / 12, 1 / 12, 1 / 12])
+    assert abs(law.sum() - 1) < 1e-12
+    # removing the fake atoms gives back the centred molecule
+    one = jax.tree.map(lambda a: a[7], augmented)
+    back = without_fake_atoms(one, fake_type)
+    for name in ("atom_types", "charges", "bonds", "mask"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(g, name))
+    maskf = jnp.asarray(g.mask, jnp.float32)
+    np.testing.assert_allclose(back.positions, centre(g.positions, maskf), atol=1e-5)
+    # removal compacts: a fake atom in the middle moves the later real atoms forward, bonds with them
+    shuffled = MolecularGraph(g.positions, g.atom_types.at[2].set(fake_type), g.charges,
+                              g.bonds.at[2, :].set(0).at[:, 2].set(0), g.mask)
+    compact = without_fake_atoms(shuffled, fake_type)
+    keep = [i for i in range(12) if i != 2 and bool(g.mask[i])]
+    np.testing.assert_array_equal(compact.atom_types[: len(keep)], np.asarray(g.atom_types)[keep])
+    np.testing.assert_array_equal(compact.bonds[: len(keep), : len(keep)], np.asarray(g.bonds)[np.ix_(keep, keep)])
+    assert int(compact.mask.sum()) == len(keep)
+
+    counts = np.bincount(sizes, minlength=13)
+    model = MoleculeFlow(vocab, 12, counts, key=jax.random.key(1), scalars=8, vectors=2, layers=1, radial=4,
+                         fake_atoms=fraction)
+    assert model.fake_type == fake_type and model.paths[0].vocab_size == len(vocab.elements) + 1
+    loss = MoleculeFlowMatching(permute=True)
+    rows, key = pack_graphs(graphs), jax.random.key(2)
+    value = loss(model, rows, None, key, prepared=loss.prepare(model, rows, None, key))
+    np.testing.assert_allclose(value, loss(model, rows, None, key), rtol=1e-6)
+    assert np.isfinite(value)
+    # without fake atoms the type space is the vocabulary's
+    plain = MoleculeFlow(vocab, 12, counts, key=jax.random.key(1), scalars=8, vectors=2, layers=1, radial=4)
+    assert plain.fake_type is None and plain.paths[0].vocab_size == len(vocab.elements)
+    samples = model.sample(jax.random.key(3), 16, steps=4)
+    mask = np.asarray(samples.mask)
+    assert (np.asarray(samples.atom_types)[mask] < len(vocab.elements)).all()
+    assert all(m[: m.sum()].all() for m in mask)  # real atoms first
+    with pytest.raises(ValueError, match="fake_atoms"):
+        MoleculeFlow(vocab, 12, counts, key=jax.random.key(1), fake_atoms=-0.5)
+
+
 @pytest.mark.parametrize("token_power, eta", [(1.0, 0.0), (3.0, 0.0), (1.0, 3.0)])
 def test_sampler_with_the_exact_posterior_reproduces_the_molecules(token_power, eta):
     """Given the true posterior of four molecules, the sampler returns those molecules (graphs
