@@ -6,10 +6,11 @@ from .coupling import Coupling
 from .elementwise import Elementwise
 from .glow import ActNorm, InvertibleConv1x1, squeeze, unsqueeze
 from .image_coupling import ImageCoupling
-from .linear import TriangularAffine
+from .linear import Householder, LULinear, TriangularAffine
 from .multiscale import MultiScale, SplitPrior
 from .residual import ResidualBlock, SpectralNorm
 from .preprocessing import Logit, Standardize, uniform_dequantize
+from .scalar import Exp, LeakyTanh, LocScale, MonotoneInverse, Power, Sigmoid, SoftPlus, Tanh
 from .splines import RationalQuadraticSpline
 from .transformers import Additive, Affine, Transformer
 
@@ -17,5 +18,6 @@ __all__ = [
     "ActNorm", "ImageCoupling", "InvertibleConv1x1", "MultiScale", "ResidualBlock", "SpectralNorm",
     "SplitPrior", "TriangularAffine", "squeeze", "unsqueeze", "Additive", "Affine", "Bijection", "Chain", "Coupling", "Elementwise", "Identity", "Invert",
     "Logit", "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "Reverse", "Stack",
-    "Standardize", "Transformer", "uniform_dequantize",
+    "Standardize", "Transformer", "uniform_dequantize", "Exp", "Householder", "LULinear", "LeakyTanh", "LocScale",
+    "MonotoneInverse", "Power", "Sigmoid", "SoftPlus", "Tanh",
 ]

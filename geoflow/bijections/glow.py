@@ -12,11 +12,10 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float
 
-from ..nn import Frozen
 from .base import Bijection
+from .linear import LULinear
 
 
 def check_image_shape(shape, who: str) -> tuple[int, int, int]:
@@ -95,64 +94,23 @@ class ActNorm(Bijection):
         return layer, jax.vmap(layer.inverse)(y)
 
 
-def _random_rotation_lu(key, c: int):
-    """LU factors of a random orthogonal ``c × c`` matrix (Glow's initialization); traceable, so
-    stacked layers can be built under ``filter_vmap``."""
-    q, _ = jnp.linalg.qr(jax.random.normal(key, (c, c)))
-    p, lower, upper = jax.scipy.linalg.lu(q)
-    diag = jnp.diag(upper)
-    return p, lower, jnp.triu(upper, 1), jnp.sign(diag), jnp.log(jnp.abs(diag))
-
-
-class InvertibleConv1x1(Bijection):
-    """Invertible 1×1 convolution ``data[:, i, j] = W · latent[:, i, j]`` with
-    ``W = P · L · (U + diag(sign · exp(log_diag)))`` (Glow's LU parameterisation).
-
-    ``P`` (a permutation) and ``sign`` are fixed at initialization; ``L`` is unit lower
-    triangular and ``U`` strictly upper triangular. The log-determinant is
-    ``height · width · Σ log_diag`` — O(c) instead of an O(c³) determinant — and the inverse
-    is ``W⁻¹`` from two triangular solves. Starts as a random rotation.
+class InvertibleConv1x1(LULinear):
+    """Invertible 1×1 convolution ``data[:, i, j] = W · latent[:, i, j]`` with Glow's LU
+    parameterisation of ``W`` (:class:`~geoflow.bijections.linear.LULinear`, applied to every
+    pixel's channels). The log-determinant is ``height · width · Σ log_diag``. Starts as a
+    random rotation.
     """
 
-    permutation: Frozen
-    sign: Frozen
-    lower: Float[Array, "c c"]
-    upper: Float[Array, "c c"]
-    log_diag: Float[Array, " c"]
-    shape: tuple[int, ...] = eqx.field(static=True)
-    cond_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
-
     def __init__(self, shape: tuple[int, int, int], *, key):
-        c, _, _ = self.shape = check_image_shape(shape, "InvertibleConv1x1")
-        p, lower, upper, sign, log_diag = _random_rotation_lu(key, c)
-        self.permutation, self.sign = Frozen(p), Frozen(sign)
-        self.lower, self.upper, self.log_diag = lower, upper, log_diag
-        self.cond_shape = None
-
-    def _factors(self):
-        c = self.shape[0]
-        lower = jnp.tril(self.lower, -1) + jnp.eye(c)
-        upper = jnp.triu(self.upper, 1) + jnp.diag(self.sign.value * jnp.exp(self.log_diag))
-        return self.permutation.value, lower, upper
-
-    @property
-    def weight(self) -> Float[Array, "c c"]:
-        p, lower, upper = self._factors()
-        return p @ lower @ upper
+        c, _, _ = check_image_shape(shape, "InvertibleConv1x1")
+        super().__init__(c, key=key)
+        self.shape = tuple(shape)
 
     def _log_det(self):
         return self.shape[1] * self.shape[2] * jnp.sum(self.log_diag)
 
     def forward_and_log_det(self, x, condition=None):
         return jnp.einsum("ij,jhw->ihw", self.weight, x), self._log_det()
-
-    def inverse_weight(self) -> Float[Array, "c c"]:
-        """``W⁻¹ = U⁻¹ L⁻¹ Pᵀ`` by two triangular solves on the identity; it depends only on the
-        parameters, so under ``vmap`` it is computed once per batch, not once per image."""
-        p, lower, upper = self._factors()
-        eye = jnp.eye(self.shape[0], dtype=lower.dtype)
-        inverse = solve_triangular(upper, solve_triangular(lower, eye, lower=True, unit_diagonal=True), lower=False)
-        return inverse @ p.T
 
     def inverse_and_log_det(self, y, condition=None):
         return jnp.einsum("ij,jhw->ihw", self.inverse_weight(), y), -self._log_det()
