@@ -125,14 +125,26 @@ def _warn_if_unconverged(error, tol: float = 1e-3):
     jax.lax.cond(error > tol, lambda e: jax.debug.callback(_warn_unconverged, e), lambda e: None, error)
 
 
-def exact_pairing(x0, x1, block: int = 1024):
+def exact_pairing(x0, x1, block: int = 1024, condition=None):
     """Indices ``π`` ``(n,)`` such that ``x0[π]`` is the minibatch-OT partner of ``x1``
-    (squared Euclidean cost), solved per block of ``block`` examples; no gradient flows."""
+    (squared Euclidean cost), solved per block of ``block`` examples; no gradient flows.
+
+    With ``condition`` ``(n, c)``, pairs stay within a condition: source draw ``j`` is given the
+    condition of data point ``j`` (source draws are exchangeable, so each condition gets an
+    unbiased share of them) and a crossing costs more than any within-condition plan, so the OT
+    is solved per condition. Without it, minibatch OT over mixed conditions hands each
+    condition the source draws nearest its data, and a conditional model then learns paths
+    from a biased source (asked of torchcfm several times)."""
     n = x1.shape[0]
     if n > block:
-        return jnp.concatenate([exact_pairing(x0[i : i + block], x1[i : i + block], block) + i
+        return jnp.concatenate([exact_pairing(x0[i : i + block], x1[i : i + block], block,
+                                              None if condition is None else condition[i : i + block]) + i
                                 for i in range(0, n, block)])
-    return exact_assignment(jax.lax.stop_gradient(squared_distances(x1, x0)))  # rows: data points
+    cost = squared_distances(x1, x0)  # rows: data points
+    if condition is not None:
+        same = jnp.all(condition[:, None, :] == condition[None, :, :], axis=-1)
+        cost = jnp.where(same, cost, cost + n * jnp.max(cost) + 1.0)
+    return exact_assignment(jax.lax.stop_gradient(cost))
 
 
 def couple(kind: str, x0, x1, key, epsilon: float | None = None, block: int = 1024):

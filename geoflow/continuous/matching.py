@@ -104,16 +104,24 @@ class FlowMatching(eqx.Module):
       ``"sinkhorn"`` (entropic OT with `epsilon`; SB-CFM with ``epsilon = 2σ²``).
     - `condition_dropout`: probability of training on the null context, for classifier-free
       guidance (:class:`~geoflow.continuous.Guided`).
+    - `within_condition`: with the exact coupling, solve the minibatch OT within each
+      condition (examples whose condition vectors are equal, e.g. one class), so that every
+      condition's paths start from an unbiased share of the source
+      (:func:`~geoflow.continuous.couplings.exact_pairing`).
     """
 
     path: eqx.Module = eqx.field(default_factory=AffinePath)
     coupling: str = eqx.field(static=True, default="independent")
     epsilon: float | None = eqx.field(static=True, default=None)
     condition_dropout: float = eqx.field(static=True, default=0.0)
+    within_condition: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if self.coupling not in COUPLINGS:
             raise ValueError(f"unknown coupling {self.coupling!r}; expected one of {COUPLINGS}")
+        if self.within_condition and self.coupling != "exact":
+            raise ValueError(f"within_condition pairs by exact OT per condition; it needs coupling='exact', got "
+                             f"{self.coupling!r}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
@@ -128,7 +136,8 @@ class FlowMatching(eqx.Module):
         if self.coupling != "exact" or source_is_trained(model):
             return None
         k_src = jax.random.split(key, 5)[0]  # the same source batch as __call__ draws
-        return exact_pairing(model.base.sample(k_src, x1.shape[0]), x1)
+        return exact_pairing(model.base.sample(k_src, x1.shape[0]), x1,
+                             condition=condition if self.within_condition else None)
 
     def __call__(self, model, x1, condition, key, prepared=None):
         flow = ode_flow_of(model)
@@ -138,7 +147,12 @@ class FlowMatching(eqx.Module):
         k_src, k_pair, k_t, k_eps, k_drop = jax.random.split(key, 5)
         n = x1.shape[0]
         x0 = jax.lax.stop_gradient(model.base.sample(k_src, n))
-        x0 = x0[prepared] if prepared is not None else couple(self.coupling, x0, x1, k_pair, self.epsilon)
+        if prepared is not None:
+            x0 = x0[prepared]
+        elif self.within_condition:
+            x0 = x0[exact_pairing(x0, x1, condition=condition)]
+        else:
+            x0 = couple(self.coupling, x0, x1, k_pair, self.epsilon)
         t = jax.random.uniform(k_t, (n,))
         eps = jax.random.normal(k_eps, x1.shape)
         xt, ut = jax.vmap(self.path.sample)(t, x0, x1, eps)
