@@ -502,7 +502,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     **Arguments:**
     - `model`: any Equinox model the loss understands (a flow for the default loss).
     - `data`: an array ``(n, *event_shape)`` or a tuple ``(x, condition)`` with ``condition``
-      of shape ``(n, cond_dim)``.
+      of shape ``(n, cond_dim)``; ``None`` for a loss that draws its own examples from the
+      model (it declares zero-width data, as :class:`geoflow.vi.ElboLoss` does).
     - `key`: the only source of randomness (validation split, batches, loss noise).
     - `loss`: ``loss(model, x, condition, key) -> scalar``; default :func:`maximum_likelihood`.
     - `steps`, `batch_size`, `learning_rate`; `optimizer` replaces the default Adam with
@@ -560,6 +561,11 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
                          f"host solver; got devices={devices!r} and {type(loss).__name__}")
     split_key, train_key, eval_key = jax.random.split(key, 3)
     checks = _data_checks(model, loss)
+    if data is None:
+        if checks[0] != (0,):
+            raise ValueError("data=None needs a loss that draws its own examples from the model (it declares "
+                             f"zero-width data, e.g. geoflow.vi.ElboLoss); {type(loss).__name__} trains on data")
+        data = np.zeros((1, 0), np.float32)  # one placeholder row: nothing to hold out for validation
     on_disk = _on_disk(data)
     if on_disk:
         _check_data_on_disk(loss, checks, shard_data, val_data, val_fraction)
