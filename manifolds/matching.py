@@ -72,30 +72,54 @@ def rfm(key, manifold: Manifold, *, prior: Distribution | None = None, width: in
 
 
 
-def geodesic_euler(model: Transformed, key, n: int, steps: int, t_end: float = 1.0):
+RIEMANNIAN_METHODS = ("euler", "midpoint", "rk4")
+
+
+def riemannian_sample(model: Transformed, key, n: int, steps: int, *, method: str = "euler", t_end: float = 1.0):
     """``n`` samples ``(n, *shape)`` of an unconditional manifold flow ``model`` by ``steps``
-    Riemannian Euler steps ``x ← exp_x(h v(t, x))`` from ``t = 0`` to ``t_end`` (the state at
-    ``t_end``; 1: the samples). Every iterate lies on the manifold whatever the step, where the
-    ODE solver's ambient steps (projected at the end) leave it by ``O(h²|v|²)`` a step and feed
-    the field points off it: a field with large speeds, such as one that predicts the clean
-    point, needs this sampler at few steps."""
+    fixed steps from ``t = 0`` to ``t_end`` (the state at ``t_end``; 1: the samples) that keep
+    every iterate, and every point the field is evaluated at, on the manifold.
+
+    ``method``: ``"euler"``, the geodesic step ``x ← exp_x(h v(t, x))`` (first order; exact for
+    a constant body velocity); ``"midpoint"`` and ``"rk4"``, the explicit Runge–Kutta methods
+    with each stage point and each step's end projected onto the manifold (projection methods
+    keep the order of the underlying method, 2 and 4: Hairer, Lubich & Wanner, *Geometric
+    Numerical Integration*, IV.4). The model's own ODE solver takes ambient steps projected
+    only at the end, which leave the manifold by ``O(h²|v|²)`` a step and feed the field points
+    off it (``benchmarks/riemannian_solvers.py`` measures both)."""
     if int(steps) < 1:
-        raise ValueError(f"steps must be a positive number of Euler steps, got {steps}")
+        raise ValueError(f"steps must be a positive number of steps, got {steps}")
     if not 0.0 < t_end <= 1.0:
         raise ValueError(f"t_end must lie in (0, 1], got {t_end}")
+    if method not in RIEMANNIAN_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {RIEMANNIAN_METHODS}")
     flow = ode_flow_of(model)
     if flow.manifold is None:
-        raise ValueError("geodesic_euler needs a flow on a manifold (ODEFlow(..., manifold=M))")
-    return _geodesic_euler(flow, model.base.sample(key, n), int(steps), float(t_end))
+        raise ValueError("riemannian_sample needs a flow on a manifold (ODEFlow(..., manifold=M))")
+    return _riemannian_steps(flow, model.base.sample(key, n), int(steps), float(t_end), method)
+
+
+def riemannian_step(flow: ODEFlow, x, t, h, method: str):
+    """One step of ``method`` (:func:`riemannian_sample`) from ``x`` at time ``t`` of size ``h``."""
+    m, v = flow.manifold, flow.velocity
+    k1 = v(t, x)
+    if method == "euler":
+        return m.proj(m.exp(x, h * k1))
+    if method == "midpoint":
+        return m.proj(x + h * v(t + 0.5 * h, m.proj(x + 0.5 * h * k1)))
+    k2 = v(t + 0.5 * h, m.proj(x + 0.5 * h * k1))
+    k3 = v(t + 0.5 * h, m.proj(x + 0.5 * h * k2))
+    k4 = v(t + h, m.proj(x + h * k3))
+    return m.proj(x + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6)
 
 
 @eqx.filter_jit
-def _geodesic_euler(flow: ODEFlow, x, steps: int, t_end: float):
+def _riemannian_steps(flow: ODEFlow, x, steps: int, t_end: float, method: str):
     h = t_end / steps
 
     def one(x):
         def step(x, k):
-            return flow.manifold.exp(x, h * flow.velocity(k * h, x)), None
+            return riemannian_step(flow, x, k * h, h, method), None
 
         return jax.lax.scan(step, x, jnp.arange(steps, dtype=x.dtype))[0]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geoflow.continuous.paths import CondOT, Exponential
-from manifolds import SO3, CentredPoints, geodesic_euler, hat, matrix_to_rotvec, rotvec_to_matrix
+from manifolds import SO3, CentredPoints, riemannian_sample, hat, matrix_to_rotvec, rotvec_to_matrix
 from molecules.proteins import (FrameFlowMatching, FrameNetwork, backbone_dihedrals, backbone_from_dihedrals,
                                 backbone_from_frames, backbone_metrics, backbones_from_points, ca_ca_distances, clashes, cut_fragments,
                                 dihedral, frame_manifold, frameflow, frames_from_backbone, load_chains,
@@ -184,8 +184,8 @@ def test_frame_flow_trains_and_samples_valid_frames():
     assert hist.train_loss[-1] < 0.85 * hist.train_loss[0], hist.train_loss
     from geoflow.continuous.matching import with_solver
     from geoflow.continuous.ode import ODESolver
-    from manifolds import geodesic_euler
-    for samples in (geodesic_euler(trained, jax.random.key(2), 5, 10), trained.sample(jax.random.key(2), 5)):
+    from manifolds import riemannian_sample
+    for samples in (riemannian_sample(trained, jax.random.key(2), 5, 10), trained.sample(jax.random.key(2), 5)):
         assert bool(jax.vmap(lambda p: manifold.belongs(p, 1e-4))(samples).all())  # rotations, centred
     backbones = sample_backbones(trained, jax.random.key(2), 5, steps=10)
     assert backbones.shape == (5, 8, 4, 3) and np.all(np.isfinite(backbones))
@@ -286,10 +286,10 @@ def test_a_clean_frame_oracle_has_zero_loss_the_path_velocity_and_samples_the_da
         vr, vc = manifold.split(model.bijection.field(jnp.float32(t), manifold.join([rt, ct])))
         np.testing.assert_allclose(vr, dr, atol=2e-4 * (1 + float(jnp.abs(dr).max())))
         np.testing.assert_allclose(vc, c1 - c0, atol=1e-4)
-    samples = geodesic_euler(model, jax.random.key(3), 4, 20)
+    samples = riemannian_sample(model, jax.random.key(3), 4, 20)
     np.testing.assert_allclose(samples, jnp.repeat(x1, 4, 0), atol=1e-4)
     # halfway the path is far from the fragment, and the clean frames predicted there are the fragment
-    halfway = geodesic_euler(model, jax.random.key(3), 4, 10, t_end=0.5)
+    halfway = riemannian_sample(model, jax.random.key(3), 4, 10, t_end=0.5)
     assert float(jnp.abs(halfway - x1).max()) > 0.1
     np.testing.assert_allclose(sample_backbones(model, jax.random.key(3), 4, steps=10, denoise_from=0.5),
                                np.repeat(backbones_from_points(x1, length), 4, 0), atol=1e-3)
@@ -297,7 +297,7 @@ def test_a_clean_frame_oracle_has_zero_loss_the_path_velocity_and_samples_the_da
         sample_backbones(model, jax.random.key(3), 4, steps=10, denoise_from=1.0)
 
 
-def test_geodesic_euler_is_exact_for_a_constant_body_velocity():
+def test_riemannian_sample_is_exact_for_a_constant_body_velocity():
     """``Ṙ = R[ω]×`` with constant ω is solved by ``R₀ exp(tω)``: geodesic steps are exact at any
     count and stay on SO(3); the ambient Euler steps of the ODE solver are not."""
 
@@ -316,12 +316,12 @@ def test_geodesic_euler_is_exact_for_a_constant_body_velocity():
     model = Transformed(UniformOn(SO3()), ODEFlow(Spin(), fixed(4), "exact", SO3()))
     r0 = model.base.sample(jax.random.key(0), 3)
     expected = r0 @ rotvec_to_matrix(jnp.array([1.5, -0.5, 2.0]))
-    np.testing.assert_allclose(geodesic_euler(model, jax.random.key(0), 3, 4), expected, atol=1e-5)
+    np.testing.assert_allclose(riemannian_sample(model, jax.random.key(0), 3, 4), expected, atol=1e-5)
     halfway = r0 @ rotvec_to_matrix(0.5 * jnp.array([1.5, -0.5, 2.0]))
-    np.testing.assert_allclose(geodesic_euler(model, jax.random.key(0), 3, 4, t_end=0.5), halfway, atol=1e-5)
+    np.testing.assert_allclose(riemannian_sample(model, jax.random.key(0), 3, 4, t_end=0.5), halfway, atol=1e-5)
     assert float(jnp.abs(model.sample(jax.random.key(0), 3) - expected).max()) > 1e-2
     with pytest.raises(ValueError, match="positive"):
-        geodesic_euler(model, jax.random.key(0), 3, 0)
+        riemannian_sample(model, jax.random.key(0), 3, 0)
 
 
 @pytest.mark.slow

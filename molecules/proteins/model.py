@@ -22,7 +22,7 @@ from geoflow.continuous.matching import source_is_trained
 from geoflow.continuous.paths import CondOT, Exponential, Scheduler
 from geoflow.precision import exact_matmul
 from geoflow.distributions import Transformed
-from manifolds import CentredPoints, geodesic_euler, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
+from manifolds import CentredPoints, riemannian_sample, Power, Product, ProductDistribution, SO3, UniformOn, WrappedNormal
 from manifolds.distributions import IGSO3, PowerDistribution
 from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
@@ -272,7 +272,7 @@ class FrameFlowMatching(eqx.Module):
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
                      denoise_from: float | None = None) -> np.ndarray:
     """``n`` backbones ``(n, L, 4, 3)`` in Å by ``steps`` geodesic Euler steps
-    (:func:`manifolds.geodesic_euler`, FrameFlow's sampler; ``None``: the model's own ODE solver).
+    (:func:`manifolds.riemannian_sample`, FrameFlow's sampler; ``None``: the model's own ODE solver).
 
     ``denoise_from = s`` (a clean-frame field only) takes the steps from 0 to ``s`` and returns
     the network's clean frames there, :meth:`FrameField.clean`, in one jump: near ``t = 1`` the
@@ -285,12 +285,12 @@ def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
             raise ValueError(f"denoise_from must lie in (0, 1), got {denoise_from}")
         if steps is None:
             raise ValueError("denoise_from needs geodesic Euler steps (steps=None runs the ODE solver to t = 1)")
-        x = geodesic_euler(model, key, n, steps, t_end=denoise_from)
+        x = riemannian_sample(model, key, n, steps, t_end=denoise_from)
         points = _clean_frames(field, x, denoise_from)
     elif steps is None:
         points = model.sample(key, n)
     else:
-        points = geodesic_euler(model, key, n, steps)
+        points = riemannian_sample(model, key, n, steps)
     return backbones_from_points(points, field.length)
 
 
