@@ -52,8 +52,9 @@ def test_mixed_precision_rounds_the_products_and_keeps_the_rest_float32():
     y = jax.vmap(flow_half.bijection.forward)(x)
     np.testing.assert_allclose(jax.vmap(flow_half.bijection.inverse)(y), x, atol=1e-5)
 
-    cfm_full = perturbed(gf.continuous.flow_matching(jax.random.key(4), 4, width=32, depth=2))
-    cfm_half = perturbed(gf.continuous.flow_matching(jax.random.key(4), 4, width=32, depth=2,
+    solver = gf.continuous.fixed(16, "tsit5")
+    cfm_full = perturbed(gf.continuous.flow_matching(jax.random.key(4), 4, width=32, depth=2, solver=solver))
+    cfm_half = perturbed(gf.continuous.flow_matching(jax.random.key(4), 4, width=32, depth=2, solver=solver,
                                                      compute_dtype="bfloat16"))
     lp_full, lp_half = cfm_full.log_prob(x[:32]), cfm_half.log_prob(x[:32])
     assert lp_half.dtype == jnp.float32 and not np.array_equal(lp_full, lp_half)
