@@ -9,12 +9,13 @@ from .matching import EmpiricalSource, FlowMatching, cfm, flow_matching, ode_flo
 from .ode import ODESolver, fixed, make_solver
 from .paths import (AffinePath, BridgePath, CondOT, Cosine, Polynomial, Scheduler, VariancePreserving,
                     make_path)
+from .meanflow import MeanFlow, MeanFlowLoss
 from .schedule_change import ScheduleChanged, with_schedule
 from .rectified import OneStepDistillation, OneStepFlow, PairedFlowMatching, distill, reflow, reflow_pairs, straightness
 
 __all__ = [
     "AffinePath", "BridgePath", "COUPLINGS", "ConcatSquashMLP", "CondOT", "Cosine", "EmpiricalSource",
-    "FIELDS", "FlowMatching", "Guided", "ODEFlow", "ODEResult", "ODESolver", "OneStepDistillation", "OneStepFlow",
+    "FIELDS", "FlowMatching", "Guided", "MeanFlow", "MeanFlowLoss", "ODEFlow", "ODEResult", "ODESolver", "OneStepDistillation", "OneStepFlow",
     "PairedFlowMatching", "Polynomial", "RegularizedLikelihood", "ScheduleChanged", "Scheduler", "TimeMLP",
     "VariancePreserving", "cfm", "cnf", "couple", "distill", "exact_assignment", "exact_divergence",
     "fixed", "flow_matching", "hutchinson_divergence", "make_field", "make_path", "make_solver",
