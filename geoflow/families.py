@@ -10,6 +10,7 @@ log-scales. Each is checked against ``scipy.stats`` in ``tests/test_families.py`
 
 from __future__ import annotations
 
+import abc
 import math
 
 import equinox as eqx
@@ -42,11 +43,13 @@ class _LocationScale(Distribution):
         self.loc, self.log_scale = _loc_and_log_scale(loc, scale, type(self).__name__)
         self.shape, self.cond_shape = self.loc.shape, None
 
+    @abc.abstractmethod
     def _standard_log_prob(self, z):
-        raise NotImplementedError
+        """``log p(z)`` of the standard member, elementwise."""
 
+    @abc.abstractmethod
     def _standard_sample(self, key, shape):
-        raise NotImplementedError
+        """Standard draws of ``shape``."""
 
     def _log_prob(self, x, condition=None):
         z = (x - self.loc) * jnp.exp(-self.log_scale)

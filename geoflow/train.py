@@ -327,10 +327,14 @@ def _ema_update(ema, params, decay, step):
 _PREPARE_EXAMPLES = 32_768
 
 
+def _step_keys(key, step):
+    """Step ``step``'s ``(batch key, loss key)``: a pure function of the run's key and the step."""
+    return jax.random.split(jax.random.fold_in(key, step))
+
+
 def _step_indices(key, step, batch_size, n):
-    """Step ``step``'s minibatch rows ``(batch_size,)`` of ``n`` and its loss key: a pure
-    function of the run's key and the step."""
-    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
+    """Step ``step``'s minibatch rows ``(batch_size,)`` of ``n`` and its loss key."""
+    k_batch, k_loss = _step_keys(key, step)
     return jax.random.randint(k_batch, (batch_size,), 0, n), k_loss
 
 
@@ -355,6 +359,7 @@ def _read_chunk(rows, key, step0, active, *, num_steps, batch_size, batch_shardi
     idx = np.asarray(_chunk_indices(key, jnp.asarray(step0, jnp.int32), num_steps=num_steps, batch_size=batch_size,
                                     n=n))[:active]
     wanted, where = np.unique(idx.ravel(), return_inverse=True)
+    sharding = None if batch_sharding is None else NamedSharding(batch_sharding.mesh, P(None, "batch"))
     stacks = []
     for a in rows:
         if a is None:
@@ -366,7 +371,6 @@ def _read_chunk(rows, key, step0, active, *, num_steps, batch_size, batch_shardi
             raise ValueError(f"{what} on disk has NaN or inf in row(s) {bad[:5].tolist()}; expected finite values")
         stack = np.zeros((num_steps, batch_size, *a.shape[1:]), np.float32)
         stack[:active] = got[where].reshape(active, batch_size, *a.shape[1:])
-        sharding = None if batch_sharding is None else NamedSharding(batch_sharding.mesh, P(None, "batch"))
         stacks.append(jnp.asarray(stack) if sharding is None else jax.device_put(stack, sharding))
     return tuple(stacks)
 
@@ -376,7 +380,7 @@ def _device_batches(x, condition, key, step, batch_size, mesh):
     ``batch_size / devices`` examples from the rows it holds, keyed by the step and its position
     in the mesh, so no example crosses devices and the run stays a pure function of the key for
     a given partition of the data over the devices."""
-    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, step))
+    k_batch, k_loss = _step_keys(key, step)
     per_device = batch_size // mesh.size
 
     def draw(rows):
@@ -437,7 +441,7 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
         params, opt_state, ema, bad_step = carry
         step = step0 + i
         if batch is not None:
-            (xb, cb), k_loss = batch, _step_indices(key, step, batch_size, 1)[1]
+            (xb, cb), k_loss = batch, _step_keys(key, step)[1]
         elif sharded_data:
             xb, cb, k_loss = _device_batches(x, condition, key, step, batch_size, batch_sharding.mesh)
         else:

@@ -10,6 +10,7 @@ stops at the first non-finite loss).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -32,14 +33,17 @@ class _Scalar(Bijection):
             raise ValueError(f"dim must be a positive number of coordinates; got {dim}")
         self.shape, self.cond_shape = (int(dim),), None
 
+    @abc.abstractmethod
     def _f(self, x):
-        raise NotImplementedError
+        """``y = f(x)``, coordinate by coordinate."""
 
+    @abc.abstractmethod
     def _f_inverse(self, y):
-        raise NotImplementedError
+        """``x = f⁻¹(y)``."""
 
+    @abc.abstractmethod
     def _log_derivative(self, x):
-        raise NotImplementedError
+        """``log f′(x)`` per coordinate."""
 
     def forward_and_log_det(self, x, condition=None):
         return self._f(x), jnp.sum(self._log_derivative(x))
@@ -214,20 +218,26 @@ class MonotoneInverse(Bijection):
         return self.f(x, self.params), jnp.sum(self._log_derivative(x))
 
     def inverse_and_log_det(self, y, condition=None):
-        params = jax.lax.stop_gradient(self.params)
-
-        def halve(_, bracket):
-            lo, hi = bracket
-            mid = 0.5 * (lo + hi)
-            below = self.f(mid, params) < y
-            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-        lo, hi = jax.lax.fori_loop(0, self.iterations, halve,
-                                   (jnp.full(y.shape, self.low, y.dtype), jnp.full(y.shape, self.high, y.dtype)))
-        x = jax.lax.stop_gradient(0.5 * (lo + hi))
-        # a Newton step that moves nothing: the value is the bisection's, the derivatives the
-        # implicit ones (dx/dy = 1/f′, dx/dθ = −∂f/∂θ / f′), so gradients flow through the inverse
-        residual = self.f(x, self.params) - y
-        slope = jax.lax.stop_gradient(jnp.exp(self._log_derivative(x)))
-        x = x - (residual - jax.lax.stop_gradient(residual)) / slope
+        x = solve_increasing(lambda v: self.f(v, self.params), y, self.low, self.high, self.iterations)
         return x, -jnp.sum(self._log_derivative(x))
+
+
+def solve_increasing(f: Callable, target, low: float, high: float, iterations: int):
+    """The ``x`` in ``[low, high]`` with ``f(x) = target``, for ``f`` increasing coordinate by
+    coordinate: bisection (``iterations`` halvings) for the value, then a Newton step that moves
+    nothing, so that the derivatives are the implicit ones (``dx/d target = 1/f′``, and
+    ``dx/dθ = −∂f/∂θ / f′`` for whatever ``f`` closes over) and gradients flow through it."""
+    frozen = jax.lax.stop_gradient
+
+    def halve(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        below = frozen(f(mid)) < target
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    start = jnp.zeros_like(target)
+    lo, hi = jax.lax.fori_loop(0, iterations, halve, (start + low, start + high))
+    x = frozen(0.5 * (lo + hi))
+    fx, slope = jax.jvp(f, (x,), (jnp.ones_like(x),))
+    residual = fx - target
+    return x - (residual - frozen(residual)) / frozen(slope)

@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..bijections.scalar import solve_increasing
 from .paths import Scheduler
 
 
@@ -25,24 +26,6 @@ def _signal_fraction(scheduler: Scheduler, t):
     ``α/σ`` and finite at both ends, where the ratio is not."""
     a, s = scheduler(t)
     return a / (a + s)
-
-
-def _time_of_fraction(scheduler: Scheduler, kappa, iterations: int = 40):
-    """The ``t`` in ``[0, 1]`` with ``κ(t) = kappa``: bisection for the value (40 halvings,
-    below float32's resolution), and the implicit derivative ``dt = dκ / κ′(t)`` through one
-    Newton step that moves nothing."""
-    def halve(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        below = _signal_fraction(scheduler, mid) < kappa
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    zero = jnp.zeros_like(kappa)
-    lo, hi = jax.lax.fori_loop(0, iterations, halve, (zero, zero + 1.0))
-    t = jax.lax.stop_gradient(0.5 * (lo + hi))
-    fraction, slope = jax.jvp(lambda u: _signal_fraction(scheduler, u), (t,), (jnp.ones_like(t),))
-    residual = jax.lax.stop_gradient(fraction) - kappa
-    return t - (residual - jax.lax.stop_gradient(residual)) / jax.lax.stop_gradient(slope)
 
 
 class ScheduleChanged(eqx.Module):
@@ -62,7 +45,9 @@ class ScheduleChanged(eqx.Module):
 
     def time_and_scale(self, r):
         """``(t_r, s_r)``: the trained path's time and the scale that carry it to the target's at ``r``."""
-        t = _time_of_fraction(self.trained, _signal_fraction(self.target, r))
+        # the trained time of equal signal fraction: bisection (40 halvings, below float32's
+        # resolution) with the implicit derivative dt = dκ / κ′(t)
+        t = solve_increasing(lambda u: _signal_fraction(self.trained, u), _signal_fraction(self.target, r), 0.0, 1.0, 40)
         a_new, s_new = self.target(r)
         a_old, s_old = self.trained(t)
         # σ̄/σ and ᾱ/α are equal; each is well conditioned where its denominator is large
