@@ -12,13 +12,13 @@ from __future__ import annotations
 import jax
 
 from .bijections import (
-    ActNorm, Additive, Affine, ResidualBlock, Bijection, Chain, Coupling, Elementwise, Invert, MaskedAutoregressive,
-    Permute, RationalQuadraticSpline, Reverse, Stack,
+    ActNorm, Additive, Affine, ResidualBlock, Bijection, BlockAutoregressive, Chain, Coupling, Elementwise, Invert,
+    MaskedAutoregressive, Permute, RationalQuadraticSpline, Reverse, Stack,
 )
 from .bijections.transformers import Transformer
 from .distributions import StandardNormal, Transformed
 
-MODELS = ("nice", "realnvp", "maf", "iaf", "nsf", "nsf-ar", "residual")
+MODELS = ("nice", "realnvp", "maf", "iaf", "nsf", "nsf-ar", "bnaf", "residual")
 
 
 def _mixer(key, dim: int, permutation: str) -> Bijection:
@@ -107,6 +107,23 @@ def nsf_ar(key, dim: int, *, layers: int = 8, knots: int = 8, bound: float = 4.0
                                       layers=layers, **kw)
 
 
+def bnaf(key, dim: int, *, cond_dim: int | None = None, layers: int = 1, width: int = 16, depth: int = 2,
+         permutation: str = "reverse", preprocess: Bijection | None = None, **kw) -> Transformed:
+    """Block neural autoregressive flow (De Cao et al. 2019): ``layers`` × (a BNAF network with
+    ``depth`` hidden layers of ``width`` units per coordinate, then a permutation). Density in one
+    pass per layer; sampling inverts each layer by bisection, ``dim × 50`` passes
+    (:class:`~geoflow.bijections.BlockAutoregressive`)."""
+    if kw:
+        raise ValueError(f"bnaf takes no {', '.join(kw)}")
+
+    def layer(k):
+        bk, pk = jax.random.split(k)
+        block = BlockAutoregressive(dim, hidden=width, depth=depth, cond_dim=cond_dim, key=bk)
+        return Chain([block, _mixer(pk, dim, permutation)])
+
+    return _finish(key, layer, dim, layers, preprocess=preprocess)
+
+
 def residual(key, dim: int, *, cond_dim: int | None = None, layers: int = 8, width: int = 64, depth: int = 2,
              coeff: float = 0.9, log_det: str | None = None, preprocess: Bijection | None = None,
              **kw) -> Transformed:
@@ -125,7 +142,8 @@ def residual(key, dim: int, *, cond_dim: int | None = None, layers: int = 8, wid
     return _finish(key, layer, dim, layers, preprocess=preprocess)
 
 
-CONSTRUCTORS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "nsf": nsf, "nsf-ar": nsf_ar, "residual": residual}
+CONSTRUCTORS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "nsf": nsf, "nsf-ar": nsf_ar, "bnaf": bnaf,
+                "residual": residual}
 
 
 def make_flow(name: str, key, dim: int, **kw) -> Transformed:

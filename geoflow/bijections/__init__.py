@@ -1,6 +1,7 @@
 """Bijections. ``forward`` is latent → data, ``inverse`` is data → latent (see ``base``)."""
 
 from .autoregressive import MaskedAutoregressive
+from .block_autoregressive import BlockAutoregressive
 from .base import Bijection, Chain, Identity, Invert, Permute, Reverse, Stack
 from .coupling import Coupling
 from .elementwise import Elementwise
@@ -15,7 +16,7 @@ from .splines import RationalQuadraticSpline
 from .transformers import Additive, Affine, Transformer
 
 __all__ = [
-    "ActNorm", "ImageCoupling", "InvertibleConv1x1", "MultiScale", "ResidualBlock", "SpectralNorm",
+    "ActNorm", "BlockAutoregressive", "ImageCoupling", "InvertibleConv1x1", "MultiScale", "ResidualBlock", "SpectralNorm",
     "SplitPrior", "TriangularAffine", "squeeze", "unsqueeze", "Additive", "Affine", "Bijection", "Chain", "Coupling", "Elementwise", "Identity", "Invert",
     "Logit", "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "Reverse", "Stack",
     "Standardize", "Transformer", "uniform_dequantize", "Exp", "Householder", "LULinear", "LeakyTanh", "LocScale",
