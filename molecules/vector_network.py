@@ -35,6 +35,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from geoflow.continuous.fields import time_features
 from geoflow.nn import MLP, scan_layers
+from geoflow.serialization import register_migration
 
 from .network import radial_basis, zero_prediction
 
@@ -101,6 +102,38 @@ class _VectorLayer(eqx.Module):
         return s + ds + a[:, : s.shape[-1]], v + dv + a[:, None, s.shape[-1]:] * w, e
 
 
+# the bond-length head's Gaussians span every covalent bond of QM9 and GEOM's common elements
+BOND_RANGE = (0.8, 2.0)
+
+
+class BondLengthHead(eqx.Module):
+    """A last position correction resolved at bond lengths: ``Δxᵢ = Σⱼ φᵢⱼ (xᵢ − xⱼ)/dᵢⱼ`` with
+    ``φᵢⱼ = MLP([(eᵢⱼ + eⱼᵢ)/2, sᵢ + sⱼ, b(dᵢⱼ), dᵢⱼ])`` (EGNN's coordinate update, Satorras et
+    al. 2021), ``b`` ``count`` Gaussians on :data:`BOND_RANGE` Å (5 pm apart for 24) and the raw
+    distance, so a pair can be moved by a linear function of how far it is from its bond length.
+    The trunk's radial basis is 0.6 Å wide at its defaults; bond lengths need pm. ``φ`` is
+    symmetric, so the update is translation invariant and keeps the centre of mass; it starts at
+    zero (the network's prediction is unchanged until the head learns)."""
+
+    pair: MLP
+    count: int = eqx.field(static=True)
+
+    def __init__(self, edges: int, scalars: int, count: int, width: int, *, key):
+        self.count = int(count)
+        self.pair = MLP(edges + scalars + count + 1, 1, width, 1, key=key, activation="silu", zero_last=True)
+
+    def __call__(self, positions, s, e, pair_mask):
+        rel = positions[:, None] - positions[None, :]  # x_i − x_j at [i, j]
+        dist = jnp.sqrt(jnp.sum(rel**2, -1) + 1e-12)
+        low, high = BOND_RANGE
+        width = (high - low) / self.count
+        basis = jnp.exp(-(((dist[..., None] - jnp.linspace(low, high, self.count)) / width) ** 2))
+        features = jnp.concatenate([(e + jnp.swapaxes(e, 0, 1)) / 2, jnp.broadcast_to(s[:, None] + s[None], e.shape[:2] + s.shape[-1:]),
+                                    basis, dist[..., None]], -1)
+        phi = self.pair.on_rows(features)[..., 0] * pair_mask
+        return jnp.sum((phi / dist)[..., None] * rel, 1)
+
+
 class VectorNetwork(eqx.Module):
     """``network(positions, atom_types, charges, bonds, mask, t, previous=None) -> dict`` with
     ``atom_logits (N, A)``, ``charge_logits (N, C)``, ``bond_logits (N, N, B)`` and ``velocity
@@ -109,7 +142,8 @@ class VectorNetwork(eqx.Module):
     **Arguments:** `num_atom_types`, `num_charges`, `num_bond_orders` (input classes, with the
     mask), `key`, `scalars` ``F``, `vectors` ``V``, `layers`, `edges` ``E`` (edge channels),
     `pair_width` ``H``, `radial` (basis size), `cutoff` (Å), `time_embedding`, `out_sizes`,
-    `self_conditioning` (read the previous prediction, as the e3nn network does).
+    `self_conditioning` (read the previous prediction, as the e3nn network does), `bond_basis`
+    (Gaussians of a :class:`BondLengthHead` after the layers; 0: none).
     """
 
     atom_embed: Float[Array, "A F"]
@@ -123,6 +157,7 @@ class VectorNetwork(eqx.Module):
     velocity_out: Float[Array, " V"]
     self_condition_scalars: MLP | None
     self_condition_edges: MLP | None
+    length_head: BondLengthHead | None
     vectors: int = eqx.field(static=True)
     radial: int = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
@@ -132,7 +167,7 @@ class VectorNetwork(eqx.Module):
     def __init__(self, num_atom_types: int, num_charges: int, num_bond_orders: int, *, key, scalars: int = 64,
                  vectors: int = 16, layers: int = 4, edges: int = 16, pair_width: int = 64, radial: int = 16,
                  cutoff: float = 10.0, time_embedding: int = 16, out_sizes: tuple[int, int, int] | None = None,
-                 self_conditioning: bool = False):
+                 self_conditioning: bool = False, bond_basis: int = 0):
         k = jax.random.split(key, 10)
         self.vectors, self.radial, self.cutoff, self.time_embedding = vectors, radial, float(cutoff), time_embedding
         self.out_sizes = out_sizes or (num_atom_types, num_charges, num_bond_orders)
@@ -152,6 +187,10 @@ class VectorNetwork(eqx.Module):
             k9, k10 = jax.random.split(k[9])
             self.self_condition_scalars = MLP(a + c, scalars, scalars, 1, key=k9, activation="silu")
             self.self_condition_edges = MLP(radial + b, edges, pair_width, 1, key=k10, activation="silu")
+        if int(bond_basis) < 0:
+            raise ValueError(f"bond_basis must be a number of Gaussians ≥ 0; got {bond_basis}")
+        self.length_head = (BondLengthHead(edges, scalars, bond_basis, pair_width, key=jax.random.fold_in(key, 11))
+                                   if bond_basis else None)
 
     @property
     def self_conditioning(self) -> bool:
@@ -181,6 +220,8 @@ class VectorNetwork(eqx.Module):
 
         s, v, e = scan_layers(self.layers, apply, (s, v, e))
         velocity = (v @ self.velocity_out) * maskf[:, None]
+        if self.length_head is not None:  # pairs read from the positions the trunk predicts
+            velocity = velocity + self.length_head(positions + velocity, s, e, pair_mask)
         velocity = velocity - jnp.sum(velocity, 0) / jnp.maximum(jnp.sum(maskf), 1)  # zero centre of mass
         pair = jnp.concatenate([(e + jnp.swapaxes(e, 0, 1)) / 2, rbf], -1)
         return {"atom_logits": jax.vmap(self.atom_head)(s), "charge_logits": jax.vmap(self.charge_head)(s),
@@ -200,3 +241,7 @@ class VectorNetwork(eqx.Module):
         dist = jnp.sqrt(jnp.sum((x1[None, :] - x1[:, None]) ** 2, -1) + 1e-12)
         pair = jnp.concatenate([radial_basis(dist, self.radial, self.cutoff), bond_probs], -1)
         return s, v, e + self.self_condition_edges.on_rows(pair)
+
+
+# files written before the bond-length head existed hold networks without one
+register_migration("molecules.vector_network.VectorNetwork", lambda fields: {"length_head": None, **fields})

@@ -131,15 +131,21 @@ def test_sdf_round_trip_and_bad_input(tmp_path):
         check_graph(MolecularGraph(g.positions, g.atom_types, g.charges, asym, g.mask), Vocabulary(("H", "C", "O")))
 
 
-@pytest.fixture(scope="module", params=["e3nn", "vector"])
+@pytest.fixture(scope="module", params=["e3nn", "vector", "vector-bond-length-head"])
 def network_and_graph(request):
+    import equinox as eqx
     import jax
 
+    from helpers import perturb
     from molecules.flow import NETWORKS
 
     graph = graph_from_smiles("[NH3+]CC(=O)[O-]", QM9_VOCABULARY, max_atoms=14)  # 10 atoms + 4 padding slots
-    net = NETWORKS[request.param](6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0,
-                                  self_conditioning=True)
+    name, *head = request.param.split("-", 1)
+    extra = {"bond_basis": 8} if head else {}
+    net = NETWORKS[name](6, 4, 5, key=jax.random.key(0), scalars=16, vectors=4, layers=2, cutoff=5.0,
+                         self_conditioning=True, **extra)
+    if head:  # the head starts at zero: move it, so that what it adds is checked
+        net = eqx.tree_at(lambda n: n.length_head, net, perturb(net.length_head, jax.random.key(3), scale=0.3))
     return net, graph
 
 
