@@ -12,7 +12,7 @@ the curve is kept in the checkpoint's directory and continues across runs. Figur
 
 Usage: python benchmarks/qm9_molecules.py [--quick] [--hydrogens implicit|explicit] [--subset N]
        [--steps S] [--eval-every K] [--samples M] [--refine K] [--time-weight W] [--fake-atoms F]
-       [--checkpoint DIR --resume]
+       [--bond-basis K] [--init CHECKPOINT] [--checkpoint DIR --resume]
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import json
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import numpy as np
 
 import geoflow as gf
+from geoflow.serialization import classes_in, load
 from molecules import load_qm9, molecule_metrics, qm9_vocabulary
 from molecules.flow import MoleculeFlow, MoleculeFlowMatching
 
@@ -45,6 +47,16 @@ def sampling_rate(model, steps, n=100, refine=0):
 def scores(model, data, n, steps, key, refine=0):
     """Metrics of ``n`` molecules sampled with ``steps`` steps and ``refine`` refinements."""
     return molecule_metrics(model.sample(key, n, steps=steps, refine=refine), data.vocabulary, data.smiles)
+
+
+def initial_model(fresh, path):
+    """The model saved in the checkpoint ``path``, given ``fresh``'s bond-length head (at zero)
+    when the saved network has none: a fine-tuning run starts as the saved model."""
+    saved = load(path, trust=classes_in(fresh))["model"]
+    fresh_head = getattr(fresh.network, "length_head", None)
+    if fresh_head is not None and saved.network.length_head is None:
+        saved = eqx.tree_at(lambda m: m.network.length_head, saved, fresh_head, is_leaf=lambda x: x is None)
+    return saved
 
 
 def main():
@@ -68,6 +80,10 @@ def main():
                     help="cap of the position loss's t/(1 − t) weight (MoleculeFlowMatching.time_weight; 0: uniform)")
     ap.add_argument("--fake-atoms", type=float, default=0.0,
                     help="most fake atoms per real atom in training (MoleculeFlow.fake_atoms; 0: none)")
+    ap.add_argument("--bond-basis", type=int, default=0,
+                    help="Gaussians of the network's bond-length head (VectorNetwork(bond_basis=K); 0: none)")
+    ap.add_argument("--init", type=Path,
+                    help="start from the model of this checkpoint (fine-tuning); a bond-length head it lacks starts at zero")
     ap.add_argument("--tag", help="appended to the results file's name, so a variant keeps the recorded run")
     ap.add_argument("--checkpoint", type=Path, help="directory for the checkpoint and the curve")
     ap.add_argument("--resume", action="store_true")
@@ -82,7 +98,9 @@ def main():
     counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
     model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=jax.random.key(0), scalars=args.scalars,
                          vectors=args.vectors, layers=args.layers, network=args.network,
-                         fake_atoms=args.fake_atoms)
+                         fake_atoms=args.fake_atoms, **({"bond_basis": args.bond_basis} if args.bond_basis else {}))
+    if args.init:
+        model = initial_model(model, args.init)
 
     curve_path = args.checkpoint / "curve.json" if args.checkpoint else None
     curve = json.loads(curve_path.read_text()) if args.resume and curve_path and curve_path.exists() else []
