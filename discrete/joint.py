@@ -16,9 +16,9 @@ part then takes the step of its own path towards that prediction, all with the s
 With the true posterior as predictor, each step is the exact conditional step of the data's
 path, so the sampler reproduces the data's joint law as the steps grow (``tests/test_joint``
 checks that on a small joint data set). The last step takes the clean prediction, the
-posterior's mode for a token still masked. ``molecules.MoleculeFlow`` samples its atom types,
-charges and bonds with these parts (its positions add centring and an optional SDE);
-:func:`joint_sample` is the whole loop for a model of one's own.
+posterior's mode for a token still masked. ``molecules.MoleculeFlow``'s sampler is the same
+loop written for molecules (centred positions, an optional SDE, refinement, fake atoms);
+:func:`joint_sample` is that loop for a model of one's own.
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from discrete import Masked, MixturePath
+from discrete import MixturePath, posterior_rates
 from geoflow.continuous.paths import Polynomial
 from geoflow.continuous.couplings import exact_assignment, squared_distances
 from geoflow.precision import exact_matmul
 from geoflow.serialization import register_migration
+from discrete.model import categorical_from_weights
 
 from .graph import BOND_ORDERS, MolecularGraph, Vocabulary
 from .network import EquivariantNetwork
@@ -117,8 +118,8 @@ class MoleculeSampler(eqx.Module):
     atom count ``0…max_atoms``), ``prior_scale`` and ``token_power`` (tokens are unmasked by time
     ``t`` with probability ``κ_t = t^token_power``), and the methods :meth:`predict` and
     :meth:`no_prediction`; a subclass trained with fake atoms overrides :attr:`fake_atoms`. Positions follow Euler steps of the straight-path velocity
-    ``(x̂₁ − x)/(1 − t)``; the tokens are :class:`discrete.joint.Masked` parts (bonds symmetric):
-    each masked token leaves the mask with probability ``h κ̇/(1 − κ)`` in a step of size ``h`` (more with ``eta``, see :meth:`sample`) and draws its value from the
+    ``(x̂₁ − x)/(1 − t)``; each masked token leaves the mask with probability ``h κ̇/(1 − κ)`` in a
+    step of size ``h`` (more with ``eta``, see :meth:`sample`) and draws its value from the
     predicted posterior; the last step takes the
     predicted clean molecule, the posterior's mode for tokens still masked.
     """
@@ -215,7 +216,19 @@ class MoleculeSampler(eqx.Module):
         bonds = jnp.where(pair, p_b.mask_token, 0)
         h = 1.0 / steps
 
-        atoms, charges_part, bonds_part = Masked(p_a), Masked(p_c), Masked(p_b, symmetric=True)
+        def jump(key, tokens, logits, path, t, where, symmetric=False):
+            """One Euler step of the CTMC with the posterior's rates (``discrete.posterior_rates``:
+            unmasking, and with ``eta > 0`` remasking at rate η), only at real entries ``where``."""
+            k_jump, k_dest = jax.random.split(key)
+            flat = tokens.reshape(-1)
+            rates = posterior_rates(path, jax.nn.softmax(logits.reshape(flat.shape[0], -1), -1), flat, t, eta)
+            rates = rates * where.reshape(-1, 1)
+            p_jump = jnp.clip(h * jnp.sum(rates, -1), 0.0, 1.0).reshape(tokens.shape)
+            u = symmetric_uniform(k_jump, n) if symmetric else jax.random.uniform(k_jump, tokens.shape)
+            draw = categorical_from_weights(k_dest, rates).reshape(tokens.shape)
+            if symmetric:  # one draw per unordered pair
+                draw = jnp.triu(draw, 1) + jnp.triu(draw, 1).T
+            return jnp.where(u < p_jump, draw, tokens)
 
         def step(state, inputs):
             x, types, charges, bonds, previous = state
@@ -229,9 +242,9 @@ class MoleculeSampler(eqx.Module):
             drift = ((x1 - x) + noise * (t * x1 - x)) / (1 - t)
             diffusion = jnp.sqrt(2 * noise * (1 - t) * h) * self.prior_scale
             x = centre(x + h * drift + diffusion * jax.random.normal(kx, x.shape), maskf)
-            types = atoms.step(ka, types, a_logits, t, h, eta, mask)
-            charges = charges_part.step(kc, charges, c_logits, t, h, eta, mask)
-            bonds = bonds_part.step(kb, bonds, b_logits, t, h, eta, pair)
+            types = jump(ka, types, a_logits, p_a, t, mask)
+            charges = jump(kc, charges, c_logits, p_c, t, mask)
+            bonds = jump(kb, bonds, b_logits, p_b, t, pair, symmetric=True)
             return (x, types, charges, bonds, as_previous(prediction)), None
 
         # the first step sees "no prediction yet", as half the training examples do
@@ -241,8 +254,9 @@ class MoleculeSampler(eqx.Module):
         x, types, charges, bonds, previous = state
         t_last = (steps - 1) * h
         x1, a_logits, c_logits, b_logits = self.predict(x, types, charges, bonds, mask, t_last, previous)
-        bonds = bonds_part.finish(bonds, b_logits)
-        types, charges = atoms.finish(types, a_logits), charges_part.finish(charges, c_logits)
+        bond_mode = jnp.argmax(b_logits, -1)
+        bonds = jnp.where(pair, jnp.triu(bond_mode, 1) + jnp.triu(bond_mode, 1).T, 0)
+        types, charges = jnp.where(mask, jnp.argmax(a_logits, -1), 0), jnp.where(mask, jnp.argmax(c_logits, -1), 0)
         tokens = tuple(jax.nn.one_hot(v, logits.shape[-1]) for v, logits in
                        zip((types, charges, bonds), (a_logits, c_logits, b_logits)))
 
