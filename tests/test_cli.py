@@ -141,11 +141,11 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
     sample_csv = Path(__file__).parent / "qm9_sample.csv"
     run = tmp_path / "mol"
     assert main(["molecules", "train", "--data-path", str(sample_csv), "--subset", "24", "--steps", "4", "--batch-size", "8",
-                 "--hydrogens", "implicit", "--scalars", "8", "--vectors", "2", "--layers", "1", "--out", str(run),
-                 "--quiet"]) == 0
+                 "--hydrogens", "implicit", "--scalars", "8", "--vectors", "2", "--layers", "1", "--bond-basis", "4",
+                 "--out", str(run), "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["molecules"] > 20
     assert json.loads((run / "run.json").read_text()) == {"data": "qm9", "hydrogens": "implicit", "time_weight": 0.0, "fake_atoms": 0.0,
-                                                          "seed": 0}
+                                                          "bond_basis": 4, "seed": 0}
     assert main(["molecules", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(tmp_path / "s.sdf")]) == 0
     capsys.readouterr()
     for sdf, count in [("s.sdf", 3), ("empty.sdf", 0), ("bad.sdf", 1)]:  # bad input is counted, never a traceback
