@@ -17,6 +17,21 @@ def timed(fn, reps: int = 3, sync=None) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def fastest(fn, reps: int) -> float:
+    """Seconds of the fastest of ``reps`` calls of ``fn()`` (a JAX computation) after a warm-up
+    call: this machine's timings wander by tens of percent from one call to the next, and the
+    minimum is the stable figure."""
+    import jax
+
+    jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def loop_rate(step, steps: int, warmup: int = 10, sync=None) -> float:
     """Calls per second of a training ``step()`` (a peer's loop), after ``warmup`` calls;
     ``sync`` as for :func:`timed`."""

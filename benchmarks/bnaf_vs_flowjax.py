@@ -34,7 +34,7 @@ from flowjax.distributions import Normal
 from flowjax.flows import block_neural_autoregressive_flow
 from flowjax.train import fit_to_data
 
-from _timing import adam_step_timing
+from _timing import adam_step_timing, fastest
 
 LAYERS, DEPTH, BLOCK, BATCH, LR = 2, 1, 16, 256, 1e-2
 SEEDS = 3
@@ -63,17 +63,6 @@ def fit(lib, model, x, epochs, seed):
     return trained, steps, time.perf_counter() - t0
 
 
-def best_of(fn, reps=3):
-    """The fastest of ``reps`` calls after a warm-up call, in seconds."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -96,8 +85,8 @@ def main():
             rates.append(steps / seconds)
         out["libraries"][lib] = {
             "step_us": step_us, "compile_s": compile_s, "fit_steps_per_s": sum(rates) / len(rates), "fit_steps": steps,
-            "log_prob_per_s": points / best_of(lambda: log_prob(trained, pts)),
-            "sample_per_s": points / best_of(lambda: sample(trained, jax.random.key(3))),
+            "log_prob_per_s": points / fastest(lambda: log_prob(trained, pts), 3),
+            "sample_per_s": points / fastest(lambda: sample(trained, jax.random.key(3)), 3),
             "test_nll": sum(nlls) / len(nlls), "test_nll_seeds": nlls}
         print(lib, {k: round(v, 4) if isinstance(v, float) else v for k, v in out["libraries"][lib].items()}, flush=True)
     g, f = out["libraries"]["geoflow"], out["libraries"]["flowjax"]

@@ -43,7 +43,7 @@ from flowjax.distributions import Normal
 from flowjax.flows import coupling_flow as fj_coupling, masked_autoregressive_flow as fj_maf
 from flowjax.train import fit_to_data
 
-from _timing import adam_step_timing
+from _timing import adam_step_timing, fastest
 
 LAYERS, WIDTH, DEPTH, BATCH, LR = 8, 50, 1, 256, 1e-3
 SEEDS = 5
@@ -63,18 +63,6 @@ def build(lib, config, key, layers=LAYERS):
 def step_timing(model, x, reps):
     """Compile time and microseconds per jitted Adam step on one batch."""
     return adam_step_timing(model, lambda m, xb: -m.log_prob(xb).mean(), x[:BATCH], reps, LR)
-
-
-def throughput(fn, reps):
-    """Seconds of the fastest of ``reps`` calls after a warm-up call (this machine's timings
-    wander by tens of percent from one call to the next; the minimum is the stable figure)."""
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def handwritten_maf_affine(model):
@@ -142,8 +130,8 @@ def main():
             compile_s, step_us = step_timing(model, x, reps)
             lp = eqx.filter_jit(lambda m, p: m.log_prob(p))
             smp = eqx.filter_jit(lambda m, k: m.sample(k, (big,)))
-            lp_s = throughput(lambda: lp(model, pts), 5)
-            sm_s = throughput(lambda: smp(model, jax.random.key(3)), 5)
+            lp_s = fastest(lambda: lp(model, pts), 5)
+            sm_s = fastest(lambda: smp(model, jax.random.key(3)), 5)
             trained, steps, fit_s = fit_both(lib, model, x, epochs)
             if lib == "geoflow":
                 trained_geoflow = trained  # the floor's check needs trained layers, not identities
@@ -157,7 +145,7 @@ def main():
             floor = handwritten_maf_affine(trained_geoflow)
             gap = float(jnp.max(jnp.abs(floor(pts) - trained_geoflow.log_prob(pts))))
             assert gap < 1e-3, f"the hand-written MAF differs from geoflow's by {gap}"
-            row["handwritten"] = {"log_prob_per_s": big / throughput(lambda: floor(pts), 5), "max_abs_difference": gap}
+            row["handwritten"] = {"log_prob_per_s": big / fastest(lambda: floor(pts), 5), "max_abs_difference": gap}
         g, f = row["geoflow"], row["flowjax"]
         row["ratios_geoflow_over_flowjax"] = {
             "step_speed": f["step_us"] / g["step_us"], "fit_speed": g["fit_steps_per_s"] / f["fit_steps_per_s"],

@@ -569,7 +569,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         if checks[0] != (0,):
             raise ValueError("data=None needs a loss that draws its own examples from the model (it declares "
                              f"zero-width data, e.g. geoflow.vi.ElboLoss); {type(loss).__name__} trains on data")
-        data = np.zeros((1, 0), np.float32)  # one placeholder row: nothing to hold out for validation
+        data = np.zeros((1, 0), np.float32)  # a single empty row: nothing to hold out for validation
     on_disk = _on_disk(data)
     if on_disk:
         _check_data_on_disk(loss, checks, shard_data, val_data, val_fraction)

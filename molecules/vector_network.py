@@ -128,8 +128,7 @@ class BondLengthHead(eqx.Module):
         low, high = BOND_RANGE
         width = (high - low) / self.count
         basis = jnp.exp(-(((dist[..., None] - jnp.linspace(low, high, self.count)) / width) ** 2))
-        features = jnp.concatenate([(e + jnp.swapaxes(e, 0, 1)) / 2, jnp.broadcast_to(s[:, None] + s[None], e.shape[:2] + s.shape[-1:]),
-                                    basis, dist[..., None]], -1)
+        features = jnp.concatenate([(e + jnp.swapaxes(e, 0, 1)) / 2, s[:, None] + s[None], basis, dist[..., None]], -1)
         phi = self.pair.on_rows(features)[..., 0] * pair_mask
         return jnp.sum((phi / dist)[..., None] * rel, 1)
 

@@ -98,16 +98,20 @@ class BlockAutoregressive(Bijection):
         self.max_val, self.low, self.high, self.iterations = float(max_val), float(low), float(high), int(iterations)
         self.shape, self.cond_shape = (int(dim),), None if cond_dim is None else (int(cond_dim),)
         # scale the last layer so that f′(0) = 1: the layer starts as the identity near the origin
-        log_f_slope = self._inner(jnp.zeros(dim), None if cond_dim is None else jnp.zeros(cond_dim))[1]
+        log_f_slope = self._inner(jnp.zeros(dim), None if cond_dim is None else jnp.zeros(cond_dim), self._weights())[1]
         last = self.layers[-1]
         self.layers = (*self.layers[:-1], eqx.tree_at(lambda l: l.log_gain, last, last.log_gain - log_f_slope[:, None]))
 
-    def _inner(self, y, condition):
-        """``(f(y) (d,), log ∂fᵢ/∂yᵢ (d,))``: the block network alone."""
+    def _weights(self):
+        """Each layer's ``(W, log of its diagonal blocks)``: computed once per pass or inverse,
+        not once per bisection step."""
+        return tuple(layer.weights() for layer in self.layers)
+
+    def _inner(self, y, condition, weights):
+        """``(f(y) (d,), log ∂fᵢ/∂yᵢ (d,))``: the block network alone, with :meth:`_weights`."""
         activation = LeakyTanh(1, self.max_val)
         h, log_jacobian = y[:, None], None
-        for k, layer in enumerate(self.layers):
-            w, log_diagonal = layer.weights()
+        for k, (layer, (w, log_diagonal)) in enumerate(zip(self.layers, weights)):
             pre = jnp.einsum("iajb,jb->ia", w, h) + layer.bias
             if k == 0 and self.condition_in is not None:
                 pre = pre + jnp.einsum("c,cia->ia", condition, self.condition_in)
@@ -119,23 +123,25 @@ class BlockAutoregressive(Bijection):
                 h = pre
         return h[:, 0], log_jacobian[:, 0, 0]
 
-    def _network(self, y, condition):
+    def _network(self, y, condition, weights):
         """``(z (d,), log ∂zᵢ/∂yᵢ (d,))``: the data → latent pass, ``f`` in the gated residual
         ``z = σ(a) f(y) + σ(−a) y`` of slope ``σ(a) f′ + σ(−a)``."""
-        f, log_f_slope = self._inner(y, condition)
+        f, log_f_slope = self._inner(y, condition, weights)
         log_slope = jnp.logaddexp(jax.nn.log_sigmoid(self.gate) + log_f_slope, jax.nn.log_sigmoid(-self.gate))
         return jax.nn.sigmoid(self.gate) * f + jax.nn.sigmoid(-self.gate) * y, log_slope
 
     def inverse_and_log_det(self, y, condition=None):
-        z, log_diagonal = self._network(y, condition)
+        z, log_diagonal = self._network(y, condition, self._weights())
         return z, jnp.sum(log_diagonal)
 
     def forward_and_log_det(self, z, condition=None):
         # coordinate i of the network depends on y_{≤i} only, increasingly on y_i: solve each in
         # turn with the earlier ones fixed (later ones do not matter, so they stay 0)
+        weights = self._weights()
+
         def solve(i, y):
-            coordinate = lambda c: self._network(y.at[i].set(c), condition)[0][i]
+            coordinate = lambda c: self._network(y.at[i].set(c), condition, weights)[0][i]
             return y.at[i].set(solve_increasing(coordinate, z[i], self.low, self.high, self.iterations))
 
         y = jax.lax.fori_loop(0, self.shape[0], solve, jnp.zeros_like(z))
-        return y, -jnp.sum(self._network(y, condition)[1])
+        return y, -jnp.sum(self._network(y, condition, weights)[1])
