@@ -12,7 +12,7 @@ from geomstats.geometry.special_orthogonal import SpecialOrthogonal
 
 import geoflow as gf
 import geoflow.metrics
-from geoflow.continuous import ODESolver, fixed
+from geoflow.continuous import ODESolver, fixed, with_solver
 from manifolds import (SO3, GeodesicFlowMatching, Sphere, Torus, UniformOn, matrix_to_quaternion,
                        matrix_to_rotvec, quaternion_to_matrix, rfm, rotvec_to_matrix)
 
@@ -175,6 +175,47 @@ def test_rfm_log_prob_accuracy_is_set_by_the_solver(sphere_model):
         coarse = gf.metrics.log_prob_batched(sphere_model, x, solver=ODESolver(rtol=1e-5, atol=1e-5))
         fine = gf.metrics.log_prob_batched(sphere_model, x, solver=ODESolver(rtol=1e-7, atol=1e-7))
         np.testing.assert_allclose(coarse / 2, fine / 2, atol=1e-3)
+
+
+def test_fourier_features_are_fixed_and_the_field_stays_a_field_on_the_sphere():
+    """The random frequencies are an input encoding, not parameters: training moves the MLP and
+    leaves them alone; the flow they feed is still normalised on S²; bad sizes are refused."""
+    with jax.enable_x64(False):
+        s = Sphere(2)
+        x = jax.vmap(s.proj)(0.2 * s.random_uniform(jax.random.key(0), (2000,)) + jnp.array([1.0, 0.0, 0.0]))
+        model = rfm(jax.random.key(1), s, width=32, depth=2, fourier_features=16, fourier_scale=5.0,
+                    solver=fixed(20, "midpoint"))
+        field = lambda m: m.bijection.field
+        assert field(model).frequencies.shape == (8, 3)
+        trained, _ = gf.fit(model, np.asarray(x), key=jax.random.key(2), loss=GeodesicFlowMatching(), steps=200,
+                            batch_size=256, learning_rate=3e-3, progress=False)
+        assert bool(jnp.all(field(trained).frequencies == field(model).frequencies))
+        assert not bool(jnp.all(field(trained).mlp.mlp.weights[0] == field(model).mlp.mlp.weights[0]))
+        exact = with_solver(trained, ODESolver(rtol=1e-5, atol=1e-5))  # not the 20 training-time steps
+        mass = jnp.mean(jnp.exp(exact.log_prob(fibonacci_sphere(20_000)))) * 4 * jnp.pi
+        assert abs(float(mass) - 1.0) < 0.01
+        assert float(exact.log_prob(x[:500]).mean()) > float(s.uniform_log_prob()) + 1.0
+    for bad in (3, -2):
+        with pytest.raises(ValueError, match="fourier_features"):
+            rfm(jax.random.key(0), s, fourier_features=bad)
+    with pytest.raises(ValueError, match="fourier_scale"):
+        rfm(jax.random.key(0), s, fourier_features=4, fourier_scale=0.0)
+
+
+@pytest.mark.parametrize("power", [1.0, 3.0])
+def test_flow_matching_times_follow_the_stated_law(power):
+    """``GeodesicFlowMatching(time_power=p)`` draws t with CDF ``1 − (1 − t)^{1/p}``
+    (Kolmogorov–Smirnov at 20,000 draws); a power that is not positive is refused."""
+    from scipy import stats
+
+    from manifolds.matching import draw_times
+
+    t = np.asarray(draw_times(jax.random.key(0), 20_000, power))
+    assert stats.kstest(t, lambda s: 1 - (1 - s) ** (1 / power)).pvalue > 1e-3
+    assert np.mean(t > 0.99) == pytest.approx(0.01 ** (1 / power), abs=0.01)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="time_power"):
+            GeodesicFlowMatching(time_power=bad)
 
 
 def test_rfm_on_so3_integrates_to_one_against_the_uniform_measure():
