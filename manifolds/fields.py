@@ -24,16 +24,27 @@ def features(manifold: Manifold, x):
     return x.reshape(-1)
 
 
+def log_uniform_frequencies(key, count: int, dim: int, top: float):
+    """``(count, dim)`` frequencies: directions uniform on the sphere, lengths log-uniform on ``[1, top]``."""
+    k_dir, k_len = jax.random.split(key)
+    directions = jax.random.normal(k_dir, (count, dim))
+    directions = directions / jnp.linalg.norm(directions, axis=1, keepdims=True)
+    return directions * jnp.exp(jax.random.uniform(k_len, (count, 1), maxval=math.log(top)))
+
+
 class ManifoldMLP(eqx.Module):
     """``v(t, x) = MLP([features(x), fourier(x), time])`` reshaped to the ambient shape.
 
     **Arguments:** `manifold`; `key`; `width`, `depth`, `activation`, `time_embedding`,
     `cond_dim` as for :class:`geoflow.continuous.TimeMLP`.
     - `fourier_features`: ``0`` (default) feeds the features alone; an even ``n`` adds ``n``
-      random Fourier features ``(cos Bx, sin Bx)`` of them (Tancik et al. 2020), ``B`` of shape
-      ``(n / 2, features)`` drawn once from ``N(0, fourier_scale²)`` and not trained. They let
-      an MLP resolve densities far sharper than its smooth inputs allow (a scale ``s`` resolves
-      features about ``1 / s`` wide in the embedding).
+      random Fourier features ``(cos Bx, sin Bx)`` of them (Tancik et al. 2020): ``n / 2``
+      frequencies with uniformly random directions and lengths log-uniform on
+      ``[1, fourier_scale]``, drawn once and not trained. They let an MLP resolve densities far
+      sharper than its smooth inputs allow, down to about ``1 / fourier_scale`` in the
+      embedding, while the short frequencies keep broad structure easy to fit (Gaussian
+      frequencies of one scale fit the earth sets' broad densities badly,
+      ``benchmarks/RESULTS.md``).
     """
 
     mlp: TimeMLP
@@ -44,15 +55,15 @@ class ManifoldMLP(eqx.Module):
 
     def __init__(self, manifold: Manifold, *, key, width: int = 256, depth: int = 3, activation: str = "silu",
                  time_embedding: int = 0, cond_dim: int | None = None, fourier_features: int = 0,
-                 fourier_scale: float = 10.0):
+                 fourier_scale: float = 100.0):
         if fourier_features < 0 or fourier_features % 2:
             raise ValueError(f"fourier_features must be 0 or a positive even number, got {fourier_features}")
-        if not fourier_scale > 0:
-            raise ValueError(f"fourier_scale must be positive, got {fourier_scale}")
+        if not 1.0 <= fourier_scale < float("inf"):
+            raise ValueError(f"fourier_scale must be at least 1 (the lowest frequency's length), got {fourier_scale}")
         n_feat = 2 * manifold.shape[0] if isinstance(manifold, Torus) else math.prod(manifold.shape)
         n_out = math.prod(manifold.shape)
-        self.frequencies = (fourier_scale * jax.random.normal(jax.random.fold_in(key, 1), (fourier_features // 2, n_feat))
-                            if fourier_features else None)
+        self.frequencies = (log_uniform_frequencies(jax.random.fold_in(key, 1), fourier_features // 2, n_feat,
+                                                    fourier_scale) if fourier_features else None)
         self.mlp = TimeMLP(n_feat + fourier_features, key=key, width=width, depth=depth, activation=activation,
                            time_embedding=time_embedding, cond_dim=cond_dim, out_size=n_out)
         self.manifold = manifold

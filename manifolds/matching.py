@@ -77,7 +77,7 @@ class GeodesicFlowMatching(eqx.Module):
 
 def rfm(key, manifold: Manifold, *, prior: Distribution | None = None, width: int = 256, depth: int = 3,
         activation: str = "silu", time_embedding: int = 0, cond_dim: int | None = None,
-        fourier_features: int = 0, fourier_scale: float = 10.0,
+        fourier_features: int = 0, fourier_scale: float = 100.0,
         solver: ODESolver | None = None, trace: str = "exact") -> Transformed:
     """A Riemannian flow-matching model on `manifold` with `prior` (default: uniform).
 
