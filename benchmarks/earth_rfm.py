@@ -2,14 +2,24 @@
 published figures, and training speed against Meta's flow_matching Riemannian code on the
 sphere (PyTorch, CPU) with the same network.
 
-Protocol: random 80/10/10 split per seed; vector field MLP on the embedding (3 + t inputs,
-`--width` × `--depth` SiLU); geodesic conditional paths from the uniform prior; Adam 1e-3 with
-warm-up and cosine decay, batch 512, validation-selected model; test NLL by the exact
-Riemannian divergence with Tsit5 at rtol = atol = 1e-5. Published (Chen & Lipman, ICLR 2024,
-Table 2, RFM): volcano −7.93, earthquake −0.28, flood 0.42, fire −1.86; they trained a
+Protocol: random 80/10/10 split per seed; vector field MLP on the embedding (3 + t inputs, plus
+`--fourier-features` random Fourier features of the embedding with frequency lengths up to
+`--fourier-scale`; `--width` × `--depth` SiLU); geodesic conditional paths from the uniform
+prior, times drawn as ``1 − (1 − u)^p`` with ``p = --time-power`` (more of them near the data);
+Adam with warm-up and cosine decay, batch 512, parameter average `--ema`; every
+`--select-every` steps the average's validation NLL (Tsit5 at `--select-tol`; ``fit``'s
+``val_metric``) picks the model, whose test NLL is then computed by the exact Riemannian
+divergence with Tsit5 at rtol = atol = 1e-5. The validation NLL, not the
+flow-matching loss, selects: the loss on held-out points stops falling within a few thousand
+steps while the likelihood keeps improving for tens of thousands. Published (Chen & Lipman,
+ICLR 2024, Table 2, RFM): volcano −7.93, earthquake −0.28, flood 0.42, fire −1.86; they trained a
 512-wide 6-layer MLP for far more steps on a GPU. The uniform density scores log 4π = 2.531.
 
-Usage: python benchmarks/earth_rfm.py [--quick] [--steps N] [--seeds K] [--width W] [--depth D]
+One process per set and seed is the way to use several cores: `--sets volcano --seed-start 2
+--seeds 1 --out A.json`, then `--merge A.json B.json …` writes the table from the runs' files.
+
+Usage: python benchmarks/earth_rfm.py [--quick] [--steps N] [--seeds K] [--sets …] [--width W] [--depth D]
+       [--fourier-features F --fourier-scale S] [--time-power P] [--ema DECAY] [--curve] [--out FILE] [--merge FILE …]
 """
 
 from __future__ import annotations
@@ -30,19 +40,66 @@ from manifolds import GeodesicFlowMatching, Sphere, rfm
 from manifolds.datasets import EARTH, load_earth
 
 PUBLISHED_RFM = {"volcano": -7.93, "earthquake": -0.28, "flood": 0.42, "fire": -1.86}
+# per set: the highest Fourier frequency, chosen from {100, 300} by seed 0's validation NLL after
+# 10,000 steps (benchmarks/RESULTS.md), and the steps (volcano's duplicated points keep sharpening
+# long after the other sets level off)
+PROTOCOL = {"volcano": {"fourier_scale": 300.0, "steps": 80_000}, "earthquake": {"fourier_scale": 100.0, "steps": 40_000},
+            "flood": {"fourier_scale": 100.0, "steps": 40_000}, "fire": {"fourier_scale": 100.0, "steps": 40_000}}
+RESULTS = Path(__file__).parent / "results" / "earth_rfm.json"
+
+
+def nll(model, points, tol: float) -> float:
+    """Mean negative log-likelihood (nats) of ``points (n, 3)`` by the exact divergence."""
+    return -float(with_solver(model, ODESolver(rtol=tol, atol=tol)).log_prob(points).mean())
 
 
 def run(name, seed, args):
+    """Train on one set and split; returns the test NLL of the validation-selected model, the
+    training CPU seconds (selection excluded) and, with ``--curve``, the test NLL at each
+    selection point."""
     d = load_earth(name, seed=seed)
-    model = rfm(jax.random.key(seed), Sphere(2), width=args.width, depth=args.depth, activation="silu")
-    t0 = time.perf_counter()
-    model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), val_data=d.val, loss=GeodesicFlowMatching(),
-                         steps=args.steps, batch_size=512, learning_rate=1e-3, eval_every=min(500, args.steps // 3),
-                         progress=False)
-    fit_s = time.perf_counter() - t0
-    evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
-    return {"test_nll": -float(evaluator.log_prob(d.test).mean()), "fit_s": fit_s,
-            "steps_per_s": hist.steps_per_second, "best_step": hist.best_step}
+    steps = args.steps or PROTOCOL[name]["steps"]
+    scale = args.fourier_scale or PROTOCOL[name]["fourier_scale"]
+    model = rfm(jax.random.key(seed), Sphere(2), width=args.width, depth=args.depth, activation="silu",
+                fourier_features=args.fourier_features, fourier_scale=scale)
+    curve, selection_cpu = [], [0.0]
+    cpu0 = time.process_time()
+
+    def timed_nll(m, points):
+        t = time.process_time()
+        value = nll(m, points, args.select_tol)
+        selection_cpu[0] += time.process_time() - t
+        return value
+
+    def record(step, averaged, history):
+        point = {"step": step, "train_cpu_s": time.process_time() - cpu0 - selection_cpu[0],
+                 "val_nll": history.val_loss[-1]}
+        if args.curve:
+            point["test_nll"] = timed_nll(averaged, d.test)
+        curve.append(point)
+        print(f"  {name} seed {seed} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if k != "step"),
+              flush=True)
+
+    loss = GeodesicFlowMatching(time_power=args.time_power)
+    model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=512,
+                         learning_rate=args.learning_rate, val_data=d.val, val_metric=lambda m, x, c: timed_nll(m, x),
+                         eval_every=args.select_every, ema_decay=args.ema, callback=record, progress=False)
+    return {"seed": seed, "steps": steps, "fourier_scale": scale, "test_nll": nll(model, d.test, 1e-5),
+            "best_step": hist.best_step, "val_nll": hist.best_val_loss, "train_cpu_s": curve[-1]["train_cpu_s"],
+            "steps_per_s": hist.steps_per_second, "curve": curve}
+
+
+def summarise(runs_by_set):
+    """The table's rows: mean ± std of the test NLL over seeds, per set."""
+    rows = {}
+    for name, runs in runs_by_set.items():
+        nlls = np.array([r["test_nll"] for r in runs])
+        rows[name] = {"test_nll_mean": float(nlls.mean()), "test_nll_std": float(nlls.std()), "test_nll": nlls.tolist(),
+                      "seeds": [r["seed"] for r in runs], "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in runs])),
+                      "published_rfm": PUBLISHED_RFM[name]}
+        print(f"{name:10s} test NLL {rows[name]['test_nll_mean']:.3f} ± {rows[name]['test_nll_std']:.3f} over "
+              f"{len(runs)} seeds (published RFM {PUBLISHED_RFM[name]}), {rows[name]['train_cpu_s_mean']:.0f} CPU s a run")
+    return rows
 
 
 def _torch_net(width, depth):
@@ -120,33 +177,53 @@ def speed_comparison(width, depth, steps, n_sample):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=20_000)
+    ap.add_argument("--steps", type=int, help="training steps (default: the set's, PROTOCOL)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (runs seed-start … seed-start+seeds−1)")
+    ap.add_argument("--sets", nargs="+", choices=list(EARTH), default=list(EARTH))
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--fourier-features", type=int, default=128)
+    ap.add_argument("--fourier-scale", type=float, help="the highest frequency's length (default: the set's, PROTOCOL)")
+    ap.add_argument("--time-power", type=float, default=2.0, help="t = 1 − (1 − u)^p: p > 1 puts more steps near the data")
+    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999, help="parameter-average decay (0: none)")
+    ap.add_argument("--select-every", type=int, default=5000, help="steps between validation-NLL selections")
+    ap.add_argument("--select-tol", type=float, default=1e-4, help="solver tolerance of the selection NLL")
+    ap.add_argument("--curve", action="store_true", help="also record the test NLL at every selection point")
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side speed comparison")
+    ap.add_argument("--no-speed", action="store_true", help="skip the side-by-side speed comparison")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write (a subset run can go to its own file)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="FILE",
+                    help="write the table of these runs' files to --out (keeping its speed figures) and stop")
     args = ap.parse_args()
     if args.quick:
-        args.steps, args.seeds = 300, 1
-    out = {"args": vars(args), "published_rfm": PUBLISHED_RFM, "results": {}}
-    for name in ([] if args.speed_only else EARTH):
-        runs = [run(name, s, args) for s in range(args.seeds)]
-        nlls = np.array([r["test_nll"] for r in runs])
-        row = {"test_nll_mean": float(nlls.mean()), "test_nll_std": float(nlls.std()), "test_nll": nlls.tolist(),
-               "fit_s_mean": float(np.mean([r["fit_s"] for r in runs])),
-               "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs]))}
-        out["results"][name] = row
-        print(f"{name:10s} test NLL {row['test_nll_mean']:.3f} ± {row['test_nll_std']:.3f} "
-              f"(published RFM {PUBLISHED_RFM[name]})  fit {row['fit_s_mean']:.0f} s, {row['steps_per_s']:.0f} steps/s",
-              flush=True)
-    speed = speed_comparison(args.width, args.depth, 50 if args.quick else 300, 1000 if args.quick else 10_000)
-    out["speed_vs_flow_matching"] = speed
-    print("speed against flow_matching:", json.dumps({k: round(v, 2) for k, v in speed.items()}))
-    path = Path(__file__).parent / "results" / "earth_rfm.json"
-    if args.speed_only and path.exists():  # keep the NLL figures of the last full run
-        out = {**json.loads(path.read_text()), "speed_vs_flow_matching": speed}
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+        args.steps, args.seeds, args.select_every = 300, 1, 150
+    args.ema = args.ema or None
+    if args.merge:
+        runs = {}
+        for f in args.merge:
+            for name, rs in json.loads(f.read_text())["runs"].items():
+                runs.setdefault(name, []).extend(rs)
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        out = {**previous, "merged_from": [f.name for f in args.merge], "runs": runs, "results": summarise(runs)}
+        args.out.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.out}")
+        return
+    out = {"args": {**vars(args), "out": str(args.out)}, "published_rfm": PUBLISHED_RFM, "runs": {}, "results": {}}
+    for name in ([] if args.speed_only else args.sets):
+        out["runs"][name] = [run(name, s, args) for s in range(args.seed_start, args.seed_start + args.seeds)]
+        out["results"].update(summarise({name: out["runs"][name]}))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))  # after every set: a long run keeps what it finished
+    if not args.no_speed:
+        speed = speed_comparison(args.width, args.depth, 50 if args.quick else 300, 1000 if args.quick else 10_000)
+        print("speed against flow_matching:", json.dumps({k: round(v, 2) for k, v in speed.items()}))
+        if args.speed_only and args.out.exists():  # keep the NLL figures of the last full run
+            out = json.loads(args.out.read_text())
+        out["speed_vs_flow_matching"] = speed
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ the rotation angle (total volume 8π²). RSGM's published figures (0.89 / 0.20 /
 1.5·log 2 ≈ 1.04 nats above the true mixtures' ceiling in this convention, i.e. they use a
 volume 2^{3/2} times smaller (distance θ/√2); we print our figures in both conventions.
 
-Usage: python benchmarks/so3_mixtures.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--width W] [--ema DECAY] [--k K ...] [--out PATH]
+Usage: python benchmarks/so3_mixtures.py [--quick] [--steps N] [--seeds K] [--seed-start S] [--width W] [--ema DECAY]
+       [--fourier-features F --fourier-scale S] [--time-power P] [--k K ...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ PUBLISHED_RSGM = {16: 0.89, 32: 0.20, 64: -0.49}
 TO_RSGM_CONVENTION = 1.5 * math.log(2)
 
 
-def run(k, seed, steps, n_test, width=256, ema=None):
+def run(k, seed, steps, n_test, width=256, ema=None, fourier_features=0, fourier_scale=100.0, time_power=1.0):
     key = jax.random.key(seed)
     data = load_so3_mixture(k, seed, n_test=n_test)
     train, val, test = data.train, data.val, data.test
-    model = rfm(jax.random.fold_in(key, 4), SO3(), width=width, depth=4, activation="silu")
+    model = rfm(jax.random.fold_in(key, 4), SO3(), width=width, depth=4, activation="silu",
+                fourier_features=fourier_features, fourier_scale=fourier_scale)
     t0 = time.perf_counter()
-    model, hist = gf.fit(model, train, key=jax.random.fold_in(key, 5), val_data=val, loss=GeodesicFlowMatching(),
+    model, hist = gf.fit(model, train, key=jax.random.fold_in(key, 5), val_data=val, loss=GeodesicFlowMatching(time_power=time_power),
                          steps=steps, batch_size=512, learning_rate=1e-3, eval_every=min(1000, steps // 3),
                          progress=False, ema_decay=ema)
     fit_s = time.perf_counter() - t0
@@ -56,6 +58,9 @@ def main():
     ap.add_argument("--n-test", type=int, default=5_000)
     ap.add_argument("--width", type=int, default=256, help="hidden width of the 4-layer MLP")
     ap.add_argument("--ema", type=float, metavar="DECAY", help="train with a parameter moving average (fit's ema_decay)")
+    ap.add_argument("--fourier-features", type=int, default=0, help="random Fourier features of the flattened matrix")
+    ap.add_argument("--fourier-scale", type=float, default=100.0, help="the highest frequency's length (the lowest is 1)")
+    ap.add_argument("--time-power", type=float, default=1.0, help="t = 1 − (1 − u)^p: p > 1 puts more steps near the data")
     ap.add_argument("--k", type=int, nargs="+", default=[16, 32, 64], help="mixture sizes to run")
     args = ap.parse_args()
     if args.quick:
@@ -64,7 +69,8 @@ def main():
            "published_rsgm": PUBLISHED_RSGM, "to_rsgm_convention": TO_RSGM_CONVENTION,
            "results": {}}
     for k in args.k:
-        runs = [run(k, s, args.steps, args.n_test, args.width, args.ema) for s in range(args.seed_start, args.seed_start + args.seeds)]
+        runs = [run(k, s, args.steps, args.n_test, args.width, args.ema, args.fourier_features, args.fourier_scale,
+                    args.time_power) for s in range(args.seed_start, args.seed_start + args.seeds)]
         ll = np.array([r["test_ll"] for r in runs])
         row = {"test_ll_mean": float(ll.mean()), "test_ll_std": float(ll.std()), "test_ll": ll.tolist(),
                "true_ll_mean": float(np.mean([r["true_ll"] for r in runs])),

@@ -46,6 +46,24 @@ def test_fit_lowers_validation_nll(moons):
     assert after == pytest.approx(hist.best_val_loss, abs=1e-4)  # best model restored
 
 
+def test_a_validation_metric_selects_the_model_and_drives_patience(moons):
+    """``val_metric`` replaces the loss as the validation figure: the model returned is the one it
+    scored best (seen through the callback), and patience counts its evaluations."""
+    scores, seen = iter([3.0, 1.0, 2.0, 5.0, 4.0, 0.5]), {}
+    metric = lambda model, x, c: next(scores) + 0.0 * float(nll(model, x))
+
+    def remember(step, model, history):
+        seen[step] = model
+    trained, hist = gf.fit(_small(), moons.train, key=jax.random.key(1), steps=600, eval_every=100, val_data=moons.val,
+                           val_metric=metric, patience=3, callback=remember, progress=False)
+    assert hist.val_loss == [3.0, 1.0, 2.0, 5.0, 4.0] and hist.stop_reason == "early_stopping"
+    assert hist.best_step == 200 and hist.best_val_loss == 1.0
+    assert bool(eqx.tree_equal(trained, seen[200]))
+    with pytest.raises(ValueError, match="val_metric needs validation data"):
+        gf.fit(_small(), moons.train, key=jax.random.key(1), steps=10, val_fraction=0.0, val_metric=metric,
+               progress=False)
+
+
 def test_fit_is_deterministic(moons):
     a, _ = gf.fit(_small(), moons.train, key=jax.random.key(3), steps=200, progress=False)
     b, _ = gf.fit(_small(), moons.train, key=jax.random.key(3), steps=200, progress=False)
