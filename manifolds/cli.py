@@ -84,9 +84,11 @@ def cmd_fit_manifold(args) -> dict:
     manifold, data, prior = _manifold_data(args)
     run = TrainingRun.start(args, Path("runs") / f"rfm-{data.name}")
     key_model, key_fit, key_sample = run.keys(3)
-    model = rfm(key_model, manifold, prior=prior, width=args.width)
-    model, history = fit(model, data.train, key=key_fit, loss=GeodesicFlowMatching(), val_data=data.val,
-                         **fit_options(args))
+    given = lambda value, default: default if value is None else value  # None: not on the command line
+    model = rfm(key_model, manifold, prior=prior, width=args.width, fourier_features=given(args.fourier_features, 0),
+                fourier_scale=given(args.fourier_scale, 100.0))
+    loss = GeodesicFlowMatching(time_power=given(args.time_power, 1.0))
+    model, history = fit(model, data.train, key=key_fit, loss=loss, val_data=data.val, **fit_options(args))
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
     cap = args.eval_points
     info = {"model": "rfm", "data": data.name, "manifold": type(manifold).__name__}
@@ -104,6 +106,12 @@ def cmd_fit_manifold(args) -> dict:
 def _add_fit_arguments(parser) -> None:
     parser.add_argument("--manifold", type=choice(MANIFOLDS, "manifold"),
                         help="rfm only: sphere (default for earth data), torus, so3 or se3 (with --data-path)")
+    parser.add_argument("--fourier-features", type=int,
+                        help="rfm only: random Fourier features of the point (even; default 0; the earth benchmark uses 128)")
+    parser.add_argument("--fourier-scale", type=float,
+                        help="rfm only: the highest Fourier frequency's length (default 100; the lowest is 1)")
+    parser.add_argument("--time-power", type=float,
+                        help="rfm only: times drawn as 1 − (1 − u)^p (default 1); p > 1 trains more near the data (earth: 2)")
 
 
 FIT_MODELS = FitModels(models=("rfm",), data=MANIFOLD_DATA, data_kind="data on a manifold", fit=cmd_fit_manifold,

@@ -208,13 +208,16 @@ def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, 
     from geoflow.commands import count_parameters
     from manifolds import Sphere, rfm
 
-    assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), *RFM_SMALL]) == 0
+    assert main(["fit", "--model", "rfm", "--data", "volcano", "--out", str(tmp_path / "v"), "--fourier-features", "8",
+                 "--time-power", "2", *RFM_SMALL]) == 0
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
-    # --width 16 is used as given, never silently replaced
-    assert m["parameters"] == count_parameters(rfm(jax.random.key(0), Sphere(2), width=16))
+    # --width 16 and the Fourier features are used as given, never silently replaced
+    assert m["parameters"] == count_parameters(rfm(jax.random.key(0), Sphere(2), width=16, fourier_features=8))
     capsys.readouterr()
     assert main(["fit", "--model", "rfm", "--data", "volcano", "--width", "0", "--out", str(tmp_path / "w")]) == 2
     assert "--width must be a positive number" in capsys.readouterr().err
+    assert main(["fit", "--model", "rfm", "--data", "volcano", "--fourier-features", "3", "--out", str(tmp_path / "f")]) == 2
+    assert "fourier_features must be 0 or a positive even number" in capsys.readouterr().err
     assert np.isfinite(m["test_nll"]) and m["uniform_nll"] == pytest.approx(np.log(4 * np.pi))
     assert (tmp_path / "v" / "samples.png").is_file()
 
@@ -268,6 +271,7 @@ def test_riemannian_flow_matching_on_se3_frames_and_its_errors(tmp_path, capsys)
         (["--model", "rfm", "--data-path", str(bad)], "needs --manifold"),
         (["--model", "maf", "--data", "fire"], "fire is data on a manifold: use --model rfm"),
         (["--model", "maf", "--manifold", "so3"], "--manifold goes with --model rfm"),
+        (["--model", "maf", "--time-power", "2"], "--time-power goes with --model rfm"),
         (["--model", "rfm", "--data", "fire", "--manifold", "torus"], "lives on the sphere"),
         (["--model", "rfm", "--data", "moons"], "trains on volcano"),
     ]:
