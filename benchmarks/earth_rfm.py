@@ -206,7 +206,11 @@ def main():
             for name, rs in json.loads(f.read_text())["runs"].items():
                 runs.setdefault(name, []).extend(rs)
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-        out = {**previous, "merged_from": [f.name for f in args.merge], "runs": runs, "results": summarise(runs)}
+        speed = {k: v for k, v in previous.items() if k.startswith("speed")}  # the NLL figures are replaced
+        first = json.loads(args.merge[0].read_text())["args"]
+        shared = ("width", "depth", "fourier_features", "time_power", "learning_rate", "ema", "select_every", "select_tol")
+        out = {"published_rfm": PUBLISHED_RFM, "protocol": {k: first[k] for k in shared}, **speed,
+               "merged_from": [f.name for f in args.merge], "runs": runs, "results": summarise(runs)}
         args.out.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.out}")
         return
