@@ -84,10 +84,11 @@ def cmd_fit_manifold(args) -> dict:
     manifold, data, prior = _manifold_data(args)
     run = TrainingRun.start(args, Path("runs") / f"rfm-{data.name}")
     key_model, key_fit, key_sample = run.keys(3)
-    given = lambda value, default: default if value is None else value  # None: not on the command line
-    model = rfm(key_model, manifold, prior=prior, width=args.width, fourier_features=given(args.fourier_features, 0),
-                fourier_scale=given(args.fourier_scale, 100.0))
-    loss = GeodesicFlowMatching(time_power=given(args.time_power, 1.0))
+    # options not on the command line (None) keep rfm's and the loss's own defaults
+    field_options = {k: v for k, v in (("fourier_features", args.fourier_features),
+                                        ("fourier_scale", args.fourier_scale)) if v is not None}
+    model = rfm(key_model, manifold, prior=prior, width=args.width, **field_options)
+    loss = GeodesicFlowMatching() if args.time_power is None else GeodesicFlowMatching(time_power=args.time_power)
     model, history = fit(model, data.train, key=key_fit, loss=loss, val_data=data.val, **fit_options(args))
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
     cap = args.eval_points

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from geoflow.continuous.fields import TimeMLP
+from geoflow.nn import Frozen
 from geoflow.serialization import register_migration
 
 from .base import Manifold
@@ -49,7 +50,7 @@ class ManifoldMLP(eqx.Module):
 
     mlp: TimeMLP
     manifold: Manifold
-    frequencies: jax.Array | None
+    frequencies: Frozen | None  # an input encoding: fit never moves it (nor decays it)
     shape: tuple[int, ...] = eqx.field(static=True)
     cond_shape: tuple[int, ...] | None = eqx.field(static=True)
 
@@ -62,8 +63,8 @@ class ManifoldMLP(eqx.Module):
             raise ValueError(f"fourier_scale must be at least 1 (the lowest frequency's length), got {fourier_scale}")
         n_feat = 2 * manifold.shape[0] if isinstance(manifold, Torus) else math.prod(manifold.shape)
         n_out = math.prod(manifold.shape)
-        self.frequencies = (log_uniform_frequencies(jax.random.fold_in(key, 1), fourier_features // 2, n_feat,
-                                                    fourier_scale) if fourier_features else None)
+        self.frequencies = (Frozen(log_uniform_frequencies(jax.random.fold_in(key, 1), fourier_features // 2, n_feat,
+                                                           fourier_scale)) if fourier_features else None)
         self.mlp = TimeMLP(n_feat + fourier_features, key=key, width=width, depth=depth, activation=activation,
                            time_embedding=time_embedding, cond_dim=cond_dim, out_size=n_out)
         self.manifold = manifold
@@ -73,7 +74,7 @@ class ManifoldMLP(eqx.Module):
     def __call__(self, t, x, condition=None, *, keep=None):
         h = features(self.manifold, x)
         if self.frequencies is not None:
-            angle = jax.lax.stop_gradient(self.frequencies) @ h
+            angle = self.frequencies.value @ h
             h = jnp.concatenate([h, jnp.cos(angle), jnp.sin(angle)])
         return self.mlp(t, h, condition, keep=keep).reshape(self.shape)
 

@@ -186,11 +186,11 @@ def test_fourier_features_are_fixed_and_the_field_stays_a_field_on_the_sphere():
         model = rfm(jax.random.key(1), s, width=32, depth=2, fourier_features=16, fourier_scale=5.0,
                     solver=fixed(20, "midpoint"))
         field = lambda m: m.bijection.field
-        lengths = jnp.linalg.norm(field(model).frequencies, axis=1)
-        assert field(model).frequencies.shape == (8, 3) and bool(jnp.all((lengths >= 1) & (lengths <= 5)))
+        lengths = jnp.linalg.norm(field(model).frequencies.value, axis=1)
+        assert field(model).frequencies.value.shape == (8, 3) and bool(jnp.all((lengths >= 1) & (lengths <= 5)))
         trained, _ = gf.fit(model, np.asarray(x), key=jax.random.key(2), loss=GeodesicFlowMatching(), steps=200,
                             batch_size=256, learning_rate=3e-3, progress=False)
-        assert bool(jnp.all(field(trained).frequencies == field(model).frequencies))
+        assert bool(jnp.all(field(trained).frequencies.value == field(model).frequencies.value))
         assert not bool(jnp.all(field(trained).mlp.mlp.weights[0] == field(model).mlp.mlp.weights[0]))
         exact = with_solver(trained, ODESolver(rtol=1e-5, atol=1e-5))  # not the 20 training-time steps
         mass = jnp.mean(jnp.exp(exact.log_prob(fibonacci_sphere(20_000)))) * 4 * jnp.pi
