@@ -21,12 +21,15 @@ def _flow(name, dim=2, cond_dim=None, scale=0.2):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_2d_density_integrates_to_one(name):
+    """Quadrature on a sinh-spaced grid, x = sinh(u): as fine as 0.023 at the centre and reaching
+    ±16 (2% of the perturbed IAF's mass lies beyond 9) with 300² points, which keeps the
+    bisection-inverted BNAF cheap."""
     flow = _flow(name)
-    lim, m = 16.0, 900  # wide enough for the heavier-tailed perturbed IAF (2% of its mass lies beyond 9)
-    g = jnp.linspace(-lim, lim, m)
+    u = jnp.linspace(-np.arcsinh(16.0), np.arcsinh(16.0), 300)
+    g, w = jnp.sinh(u), jnp.cosh(u) * (u[1] - u[0])
     pts = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
-    mass = jnp.sum(jnp.exp(flow.log_prob(pts))) * (g[1] - g[0]) ** 2
-    assert abs(float(mass) - 1.0) < 0.01
+    mass = jnp.sum(jnp.exp(flow.log_prob(pts)) * (w[:, None] * w[None, :]).ravel())
+    assert abs(float(mass) - 1.0) < 0.002
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ot
 
 COUPLINGS = ("independent", "exact", "sinkhorn")
 
@@ -32,6 +31,8 @@ def squared_distances(a, b):
 
 
 def _solve_one(cost):
+    import ot  # on first use: POT imports every array backend it finds (torch among them), seconds
+
     cost = np.asarray(cost, np.float64)
     n = cost.shape[0]
     # for uniform weights on equal-size sets the optimal plan is a permutation matrix / n
