@@ -7,7 +7,7 @@ against the prior's). No peer library runs here (FrameFlow is a PyTorch code bas
 structure-prediction stack behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
-       [--auxiliary-weight W] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
+       [--auxiliary-weight W] [--distance-pairs true|either] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from geoflow.metrics import nll
 from geoflow.serialization import save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, sample_backbones)
-from molecules.proteins.model import PREDICTIONS, rotation_schedule
+from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule
 
 
 def brief(metrics: dict) -> dict:
@@ -58,6 +58,8 @@ def main():
                     help="with --prediction frames, rotations' sampling schedule: exponential at this rate, 0 linear")
     ap.add_argument("--auxiliary-weight", type=float, default=0.0,
                     help="FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
+    ap.add_argument("--distance-pairs", choices=DISTANCE_PAIRS, default="true",
+                    help="the auxiliary distance loss's pairs: within 6 Å in the data (FrameFlow's) or in either structure")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--sampling-steps", type=int, default=100)
     ap.add_argument("--denoise-from", type=float, default=0.95,
@@ -80,7 +82,7 @@ def main():
         model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, prediction=args.prediction,
                           rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
-                                 auxiliary_weight=args.auxiliary_weight)
+                                 auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs)
         curve, every = [], max(args.steps // args.curve, 1)
 
         def draw(model, key, denoise_from=args.denoise_from):

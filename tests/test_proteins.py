@@ -251,6 +251,27 @@ def test_predicted_end_of_the_target_velocity_is_the_data():
         assert float(backbone_distance_loss(r0, c0, r1, c1)) > 1e-3
 
 
+def test_distance_loss_over_either_structures_pairs_sees_a_clash_the_data_mask_does_not():
+    """A straight chain (CA 0.38 nm apart) against a prediction that is exact except that the
+    last residue sits on the first: every pair near in the data keeps its true distance but the
+    moved residue's own, so FrameFlow's pairs (near in the data) miss the clash with residue 0,
+    7 residues away; ``pairs="either"`` counts it, and its gradient moves the residue off."""
+    from molecules.proteins.model import backbone_distance_loss
+
+    length = 8
+    r1 = jnp.broadcast_to(jnp.eye(3), (length, 3, 3))
+    c1 = jnp.stack([0.38 * jnp.arange(length), jnp.zeros(length), jnp.zeros(length)], -1)
+    c_hat = c1.at[-1].set(c1[0] + jnp.array([0.0, 0.05, 0.0]))
+    true_pairs, either = (backbone_distance_loss(r1, c_hat, r1, c1, pairs=p) for p in ("true", "either"))
+    assert float(backbone_distance_loss(r1, c1, r1, c1, pairs="either")) < 1e-10
+    assert float(either) > float(true_pairs) > 0
+    pull = jax.grad(lambda c: backbone_distance_loss(r1, c, r1, c1, pairs="either"))(c_hat)
+    away = c_hat[-1] - c1[0]
+    assert float(jnp.dot(-pull[-1], away)) > 0  # descent moves it away from residue 0
+    with pytest.raises(ValueError, match="distance_pairs must be one of"):
+        FrameFlowMatching(distance_pairs="near")
+
+
 class _Oracle(eqx.Module):
     """A frame network that knows the one data fragment ``(r1, c1)``: its outputs are the exact
     way from any frames to it (what a clean-frame network should learn for a one-point set)."""

@@ -180,16 +180,26 @@ def predicted_end(rt, ct, vr, vc, t, scheduler: Scheduler):
     return r1, ct + (1 - t) * vc
 
 
-def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6):
+DISTANCE_PAIRS = ("true", "either")
+
+
+def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6, pairs: str = "true"):
     """FrameFlow's auxiliary losses in model units (nm): the mean squared error of the ideal N,
-    CA, C atoms placed on predicted and true frames, plus that of their pairwise distances below
-    ``cutoff``."""
+    CA, C atoms placed on predicted and true frames, plus that of their pairwise distances over
+    the pairs closer than ``cutoff`` in the true structure (``pairs="true"``, FrameFlow's) or in
+    either structure (``pairs="either"``: a clash the prediction makes between atoms far apart
+    in the data is penalised too)."""
+    if pairs not in DISTANCE_PAIRS:
+        raise ValueError(f"pairs must be one of {DISTANCE_PAIRS}, got {pairs!r}")
     atoms_hat = backbone_from_frames(r_hat, c_hat)[:, :3].reshape(-1, 3)
     atoms = backbone_from_frames(r1, c1)[:, :3].reshape(-1, 3)
     position = jnp.mean(jnp.sum((atoms_hat - atoms) ** 2, -1))
     dist = lambda x: jnp.sqrt(jnp.sum((x[:, None] - x[None]) ** 2, -1) + 1e-10)
     d_hat, d = dist(atoms_hat), dist(atoms)
-    near = (d < cutoff) & ~jnp.eye(d.shape[0], dtype=bool)
+    near = d < cutoff
+    if pairs == "either":
+        near = near | (jax.lax.stop_gradient(d_hat) < cutoff)
+    near = near & ~jnp.eye(d.shape[0], dtype=bool)
     return position + jnp.sum((d_hat - d) ** 2 * near) / jnp.maximum(jnp.sum(near), 1)
 
 
@@ -214,14 +224,20 @@ class FrameFlowMatching(eqx.Module):
     ``t > auxiliary_after``, :func:`backbone_distance_loss` between the predicted clean frames
     (:func:`predicted_end` of the velocity) and the data, weighted by the same ``w(t)`` (FrameFlow's
     backbone and distance losses on atoms scaled by ``1/(1 − t)``; the ideal atoms sit on the
-    frames, so the frames alone determine everything)."""
+    frames, so the frames alone determine everything). ``distance_pairs`` picks the pairs of its
+    distance term (:func:`backbone_distance_loss`'s ``pairs``)."""
 
     rotation_scheduler: Scheduler = eqx.field(default_factory=CondOT)
     ot: bool = eqx.field(static=True, default=False)
     weights: tuple[float, float] = eqx.field(static=True, default=(1.0, 1.0))
     auxiliary_weight: float = eqx.field(static=True, default=0.0)
     auxiliary_after: float = eqx.field(static=True, default=0.75)
+    distance_pairs: str = eqx.field(static=True, default="true")
     clip: float = eqx.field(static=True, default=0.9)
+
+    def __check_init__(self):
+        if self.distance_pairs not in DISTANCE_PAIRS:
+            raise ValueError(f"distance_pairs must be one of {DISTANCE_PAIRS}, got {self.distance_pairs!r}")
 
     def prepare(self, model, x1, condition, key):
         """The OT pairing of prior and data translations for one step (``None`` without
@@ -263,7 +279,7 @@ class FrameFlowMatching(eqx.Module):
                 r_hat, c_hat = predicted_end(rt, ct, vr, vc, ti, self.rotation_scheduler)
             if self.auxiliary_weight > 0:
                 late = (ti > self.auxiliary_after).astype(value.dtype)
-                value = value + self.auxiliary_weight * late * weight * backbone_distance_loss(r_hat, c_hat, r1, c1)
+                value = value + self.auxiliary_weight * late * weight * backbone_distance_loss(r_hat, c_hat, r1, c1, pairs=self.distance_pairs)
             return value
 
         return jnp.mean(jax.vmap(one)(t, x0, x1))
