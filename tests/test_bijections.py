@@ -188,6 +188,7 @@ def test_bnaf_is_autoregressive_and_increasing_in_its_own_coordinate():
         assert np.all(np.abs(jac[np.tril_indices(5, -1)]) > 1e-6)
 
 
+@pytest.mark.slow
 def test_bnaf_learns_a_bimodal_density_no_gaussian_fits():
     """Two well-separated modes: BNAF's fitted NLL is far below the best Gaussian's (the fitted
     Gaussian pays for the empty middle), and close to the data's own entropy."""

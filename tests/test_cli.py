@@ -42,6 +42,7 @@ def test_fit_on_digits_reports_bits_per_dim(tmp_path):
     assert 0 < m["test_bits_per_dim"] < 8 and (tmp_path / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path, capsys):
     assert main(["fit", "--model", "glow", "--data", "digits", "--steps", "30", "--layers", "1", "--levels", "2",
                  "--width", "8", "--batch-size", "32", "--eval-points", "64", "--out", str(tmp_path), "--quiet"]) == 0
@@ -95,6 +96,7 @@ def test_nan_data_and_wrong_dimension(run_dir, tmp_path, capsys):
     assert "dimension 3 but the model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_continuous_models_from_the_command_line(tmp_path, capsys):
     small = ["--steps", "100", "--width", "16", "--eval-points", "200", "--quiet"]
     assert main(["fit", "--model", "ot-fm", "--data", "8gaussians", "--out", str(tmp_path / "ot"), *small]) == 0
@@ -135,6 +137,7 @@ def test_discrete_flow_matching_from_the_command_line(tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow
 def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     from pathlib import Path
 
@@ -163,6 +166,7 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
         assert len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow
 def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     run, out = tmp_path / "frames", tmp_path / "samples"
     assert main(["proteins", "train", "--length", "6", "--steps", "4", "--batch-size", "8", "--width", "16",
@@ -204,6 +208,7 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
 RFM_SMALL = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
 
 
+@pytest.mark.slow
 def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, capsys):
     from geoflow.commands import count_parameters
     from manifolds import Sphere, rfm
@@ -222,6 +227,7 @@ def test_riemannian_flow_matching_on_the_sphere_from_the_command_line(tmp_path, 
     assert (tmp_path / "v" / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_riemannian_flow_matching_on_so3_from_the_command_line(tmp_path, capsys):
     from manifolds import SO3
 
@@ -248,6 +254,7 @@ def test_riemannian_flow_matching_on_so3_from_the_command_line(tmp_path, capsys)
     assert "expects points of shape (3, 3)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_riemannian_flow_matching_on_se3_frames_and_its_errors(tmp_path, capsys):
     from manifolds import SO3
 

@@ -25,6 +25,7 @@ def loaded_after(statement: str) -> set[str]:
     return set(out.split())
 
 
+@pytest.mark.slow
 def test_imports_run_one_way():
     assert loaded_after("import geoflow, geoflow.cli, geoflow.commands") == set()
     assert loaded_after("import manifolds, manifolds.cli") == {"manifolds"}

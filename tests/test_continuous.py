@@ -88,6 +88,7 @@ def test_exact_and_hutchinson_log_densities_agree_in_expectation():
         hutch.log_prob(x)
 
 
+@pytest.mark.slow
 def test_backsolve_adjoint_gradient_matches_checkpointed_backprop():
     flow = _small_cnf(solver=ODESolver(rtol=1e-7, atol=1e-7))
     back = eqx.tree_at(lambda m: m.bijection.solver, flow, ODESolver(rtol=1e-7, atol=1e-7, adjoint="backsolve"))

@@ -60,6 +60,7 @@ def test_rates_satisfy_the_kolmogorov_forward_equation(path, eta):
 @pytest.mark.parametrize("source,eta,method,corrector", [("mask", 0.0, "euler", 0), ("mask", 1.0, "tau-leaping", 0),
                                                          ("uniform", 0.0, "euler", 0), ("uniform", 1.0, "euler", 0),
                                                          ("uniform", 0.0, "euler", 2)])
+@pytest.mark.slow
 def test_sampler_with_the_exact_posterior_reproduces_the_distribution(source, eta, method, corrector):
     support, probs = _small_distribution(seed=1)
     path = MixturePath(V, source)

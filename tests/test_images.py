@@ -91,6 +91,7 @@ def test_split_prior_and_multiscale_log_det_on_a_tiny_image():
     lambda k: realnvp_multiscale(k, (1, 4, 4), couplings=2, width=8, blocks=1),
     lambda k: residual_image_flow(k, (1, 4, 4), depth=1, width=8, log_det="exact"),
 ], ids=["glow", "realnvp-ms", "residual"])
+@pytest.mark.slow
 def test_multiscale_models_log_det_and_inverse(make):
     model = perturb(make(jax.random.key(2)), jax.random.key(3), scale=0.1)
     pixels = jax.random.uniform(jax.random.key(4), (1, 4, 4), minval=1.0, maxval=255.0)
@@ -269,6 +270,7 @@ def test_spectral_normalisation_bounds_every_layer_after_perturbations(shape):
 
 # ---- dequantisation --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_variational_dequantization_bound_beats_uniform_after_short_training():
     # toy discrete set: 1×2×2 images with 4 levels whose pixels are all equal (log P = −log 4)
     rng = np.random.default_rng(0)

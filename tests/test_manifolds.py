@@ -393,6 +393,7 @@ def test_tangent_bases_are_orthonormal_and_span_the_tangent_projection():
                 np.testing.assert_allclose(b.T @ b, projector, atol=1e-12, err_msg=type(m).__name__)
 
 
+@pytest.mark.slow
 def test_manifold_distributions_refuse_points_and_means_off_their_manifold():
     """Points of norm 2 and reflections were scored with finite log-densities; unchecked means
     were accepted. Both are now refused at the boundary, as the flow models do."""

@@ -242,6 +242,7 @@ print(json.dumps({"single": single.train_loss + single.val_loss, "multi": multi.
 """
 
 
+@pytest.mark.slow
 def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devices():
     """The atom assignment moved into ``prepare``: the prepared loss equals the inline one, and
     a 4-device fit (a host solve inside a sharded step is what deadlocked OT-CFM) finishes within
@@ -295,6 +296,7 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     np.testing.assert_allclose(res["multi"], res["single"], rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_fake_atoms_fill_padding_in_training_and_leave_the_samples():
     """FlowMol3's fake atoms: a training molecule of n atoms gains k ~ U{0…min(⌊f n⌋, N − n)}
     atoms of the extra type in padding slots, unbonded, beside real atoms, and the counts' law is

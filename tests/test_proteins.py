@@ -170,6 +170,7 @@ def test_exact_log_prob_counts_only_the_centred_directions():
     np.testing.assert_allclose(model.log_prob(x), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_frame_flow_trains_and_samples_valid_frames():
     import geoflow as gf
 
@@ -284,6 +285,7 @@ class _Oracle(eqx.Module):
         return omega, self.c1 - translations
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", [CondOT(), Exponential(10.0)])
 def test_a_clean_frame_oracle_has_zero_loss_the_path_velocity_and_samples_the_data(sampling):
     """With the exact clean frames of a one-fragment set, FrameFlow's loss vanishes, the field is
