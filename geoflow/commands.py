@@ -61,10 +61,12 @@ def choice(valid, what: str) -> Callable[[str], str]:
 # ---- the training skeleton -------------------------------------------------------------------
 
 
-def add_training_arguments(parser, *, steps: int, batch_size: int, out: Path | None = None) -> None:
+def add_training_arguments(parser, *, steps: int | None, batch_size: int, out: Path | None = None) -> None:
     """``--steps``, ``--batch-size``, ``--lr``, ``--ema``, ``--quiet``, ``--seed`` and ``--out``
-    with this command's defaults (``out=None``: the command names the run directory)."""
-    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps requested")
+    with this command's defaults (``out=None``: the command names the run directory;
+    ``steps=None``: the command chooses, e.g. by the data's mode, when the option is not given)."""
+    parser.add_argument("--steps", type=int, default=steps,
+                        help="optimizer steps requested" + ("" if steps is not None else " (default: by the command's mode)"))
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, metavar="DECAY",

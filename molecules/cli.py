@@ -25,6 +25,12 @@ from geoflow.commands import (TrainingRun, add_training_arguments, choice, exist
 
 NAME = "molecules"
 
+# what each hydrogen mode trains with unless told otherwise: the runs behind RESULTS' rows
+# (implicit: 97.7% valid after 20,000 steps, 1.5 CPU hours; explicit: the time weight and the
+# bond-length head take molecule stability by EDM's distance rule past 50% in 8,000 steps)
+MODE_DEFAULTS = {"implicit": {"steps": 20_000, "time_weight": 0.0, "bond_basis": 0},
+                 "explicit": {"steps": 8_000, "time_weight": 1.5, "bond_basis": 24}}
+
 REFINE = 5  # EDM-rule molecule stability 25% -> 33% on explicit-hydrogen QM9 for 5% more sampling time (RESULTS)
 
 
@@ -37,21 +43,19 @@ def add_parser(sub):
     t.add_argument("--subset", type=int, help="train on this many molecules drawn at random")
     t.add_argument("--hydrogens", type=choice(("explicit", "implicit"), "hydrogen mode"), default="implicit",
                    help="implicit (heavy atoms only, up to 9; the default) or hydrogens as atoms (up to 29)")
-    # the run behind RESULTS' implicit-hydrogen row: 97.7% valid after 20,000 steps (1.5 CPU hours)
-    add_training_arguments(t, steps=20_000, batch_size=64, out=Path("runs/molecules-qm9"))
+    add_training_arguments(t, steps=None, batch_size=64, out=Path("runs/molecules-qm9"))
     t.add_argument("--scalars", type=int, default=64, help="scalar channels of the network")
     t.add_argument("--vectors", type=int, default=16, help="vector channels (each parity) of the network")
     t.add_argument("--layers", type=int, default=4)
-    t.add_argument("--time-weight", type=float, default=0.0,
-                   help="cap of the position loss's clip(t/(1 − t)) weight (MoleculeFlowMatching.time_weight; 0: uniform). "
-                        "With explicit hydrogens 1.5 gave more molecules passing EDM's distance rule at equal steps and "
-                        "fewer valid ones (RESULTS)")
+    t.add_argument("--time-weight", type=float,
+                   help="cap of the position loss's clip(t/(1 − t)) weight (MoleculeFlowMatching.time_weight; 0: uniform; "
+                        "default: the hydrogen mode's, MODE_DEFAULTS)")
     t.add_argument("--fake-atoms", type=float, default=0.0,
                    help="FlowMol3's fake atoms: up to this fraction of each molecule's atom count added in training as "
                         "atoms of an extra type that sampling removes (MoleculeFlow.fake_atoms; 0: none)")
-    t.add_argument("--bond-basis", type=int, default=0,
-                   help="Gaussians of the network's bond-length head (VectorNetwork(bond_basis=K); 0: none). With explicit "
-                        "hydrogens 24 took molecule stability by EDM's distance rule past 50% (RESULTS)")
+    t.add_argument("--bond-basis", type=int,
+                   help="Gaussians of the network's bond-length head (VectorNetwork(bond_basis=K); 0: none; default: the "
+                        "hydrogen mode's, MODE_DEFAULTS)")
     s = msub.add_parser("sample", help="sample molecules from a trained run into an SDF file")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("-n", type=int, default=100)
@@ -68,24 +72,32 @@ def add_parser(sub):
     return m
 
 
+def mode_option(args, name: str):
+    """The value of ``train``'s option ``name`` (``"steps"``, ``"time_weight"``, ``"bond_basis"``):
+    as given, or the hydrogen mode's default (:data:`MODE_DEFAULTS`)."""
+    given = getattr(args, name)
+    return MODE_DEFAULTS[args.hydrogens][name] if given is None else given
+
+
 def cmd_train(args) -> dict:
     from geoflow.train import fit
 
     from .flow import MoleculeFlow, MoleculeFlowMatching
     from .qm9 import load_qm9, qm9_vocabulary
 
+    time_weight, bond_basis = (mode_option(args, name) for name in ("time_weight", "bond_basis"))
     run = TrainingRun.start(args, args.out)
     key_model, key_fit = run.keys(2)
     data = load_qm9(args.data_path, subset=args.subset, seed=args.seed, hydrogens=args.hydrogens)
     _, max_atoms = qm9_vocabulary(args.hydrogens)
     counts = np.bincount(np.asarray(data.graphs.mask).sum(1), minlength=max_atoms + 1)
     model = MoleculeFlow(data.vocabulary, max_atoms, counts, key=key_model, scalars=args.scalars,
-                         vectors=args.vectors, layers=args.layers, fake_atoms=args.fake_atoms, bond_basis=args.bond_basis)
-    loss = MoleculeFlowMatching(permute=True, time_weight=args.time_weight)
-    model, history = fit(model, data.graphs, key=key_fit, loss=loss, **fit_options(args))
+                         vectors=args.vectors, layers=args.layers, fake_atoms=args.fake_atoms, bond_basis=bond_basis)
+    loss = MoleculeFlowMatching(permute=True, time_weight=time_weight)
+    model, history = fit(model, data.graphs, key=key_fit, loss=loss, **{**fit_options(args), "steps": mode_option(args, "steps")})
     (run.out / "train_smiles.txt").write_text("\n".join(data.smiles) + "\n")
-    info = {"data": args.data, "hydrogens": args.hydrogens, "time_weight": args.time_weight, "fake_atoms": args.fake_atoms,
-            "bond_basis": args.bond_basis}
+    info = {"data": args.data, "hydrogens": args.hydrogens, "time_weight": time_weight, "fake_atoms": args.fake_atoms,
+            "bond_basis": bond_basis}
     res = {**info, "molecules": len(data), "perception_failures": data.failures,
            **training_summary(history, args.batch_size)}
     return run.finish(model, info, res, run.out / "train_smiles.txt")

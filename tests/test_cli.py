@@ -166,6 +166,22 @@ def test_molecules_train_sample_evaluate_from_the_command_line(tmp_path, capsys)
         assert len(err) == 1 and message in err[0], err
 
 
+def test_molecule_training_defaults_follow_the_hydrogen_mode():
+    """Unless given, the steps, the time weight and the bond-length head are the hydrogen mode's
+    (explicit: 8,000, 1.5 and 24, the run behind RESULTS' explicit-hydrogen row); a value given
+    is used as given, zero included."""
+    from geoflow.cli import build_parser
+    from molecules.cli import mode_option
+
+    parse = lambda *a: build_parser().parse_args(["molecules", "train", *a])
+    explicit, implicit = parse("--hydrogens", "explicit"), parse()
+    names = ("steps", "time_weight", "bond_basis")
+    assert [mode_option(explicit, n) for n in names] == [8_000, 1.5, 24]
+    assert [mode_option(implicit, n) for n in names] == [20_000, 0.0, 0]
+    given = parse("--hydrogens", "explicit", "--steps", "5", "--time-weight", "0", "--bond-basis", "0")
+    assert [mode_option(given, n) for n in names] == [5, 0.0, 0]
+
+
 @pytest.mark.slow
 def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     run, out = tmp_path / "frames", tmp_path / "samples"
