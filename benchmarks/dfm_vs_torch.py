@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
@@ -34,7 +33,7 @@ from flow_matching.path.scheduler import PolynomialConvexScheduler
 from flow_matching.solver import MixtureDiscreteEulerSolver
 from flow_matching.utils import ModelWrapper
 
-from _timing import fit_rate, loop_rate, timed
+from _timing import fit_rate, loop_rate, scan_step_rate, timed
 
 from discrete import DiscreteFlowMatching, dfm
 from discrete.datasets import checkerboard_tokens, checkerboard_tokens_log_prob
@@ -101,8 +100,6 @@ def bare_train_rate(steps):
     t = jax.random.uniform(keys[-2], (BATCH,))
     masked = jax.random.uniform(keys[-1], (BATCH, L)) > t[:, None]
     xt = jnp.where(masked, V, x1)
-    opt = optax.adam(1e-3)
-
     def loss(p):
         h = jnp.concatenate([p["embed"][xt].reshape(BATCH, -1), t[:, None]], 1)
         for a, b in p["layers"][:-1]:
@@ -111,20 +108,7 @@ def bare_train_rate(steps):
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), x1[..., None], -1)[..., 0]
         return jnp.mean(jnp.sum(ce * masked, 1) / (1 - t))
 
-    @jax.jit
-    def train(p):
-        def step(carry, _):
-            p, state = carry
-            value, grads = jax.value_and_grad(loss)(p)
-            updates, state = opt.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), value
-
-        return jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[1]
-
-    train(params).block_until_ready()
-    t0 = time.perf_counter()
-    train(params).block_until_ready()
-    return steps / (time.perf_counter() - t0)
+    return scan_step_rate(loss, params, optax.adam(1e-3), steps)
 
 
 def geoflow_train_rate(data, steps):
