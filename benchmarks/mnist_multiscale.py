@@ -36,9 +36,10 @@ import optax
 from geoflow import fit
 from geoflow.datasets import load_images
 from geoflow.datasets.locations import shared_data
-from geoflow.dequantization import UniformDequantization, uniform_bound_batched
+from geoflow.dequantization import (UniformDequantization, VariationalDequantization, VariationalDequantizer,
+                                    VariationallyDequantized, bound_batched)
 from geoflow.metrics import bits_per_dim
-from geoflow.image_flows import glow, realnvp_multiscale, sample_at_temperature
+from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow, sample_at_temperature
 from geoflow.nn import trainable
 from geoflow.plots import plot_images
 
@@ -72,54 +73,104 @@ def sampling_rate(model, n: int = 64, reps: int = 3) -> float:
     return n * reps / (time.perf_counter() - t0)
 
 
+class Curve:
+    """Validation bits/dim against epochs and training CPU seconds, one point per ``fit`` chunk,
+    kept in ``path`` (beside the checkpoint) so that a resumed run continues its curve and its
+    CPU clock. Validation CPU time is not counted as training."""
+
+    def __init__(self, path: Path | None, batch: int, train_size: int, resume: bool):
+        self.path, self.batch, self.train_size = path, batch, train_size
+        self.points = json.loads(path.read_text()) if resume and path is not None and path.is_file() else []
+        self.cpu0 = time.process_time() - (self.points[-1]["train_cpu_s"] if self.points else 0.0)
+
+    def __call__(self, step, model, history):
+        if self.points and step <= self.points[-1]["step"]:
+            return  # the chunk a resumed run starts from was recorded before it stopped
+        self.points.append({"step": step, "epoch": step * self.batch / self.train_size,
+                            "train_cpu_s": time.process_time() - self.cpu0,
+                            "val_bits_per_dim": history.val_loss[-1] / (784 * np.log(2))})
+        print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.points[-1].items()),
+              flush=True)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.points))
+
+
+def build(name: str, key, args):
+    """The flow ``name`` on 1×28×28 pixel values, wrapped with a learned dequantiser when
+    ``args.dequantization == "variational"``."""
+    k_flow, k_deq = jax.random.split(key)
+    shape = (1, 28, 28)
+    if name == "glow":
+        flow = glow(k_flow, shape, levels=2, depth=args.depth, width=args.width)
+    elif name == "realnvp-ms":
+        flow = realnvp_multiscale(k_flow, shape, levels=2, width=args.width, blocks=args.blocks)
+    elif name == "residual":
+        flow = residual_image_flow(k_flow, shape, levels=2, depth=args.depth, width=args.width)
+    else:
+        raise SystemExit(f"unknown model {name!r}; expected glow, realnvp-ms or residual")
+    if args.dequantization == "uniform":
+        return flow
+    return VariationallyDequantized(flow, VariationalDequantizer(shape, width=args.dequantizer_width, key=k_deq))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, help="training steps per model (default 1,000; quick: 20)")
-    ap.add_argument("--depth", type=int, default=8, help="Glow steps per level (K)")
+    ap.add_argument("--depth", type=int, default=8, help="Glow steps per level (K); residual blocks per level")
     ap.add_argument("--width", type=int, default=32, help="channels of the coupling networks")
     ap.add_argument("--blocks", type=int, default=1, help="residual blocks in RealNVP's coupling networks")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--models", default="glow,realnvp-ms", help="comma-separated: glow, realnvp-ms")
+    ap.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, with warm-up and cosine decay")
+    ap.add_argument("--models", default="glow,realnvp-ms", help="comma-separated: glow, realnvp-ms, residual")
+    ap.add_argument("--dequantization", choices=("uniform", "variational"), default="uniform",
+                    help="variational: a learned noise flow (Flow++) trained with the model; the figure is its bound")
+    ap.add_argument("--dequantizer-width", type=int, default=32, help="channels of the variational dequantizer")
+    ap.add_argument("--eval-every", type=int, help="steps between validation points (default min(250, steps/3))")
+    ap.add_argument("--checkpoint", type=Path, help="folder for each model's checkpoint and curve (a long run)")
+    ap.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint")
+    ap.add_argument("--out", type=Path, help="results file (default: results/mnist_multiscale_<models>.json)")
     ap.add_argument("--data-path", type=Path, default=SHARED if SHARED.is_file() else None)
     args = ap.parse_args()
+    if args.resume and args.checkpoint is None:
+        raise SystemExit("--resume continues the run in --checkpoint; give --checkpoint DIR")
     steps = args.steps or (20 if args.quick else 1_000)
+    eval_every = args.eval_every or min(250, max(steps // 3, 1))
     data = load_images("mnist", args.data_path)
     train, val, test = data.train, data.val[:2_000], data.test
     if args.quick:
         train, val, test = train[:5_000], val[:200], test[:200]
     out = {"quick": args.quick, "steps": steps, "batch": args.batch, "depth": args.depth, "width": args.width,
-           "realnvp_blocks": args.blocks,
+           "realnvp_blocks": args.blocks, "learning_rate": args.learning_rate, "dequantization": args.dequantization,
            "published_bits_per_dim": PUBLISHED, "test_images": len(test), "models": {}}
-    loss = UniformDequantization()
-    builders = {
-        "glow": lambda k: glow(k, (1, 28, 28), levels=2, depth=args.depth, width=args.width),
-        "realnvp-ms": lambda k: realnvp_multiscale(k, (1, 28, 28), levels=2, width=args.width, blocks=args.blocks),
-    }
+    loss = UniformDequantization() if args.dequantization == "uniform" else VariationalDequantization()
     figures = Path(__file__).parent / "results"
-    path = figures / ("mnist_multiscale.json" if args.models == "glow,realnvp-ms" else f"mnist_multiscale_{args.models.replace(',', '_')}.json")
+    path = args.out or figures / f"mnist_multiscale_{args.models.replace(',', '_')}.json"
+    if args.checkpoint is not None:
+        args.checkpoint.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
-        if name not in builders:
-            raise SystemExit(f"unknown model {name!r}; expected glow or realnvp-ms")
-        build = builders[name]
-        model = build(jax.random.key(0))
+        model = build(name, jax.random.key(0), args)
         params = sum(a.size for a in jax.tree.leaves(eqx.filter(model, trainable(model))))
         memory = step_memory_mb(model, train[: args.batch], loss)
+        curve = Curve(None if args.checkpoint is None else args.checkpoint / f"{name}_curve.json", args.batch,
+                      len(train), args.resume)
         model, history = fit(model, train, key=jax.random.key(1), loss=loss, val_data=val, steps=steps,
-                             batch_size=args.batch, learning_rate=1e-3, eval_every=min(250, max(steps // 3, 1)),
-                             progress=False)
-        bound = uniform_bound_batched(model, test, jax.random.key(2))
+                             batch_size=args.batch, learning_rate=args.learning_rate, eval_every=eval_every,
+                             progress=False, callback=curve, resume=args.resume,
+                             checkpoint=None if args.checkpoint is None else args.checkpoint / f"{name}.eqx")
+        flow = model.flow if isinstance(model, VariationallyDequantized) else model
+        bound = bound_batched(model, test, jax.random.key(2))
         row = {"parameters": int(params), "test_bits_per_dim": bits_per_dim(float(-bound.mean()), 784),
+               "train_cpu_s": curve.points[-1]["train_cpu_s"], "epochs": steps * args.batch / len(train),
                "fit_seconds": history.wall_time, "train_images_per_s": history.steps_per_second * args.batch,
-               "sample_images_per_s": sampling_rate(model), "train_step_memory_mb_batch64": memory,
-               "best_step": history.best_step, "stop_reason": history.stop_reason,
-               "val_bits_per_dim_curve": [v / (784 * np.log(2)) for v in history.val_loss]}
+               "sample_images_per_s": sampling_rate(flow), "train_step_memory_mb_batch64": memory,
+               "best_step": history.best_step, "stop_reason": history.stop_reason, "curve": curve.points}
         out["models"][name] = row
         if not args.quick:
-            images = np.asarray(sample_at_temperature(model, jax.random.key(3), 64, 0.7))
+            images = np.asarray(sample_at_temperature(flow, jax.random.key(3), 64, 0.7))
             plot_images(figures / f"mnist_{name}_samples.png", np.clip(np.floor(images), 0, 255) / 255,
                         title=f"{name}, {steps} steps, T = 0.7")
-        print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "val_bits_per_dim_curve"},
+        print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"},
               flush=True)
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         path.write_text(json.dumps(out, indent=2))  # after every model: a long run keeps what it finished

@@ -21,7 +21,7 @@ def _images(args):
 
 
 def cmd_fit_images(args) -> dict:
-    from .dequantization import UniformDequantization, uniform_bound_batched
+    from .dequantization import UniformDequantization, bound_batched
     from .metrics import bits_per_dim
     from .image_flows import clip_to_pixels, make_image_flow, sample_at_temperature
     from .plots import plot_images
@@ -39,7 +39,7 @@ def cmd_fit_images(args) -> dict:
     model, history = fit(model, data.train, key=key_fit, loss=UniformDequantization(), val_data=data.val,
                          **fit_options(args))
     test = data.test[: args.eval_points]
-    bound = uniform_bound_batched(model, test, key_eval)
+    bound = bound_batched(model, test, key_eval)
     info = {"model": args.model, "data": data.name, "shape": list(data.shape), "levels": data.levels}
     res = {**info, "seed": args.seed, "parameters": count_parameters(model), **training_summary(history, args.batch_size),
            "test_images": len(test), "test_bits_per_dim": bits_per_dim(float(-bound.mean()), data.dim),
@@ -58,14 +58,14 @@ def cmd_eval_images(args, model, info: dict) -> dict:
     import jax
 
     from .datasets import load_images
-    from .dequantization import uniform_bound_batched
+    from .dequantization import bound_batched
     from .metrics import bits_per_dim
 
     name = args.data or info["data"]
     data = load_images(name, args.data_path, download=args.data_path is None) if name == "mnist" else load_images(name)
     if data.shape != tuple(model.shape):
         raise ValueError(f"{name} images have shape {data.shape}; the model in {args.run} expects {tuple(model.shape)}")
-    bound = uniform_bound_batched(model, data.test, jax.random.key(args.seed))
+    bound = bound_batched(model, data.test, jax.random.key(args.seed))
     res = {"n": len(bound), "nll": float(-bound.mean()), "bits_per_dim": bits_per_dim(float(-bound.mean()), data.dim)}
     print(json.dumps(res))
     return res

@@ -37,14 +37,6 @@ def uniform_bound(model: Distribution, x: Float[Array, "n ..."], key) -> Array:
     return model.log_prob(y, key=k_model if model.needs_key else None)
 
 
-def uniform_bound_batched(model: Distribution, images, key, batch_size: int = 500) -> np.ndarray:
-    """:func:`uniform_bound` over many images in jitted batches (bounded memory); float64 ``(n,)``."""
-    bound = eqx.filter_jit(uniform_bound)
-    keys = jax.random.split(key, max(1, math.ceil(len(images) / batch_size)))
-    return np.concatenate([np.asarray(bound(model, jnp.asarray(images[i * batch_size : (i + 1) * batch_size]), k),
-                                      np.float64) for i, k in enumerate(keys)])
-
-
 class UniformDequantization(eqx.Module):
     """Loss for :func:`geoflow.fit`: the negative uniform-dequantisation bound per example (nats),
     for integer-valued data. :meth:`dequantize` gives the noisy batch ActNorm initializes on."""
@@ -153,3 +145,18 @@ class VariationalDequantization(eqx.Module):
         if condition is not None:
             raise ValueError("dequantised image training is unconditional; got a condition")
         return -jnp.mean(model.elbo(x, key))
+
+
+def bound_batched(model, images, key, batch_size: int = 500) -> np.ndarray:
+    """The dequantisation bound on ``log P(x)`` (nats) of each integer image ``(n, *shape)``, in
+    jitted batches (bounded memory), one noise draw per image; float64 ``(n,)``. For a
+    :class:`VariationallyDequantized` model it is :meth:`~VariationallyDequantized.elbo`, for any
+    other density :func:`uniform_bound`."""
+    bound = _elbo_jit if isinstance(model, VariationallyDequantized) else _uniform_bound_jit
+    keys = jax.random.split(key, max(1, math.ceil(len(images) / batch_size)))
+    return np.concatenate([np.asarray(bound(model, jnp.asarray(images[i * batch_size : (i + 1) * batch_size]), k),
+                                      np.float64) for i, k in enumerate(keys)])
+
+
+_uniform_bound_jit = eqx.filter_jit(uniform_bound)
+_elbo_jit = eqx.filter_jit(lambda model, x, key: model.elbo(x, key))
