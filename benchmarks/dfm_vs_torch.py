@@ -10,7 +10,8 @@ Measured (2 CPU threads each):
 - training steps per second: ``geoflow.fit`` with ``DiscreteFlowMatching()`` (timed on a second
   call, after compilation) against flow_matching's documented loop (``MixtureDiscreteProbPath``
   sample, ``MixturePathGeneralizedKL``, Adam step);
-- the ceiling: the bare JAX training step of the same network (``bare_train_rate``);
+- the ceiling: the bare JAX training step of the same network (``bare_train_rate``) on fixed
+  inputs, and the same step drawing its batch, times and mask as ``fit`` does (equal work);
 - sampling throughput: 10,000 sequences, 100 Euler steps (``DiscreteFlow.sample(steps=100)``
   against ``MixtureDiscreteEulerSolver.sample(step_size=0.01)``).
 
@@ -84,11 +85,13 @@ def torch_train_rate(data, steps):
     return loop_rate(step, steps, warmup=10), net, path
 
 
-def bare_train_rate(steps):
+def bare_train_rate(steps, data=None):
     """Steps per second of the barest JAX training step of the same network: embedding gather,
     MLP, the masked positions' cross-entropy with a fixed per-example weight (the generalized KL
-    of the masking path with linear κ is that), Adam, every step in one jitted scan over fixed
-    inputs. No path sampling and no library code: the ceiling for any JAX implementation."""
+    of the masking path with linear κ is that), Adam, every step in one jitted scan. Without
+    ``data`` the inputs are fixed: no path sampling and no library code, the ceiling for any JAX
+    implementation. With ``data`` (tokens ``(n, L)``) each step also draws its batch, times and
+    mask, the same work as ``fit``'s step: the gap between the two is the sampling's cost."""
     import jax.numpy as jnp
 
     keys = jax.random.split(jax.random.key(0), DEPTH + 4)
@@ -96,12 +99,21 @@ def bare_train_rate(steps):
     params = {"embed": jax.random.normal(keys[0], (V + 1, WIDTH)),
               "layers": [(jax.random.normal(k, (a, b)) / a**0.5, jnp.zeros(b))
                          for k, a, b in zip(keys[1:], sizes[:-1], sizes[1:])]}
-    x1 = jax.random.randint(keys[-3], (BATCH, L), 0, V)
-    t = jax.random.uniform(keys[-2], (BATCH,))
-    masked = jax.random.uniform(keys[-1], (BATCH, L)) > t[:, None]
-    xt = jnp.where(masked, V, x1)
-    def loss(p):
-        h = jnp.concatenate([p["embed"][xt].reshape(BATCH, -1), t[:, None]], 1)
+    tokens = None if data is None else jnp.asarray(data)
+
+    def path_sample(key):
+        k_rows, k_t, k_mask = jax.random.split(key, 3)
+        x1 = jax.random.randint(k_rows, (BATCH, L), 0, V) if tokens is None else \
+            tokens[jax.random.randint(k_rows, (BATCH,), 0, tokens.shape[0])]
+        t = jax.random.uniform(k_t, (BATCH,))
+        masked = jax.random.uniform(k_mask, (BATCH, L)) > t[:, None]
+        return x1, t, masked
+
+    fixed = path_sample(keys[-1])
+
+    def loss(p, key):
+        x1, t, masked = fixed if tokens is None else path_sample(key)
+        h = jnp.concatenate([p["embed"][jnp.where(masked, V, x1)].reshape(BATCH, -1), t[:, None]], 1)
         for a, b in p["layers"][:-1]:
             h = jax.nn.silu(h @ a + b)
         logits = (h @ p["layers"][-1][0] + p["layers"][-1][1]).reshape(BATCH, L, V)
@@ -127,9 +139,10 @@ def main():
 
     g_rate, model = geoflow_train_rate(data, steps)
     t_rate, net, path = torch_train_rate(data, steps)
-    bare = bare_train_rate(steps)
+    bare, same_work = bare_train_rate(steps), bare_train_rate(steps, data)
     out["train_steps_per_s"] = {"geoflow": g_rate, "flow_matching": t_rate, "ratio": g_rate / t_rate,
-                                "bare_jax_step": bare, "geoflow_of_bare": g_rate / bare}
+                                "bare_jax_step": bare, "geoflow_of_bare": g_rate / bare,
+                                "bare_jax_step_sampling_its_batch": same_work, "geoflow_of_same_work": g_rate / same_work}
     print("train", json.dumps({k: round(v, 2) for k, v in out["train_steps_per_s"].items()}), flush=True)
 
     sample = jax.jit(lambda k: model.sample(k, n_sample, steps=EULER_STEPS))
