@@ -3,7 +3,6 @@ pixel-space bits/dim, the MNIST loader."""
 
 import gzip
 import math
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -18,7 +17,7 @@ from geoflow.bijections import (
 )
 from geoflow.dequantization import (
     UniformDequantization, VariationalDequantization, VariationalDequantizer, VariationallyDequantized,
-    bound_batched, uniform_bound,
+    bound_batched,
 )
 from geoflow.distributions import StandardNormal, Transformed
 from geoflow.bijections.base import needs_data_init
