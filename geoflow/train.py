@@ -22,6 +22,9 @@ Later packages (flow matching, CTMC) pass their own. What else a loss or a model
   data-dependent initialization sees the noisy batch.
 - :class:`DataDependentInit` — a model some of whose parameters are set from a first batch
   (Glow's ActNorm): ``needs_data_init()`` and ``data_init(x, key)``.
+
+Which rows each step reads is :mod:`geoflow.train_data`'s; where the arrays live (one device,
+a mesh, several processes) is :mod:`geoflow.train_devices`'s.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from .checks import check_event
 from .nn import trainable
 from .serialization import classes_in, load, save
+from .train_data import (as_arrays, device_batches, is_on_disk, read_chunk, rows_on_disk, split_validation,
+                         step_batch, step_keys)
+from .train_devices import Placement, all_processes, make_mesh, on_one_device, put_tree
 
 
 @runtime_checkable
@@ -132,52 +135,6 @@ def make_optimizer(learning_rate: float, steps: int, warmup_steps: int, schedule
     return optax.chain(*parts)
 
 
-def _as_arrays(data, model, shape=None, check_data=None):
-    """``data`` → ``(x, condition or None)`` as NumPy arrays, checked against the model (or
-    against ``shape``, the example shape a loss declares). ``x`` is float32, or int32 when the
-    loss checks its own data (``check_data(model, x)``, e.g. tokens of a discrete model)."""
-    x, condition = (data if isinstance(data, tuple) else (data, None))
-    x = np.asarray(check_data(model, x)) if check_data is not None else np.asarray(x, dtype=np.float32)
-    shape = getattr(model, "shape", x.shape[1:]) if shape is None else shape
-    check_event(x, shape, "training data")
-    if x.ndim != len(shape) + 1:
-        raise ValueError(f"training data has shape {x.shape}; expected (n, {', '.join(map(str, shape))})")
-    if len(x) == 0:
-        raise ValueError("training data is empty; expected at least one example")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
-        raise ValueError(f"training data contains NaN or inf in {bad} example(s); expected finite values")
-    if condition is not None:
-        condition = np.asarray(condition, dtype=np.float32)
-        if condition.ndim != 2 or len(condition) != len(x):
-            raise ValueError(f"condition has shape {condition.shape}; expected ({len(x)}, cond_dim)")
-        if not np.isfinite(condition).all():
-            raise ValueError("condition contains NaN or inf; expected finite values")
-    elif getattr(model, "cond_shape", None) is not None:
-        raise ValueError("the model is conditional: pass data=(x, condition)")
-    return x, condition
-
-
-def _on_disk(data) -> bool:
-    """Whether ``data`` (an array or ``(x, condition)``) is read from disk as it is needed: a
-    NumPy memory map, e.g. ``np.load(path, mmap_mode="r")``."""
-    return isinstance(data[0] if isinstance(data, tuple) else data, np.memmap)
-
-
-def _rows_on_disk(data, model, shape=None):
-    """``data`` on disk → ``(x, condition or None)``, the memory maps themselves, with their
-    shapes checked against the model (values are checked as rows are read)."""
-    x, condition = (data if isinstance(data, tuple) else (data, None))
-    shape = tuple(getattr(model, "shape", x.shape[1:]) if shape is None else shape)
-    if tuple(x.shape[1:]) != shape or len(x) == 0:
-        raise ValueError(f"training data on disk has shape {x.shape}; expected (n ≥ 1, {', '.join(map(str, shape))})")
-    if condition is not None and (np.ndim(condition) != 2 or len(condition) != len(x)):
-        raise ValueError(f"condition has shape {np.shape(condition)}; expected ({len(x)}, cond_dim)")
-    if condition is None and getattr(model, "cond_shape", None) is not None:
-        raise ValueError("the model is conditional: pass data=(x, condition)")
-    return x, condition
-
-
 def _data_dependent_init(model, x, loss, key, size: int = 512):
     """Glow's data-dependent initialization: a model that says it awaits data is initialized on
     a random batch (dequantized first when the loss says how)."""
@@ -194,15 +151,6 @@ def _data_dependent_init(model, x, loss, key, size: int = 512):
 
 # compiled, not eager: op by op, a multi-scale Glow's init took ~20 s of every image fit
 _compiled_data_init = eqx.filter_jit(lambda model, batch, key: model.data_init(batch, key))
-
-
-def _split(x, c, fraction, key):
-    n_val = int(round(fraction * len(x)))
-    if n_val == 0 or n_val >= len(x):
-        return (x, c), None
-    perm = np.asarray(jax.random.permutation(key, len(x)))
-    tr, va = perm[n_val:], perm[:n_val]
-    return (x[tr], None if c is None else c[tr]), (x[va], None if c is None else c[va])
 
 
 SCHEDULES = ("cosine", "polynomial", "constant")
@@ -252,64 +200,6 @@ def _check_fit_arguments(*, steps, batch_size, learning_rate, warmup_steps, sche
             raise ValueError("devices is an empty list")
 
 
-def _mesh(devices):
-    if devices is None:
-        return None
-    devs = jax.devices() if devices == "all" else (jax.devices()[:devices] if isinstance(devices, int) else list(devices))
-    return Mesh(np.asarray(devs), ("batch",))
-
-
-def _put(a, mesh):
-    """Replicate an array over the mesh (every process passes the same full array)."""
-    if a is None:
-        return None
-    if mesh is None:
-        return jnp.asarray(a)
-    sharding = NamedSharding(mesh, P())
-    if jax.process_count() > 1:
-        return jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a))
-    return jax.device_put(a, sharding)
-
-
-def _put_rows(a, mesh, what: str):
-    """This process's rows of a set spread over the mesh: split evenly over its devices, each
-    device keeping as many rows as the device with the fewest (the rest left out, with a warning)."""
-    if a is None:
-        return None
-    a = np.asarray(a)
-    local_devices = mesh.size // jax.process_count()
-    per_device = min(_process_sizes(len(a))) // local_devices
-    if per_device == 0:
-        raise ValueError(f"{what}: a process holds {min(_process_sizes(len(a)))} rows for its {local_devices} "
-                         "devices; shard_data needs at least one row per device")
-    kept = per_device * local_devices
-    if kept < len(a):
-        warnings.warn(f"fit(shard_data=True): {len(a) - kept} of this process's {len(a)} rows of {what} are left "
-                      f"out so that every device holds {per_device}", RuntimeWarning, stacklevel=4)
-    global_shape = (per_device * mesh.size, *a.shape[1:])
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P("batch")), a[:kept], global_shape)
-
-
-def _process_sizes(n: int) -> list[int]:
-    """Every process's ``n``, in process order."""
-    if jax.process_count() == 1:
-        return [n]
-    from jax.experimental import multihost_utils
-
-    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(n))).ravel()]
-
-
-def _all_processes(a):
-    """``a``'s first rows from every process, concatenated in process order (as many from each as
-    the process with the fewest); ``a`` itself in a single process."""
-    if jax.process_count() == 1:
-        return a
-    from jax.experimental import multihost_utils
-
-    a = np.asarray(a)[: min(_process_sizes(len(a)))]
-    return np.concatenate(list(np.asarray(multihost_utils.process_allgather(a))), 0)
-
-
 def _ema_update(ema, params, decay, step):
     """One step of the exponential moving average of the parameters after ``step`` updates.
 
@@ -327,72 +217,6 @@ def _ema_update(ema, params, decay, step):
 _PREPARE_EXAMPLES = 32_768
 
 
-def _step_keys(key, step):
-    """Step ``step``'s ``(batch key, loss key)``: a pure function of the run's key and the step."""
-    return jax.random.split(jax.random.fold_in(key, step))
-
-
-def _step_indices(key, step, batch_size, n):
-    """Step ``step``'s minibatch rows ``(batch_size,)`` of ``n`` and its loss key."""
-    k_batch, k_loss = _step_keys(key, step)
-    return jax.random.randint(k_batch, (batch_size,), 0, n), k_loss
-
-
-def _step_batch(x, condition, key, step, batch_size):
-    """Step ``step``'s minibatch and loss key (:func:`_step_indices`)."""
-    idx, k_loss = _step_indices(key, step, batch_size, x.shape[0])
-    return x[idx], None if condition is None else condition[idx], k_loss
-
-
-@functools.partial(jax.jit, static_argnames=("num_steps", "batch_size", "n"))
-def _chunk_indices(key, step0, *, num_steps, batch_size, n):
-    """The rows ``(num_steps, batch_size)`` that the steps ``step0 …`` draw (as :func:`_step_batch`)."""
-    return jax.vmap(lambda i: _step_indices(key, step0 + i, batch_size, n)[0])(jnp.arange(num_steps))
-
-
-def _read_chunk(rows, key, step0, active, *, num_steps, batch_size, batch_sharding, what="training data"):
-    """The minibatches of a chunk's first ``active`` steps read from ``rows`` (arrays on disk,
-    e.g. ``np.load(path, mmap_mode="r")``; ``None`` entries stay ``None``), stacked
-    ``(num_steps, batch_size, …)`` with zeros for the steps past ``active``, as float32, on
-    the devices. Each distinct row is read once, in file order."""
-    n = len(rows[0])
-    idx = np.asarray(_chunk_indices(key, jnp.asarray(step0, jnp.int32), num_steps=num_steps, batch_size=batch_size,
-                                    n=n))[:active]
-    wanted, where = np.unique(idx.ravel(), return_inverse=True)
-    sharding = None if batch_sharding is None else NamedSharding(batch_sharding.mesh, P(None, "batch"))
-    stacks = []
-    for a in rows:
-        if a is None:
-            stacks.append(None)
-            continue
-        got = np.asarray(a[wanted], dtype=np.float32)
-        if not np.isfinite(got).all():
-            bad = wanted[~np.isfinite(got).reshape(len(wanted), -1).all(1)]
-            raise ValueError(f"{what} on disk has NaN or inf in row(s) {bad[:5].tolist()}; expected finite values")
-        stack = np.zeros((num_steps, batch_size, *a.shape[1:]), np.float32)
-        stack[:active] = got[where].reshape(active, batch_size, *a.shape[1:])
-        stacks.append(jnp.asarray(stack) if sharding is None else jax.device_put(stack, sharding))
-    return tuple(stacks)
-
-
-def _device_batches(x, condition, key, step, batch_size, mesh):
-    """Step ``step``'s minibatch when the data is sharded over ``mesh``: each device draws its
-    ``batch_size / devices`` examples from the rows it holds, keyed by the step and its position
-    in the mesh, so no example crosses devices and the run stays a pure function of the key for
-    a given partition of the data over the devices."""
-    k_batch, k_loss = _step_keys(key, step)
-    per_device = batch_size // mesh.size
-
-    def draw(rows):
-        x_local, c_local = rows
-        idx = jax.random.randint(jax.random.fold_in(k_batch, jax.lax.axis_index("batch")), (per_device,), 0,
-                                 x_local.shape[0])
-        return x_local[idx], None if c_local is None else c_local[idx]
-
-    xb, cb = jax.shard_map(draw, mesh=mesh, in_specs=(P("batch"),), out_specs=P("batch"))((x, condition))
-    return xb, cb, k_loss
-
-
 @eqx.filter_jit
 def _prepare_chunk(model, x, condition, key, step0, active, *, num_steps, batch_size, loss):
     """``loss.prepare`` for the steps ``step0 + i`` (``i < num_steps``) of a chunk, stacked on a
@@ -405,7 +229,7 @@ def _prepare_chunk(model, x, condition, key, step0, active, *, num_steps, batch_
     n_blocks = -(-num_steps // max_block)
     block = -(-num_steps // n_blocks)  # equal blocks: the padding wastes fewer than n_blocks steps
     blocks = jnp.arange(n_blocks * block).reshape(n_blocks, block)
-    prepare_block = jax.vmap(lambda i: loss.prepare(model, *_step_batch(x, condition, key, step0 + i, batch_size)))
+    prepare_block = jax.vmap(lambda i: loss.prepare(model, *step_batch(x, condition, key, step0 + i, batch_size)))
     skipped = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(prepare_block, blocks[0]))
     prepared = jax.lax.map(lambda b: jax.lax.cond(b[0] < active, prepare_block, lambda _: skipped, b), blocks)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num_steps], prepared)
@@ -427,8 +251,8 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
 
     ``prepared`` (``None``, or :func:`_prepare_chunk`'s stack) gives each step its ``prepared=``.
     With ``sharded_data`` the rows of ``x`` are spread over the mesh and each device draws its
-    part of the batch from its own (:func:`_device_batches`). ``streamed`` (with ``x`` and
-    ``condition`` None) is :func:`_read_chunk`'s stack of the chunk's minibatches, read from disk.
+    part of the batch from its own (:func:`device_batches`). ``streamed`` (with ``x`` and
+    ``condition`` None) is :func:`read_chunk`'s stack of the chunk's minibatches, read from disk.
     """
     params, opt_state, ema, static, step0, bad_step, active = state
 
@@ -441,11 +265,11 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
         params, opt_state, ema, bad_step = carry
         step = step0 + i
         if batch is not None:
-            (xb, cb), k_loss = batch, _step_keys(key, step)[1]
+            (xb, cb), k_loss = batch, step_keys(key, step)[1]
         elif sharded_data:
-            xb, cb, k_loss = _device_batches(x, condition, key, step, batch_size, batch_sharding.mesh)
+            xb, cb, k_loss = device_batches(x, condition, key, step, batch_size, batch_sharding.mesh)
         else:
-            xb, cb, k_loss = _step_batch(x, condition, key, step, batch_size)
+            xb, cb, k_loss = step_batch(x, condition, key, step, batch_size)
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             cb = None if cb is None else jax.lax.with_sharding_constraint(cb, batch_sharding)
@@ -574,25 +398,25 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
             raise ValueError("data=None needs a loss that draws its own examples from the model (it declares "
                              f"zero-width data, e.g. geoflow.vi.ElboLoss); {type(loss).__name__} trains on data")
         data = np.zeros((1, 0), np.float32)  # a single empty row: nothing to hold out for validation
-    on_disk = _on_disk(data)
+    on_disk = is_on_disk(data)
     if on_disk:
         _check_data_on_disk(loss, checks, shard_data, val_data, val_fraction)
-        x, condition = _rows_on_disk(data, model, checks[0])
+        x, condition = rows_on_disk(data, model, checks[0])
     else:
-        x, condition = _as_arrays(data, model, *checks)
-    model = _data_dependent_init(model, _all_processes(x) if shard_data else x, loss, jax.random.fold_in(key, 3))
+        x, condition = as_arrays(data, model, *checks)
+    model = _data_dependent_init(model, all_processes(x) if shard_data else x, loss, jax.random.fold_in(key, 3))
     if on_disk:
-        train, val = (x, condition), None if val_data is None else _as_arrays(val_data, model, *checks)
+        train, val = (x, condition), None if val_data is None else as_arrays(val_data, model, *checks)
     elif val_data is not None:
-        train, val = (x, condition), _as_arrays(val_data, model, *checks)
+        train, val = (x, condition), as_arrays(val_data, model, *checks)
     elif val_fraction > 0:
-        train, val = _split(x, condition, val_fraction,
+        train, val = split_validation(x, condition, val_fraction,
                             jax.random.fold_in(split_key, jax.process_index()) if shard_data else split_key)
     else:
         train, val = (x, condition), None
     if val_metric is not None and val is None:
         raise ValueError("val_metric needs validation data: give val_data or a val_fraction above 0")
-    mesh = _mesh(devices)
+    mesh = make_mesh(devices)
     if mesh is not None and batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")
     if optimizer is None:
@@ -605,7 +429,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         state = TrainingState.resumed(checkpoint, model, ema_decay)
     else:
         state = TrainingState.start(params, optimizer, ema_decay)
-    placed = _Placement(mesh, isinstance(loss, HostPrepared), train, val, shard_data, on_disk)
+    placed = Placement(mesh, isinstance(loss, HostPrepared), train, val, shard_data, on_disk)
     state.put_on(placed)
     bar = _progress_bar(steps, state.step) if progress else None
     clock = _StepClock()
@@ -617,12 +441,12 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         step0, active = jnp.asarray(state.step, jnp.int32), jnp.asarray(n, jnp.int32)
         prepared = None
         if placed.host_solver:  # a program of its own, on one device
-            prepared = _put_tree(_prepare_chunk(eqx.combine(_on_one_device(state.params, mesh), static),
+            prepared = put_tree(_prepare_chunk(eqx.combine(on_one_device(state.params, mesh), static),
                                                 *placed.prepare_data, train_key, step0, active, num_steps=chunk,
                                                 batch_size=batch_size, loss=loss), mesh)
         streamed = None
         if placed.on_disk is not None:  # this chunk's minibatches, read in one pass
-            streamed = _read_chunk(placed.on_disk, train_key, state.step, n, num_steps=chunk, batch_size=batch_size,
+            streamed = read_chunk(placed.on_disk, train_key, state.step, n, num_steps=chunk, batch_size=batch_size,
                                    batch_sharding=placed.batch_sharding)
         chunk_state = (state.params, state.opt_state, state.ema, static, step0, state.bad_step, active)
         state.params, state.opt_state, state.ema, state.bad_step, losses = _train_chunk(
@@ -723,9 +547,9 @@ class TrainingState:
         return cls(_trainable_params(saved["model"]), saved["opt_state"], ema, int(saved["step"]), saved["history"],
                    _trainable_params(saved["best_model"]))
 
-    def put_on(self, placed: _Placement) -> None:
+    def put_on(self, placed: Placement) -> None:
         """Replicate the parameters, optimizer state and average over ``placed``'s mesh."""
-        self.params, self.opt_state, self.ema = (_put_tree(t, placed.mesh) for t in (self.params, self.opt_state, self.ema))
+        self.params, self.opt_state, self.ema = (put_tree(t, placed.mesh) for t in (self.params, self.opt_state, self.ema))
 
     @property
     def evaluated(self):
@@ -765,25 +589,6 @@ class TrainingState:
         save(checkpoint, {"model": eqx.combine(self.params, static), "opt_state": self.opt_state, "step": self.step,
                           "history": self.history, "best_model": best_model,
                           "ema_model": None if self.ema is None else model_now})
-
-
-class _Placement:
-    """Where the training and validation arrays live: replicated over the mesh, spread over it
-    (``sharded``), and a copy on one device for a loss with a host solver (whose validation
-    runs there too)."""
-
-    def __init__(self, mesh, host_solver: bool, train, val, sharded: bool = False, on_disk: bool = False):
-        self.mesh, self.host_solver = mesh, host_solver
-        self.batch_sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
-        put = (lambda a, what: _put_rows(a, mesh, what)) if sharded else (lambda a, what: _put(a, mesh))
-        self.on_disk = train if on_disk else None  # read chunk by chunk (_read_chunk), never placed whole
-        self.train = (None, None) if on_disk else (put(train[0], "training data"), put(train[1], "training conditions"))
-        self.prepare_data = _on_one_device(self.train, mesh) if host_solver else None
-        self.val = None if val is None else self.on_eval_device((put(val[0], "validation data"),
-                                                                 put(val[1], "validation conditions")))
-
-    def on_eval_device(self, tree):
-        return _on_one_device(tree, self.mesh) if self.host_solver else tree
 
 
 class _StepClock:
@@ -826,16 +631,3 @@ def _trainable_params(model):
     return None if model is None else eqx.partition(model, trainable(model))[0]
 
 
-def _on_one_device(tree, mesh):
-    """``tree``'s replicated arrays as this process's copy on its first device (every process
-    holds the whole of a replicated array, so each works on its own)."""
-    if mesh is None:
-        return tree
-    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
-
-
-def _put_tree(tree, mesh):
-    """``tree``'s arrays replicated over the mesh (from each process's identical local copy)."""
-    if mesh is None:
-        return tree
-    return jax.tree.map(lambda a: _put(a, mesh) if eqx.is_array(a) else a, tree)

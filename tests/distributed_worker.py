@@ -27,7 +27,7 @@ import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import geoflow as gf  # noqa: E402
-import geoflow.train  # noqa: E402
+import geoflow.train_devices  # noqa: E402
 from geoflow.continuous import cfm, flow_matching  # noqa: E402
 from geoflow.datasets import sample_toy  # noqa: E402
 
@@ -76,8 +76,8 @@ x_val = sample_toy("moons", 400, seed=1)
 val_part = slice(process_id * 400 // num_processes, (process_id + 1) * 400 // num_processes)
 shards.clear()
 sharded = [gf.fit(model, x[mine], val_data=x_val[val_part], shard_data=True, loss=recording_loss, **kw) for _ in range(2)]
-mesh = geoflow.train._mesh("all")
-rows_per_device = geoflow.train._put_rows(x[mine], mesh, "x").addressable_shards[0].data.shape[0]
+mesh = geoflow.train_devices.make_mesh("all")
+rows_per_device = geoflow.train_devices.put_rows(x[mine], mesh, "x").addressable_shards[0].data.shape[0]
 (m1, h1), (m2, h2) = sharded
 
 print(json.dumps({"sharded": {"train": h1.train_loss, "val": h1.val_loss, "parameters": [a.ravel().tolist() for a in leaves(m1)],
