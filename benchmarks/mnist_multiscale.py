@@ -43,6 +43,8 @@ from geoflow.image_flows import make_image_flow, sample_at_temperature
 from geoflow.nn import trainable
 from geoflow.plots import plot_images
 
+from _curve import PersistedCurve
+
 PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "ffjord": 0.99}
 SHARED = shared_data("mnist.npz")
 
@@ -75,25 +77,24 @@ def sampling_rate(model, n: int = 64, reps: int = 3) -> float:
 
 class Curve:
     """Validation bits/dim against epochs and training CPU seconds, one point per ``fit`` chunk,
-    kept in ``path`` (beside the checkpoint) so that a resumed run continues its curve and its
-    CPU clock. The clock is the process's CPU time, so it includes compilation and the validation
-    passes (2,000 images at each point)."""
+    persisted beside the checkpoint (:class:`PersistedCurve`). The clock is the process's CPU
+    time, so it includes compilation and the validation passes (2,000 images at each point)."""
 
     def __init__(self, path: Path | None, batch: int, train_size: int, resume: bool):
-        self.path, self.batch, self.train_size = path, batch, train_size
-        self.points = json.loads(path.read_text()) if resume and path is not None and path.is_file() else []
-        self.cpu0 = time.process_time() - (self.points[-1]["train_cpu_s"] if self.points else 0.0)
+        self.batch, self.train_size = batch, train_size
+        self.curve = PersistedCurve(path, resume)
+
+    @property
+    def points(self) -> list[dict]:
+        return self.curve.points
 
     def __call__(self, step, model, history):
-        if self.points and step <= self.points[-1]["step"]:
-            return  # the chunk a resumed run starts from was recorded before it stopped
-        self.points.append({"step": step, "epoch": step * self.batch / self.train_size,
-                            "train_cpu_s": time.process_time() - self.cpu0,
-                            "val_bits_per_dim": history.val_loss[-1] / (784 * np.log(2))})
-        print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.points[-1].items()),
+        if self.curve.recorded(step):
+            return
+        point = self.curve.add(step, epoch=step * self.batch / self.train_size,
+                               val_bits_per_dim=history.val_loss[-1] / (784 * np.log(2)))
+        print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in point.items()),
               flush=True)
-        if self.path is not None:
-            self.path.write_text(json.dumps(self.points))
 
 
 def build(name: str, key, args):

@@ -8,6 +8,7 @@ structure-prediction stack behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
        [--auxiliary-weight W] [--distance-pairs true|either] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
+       [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from geoflow.serialization import save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, sample_backbones)
 from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule
+
+from _curve import PersistedCurve
 
 
 def brief(metrics: dict) -> dict:
@@ -72,6 +75,8 @@ def main():
     ap.add_argument("--nll-tolerance", type=float, default=1e-3,
                     help="Tsit5's rtol = atol for the NLL (its error is measured against a ten times tighter one)")
     ap.add_argument("--tag", default="", help="suffix of the results file (a variant keeps the default run's)")
+    ap.add_argument("--checkpoint", type=Path, help="folder for each length's checkpoint and curve (a long run)")
+    ap.add_argument("--resume", action="store_true", help="continue the runs checkpointed in --checkpoint")
     args = ap.parse_args()
     if args.quick:
         args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
@@ -84,23 +89,23 @@ def main():
                           rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
                                  auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs)
-        curve, every = [], max(args.steps // args.curve, 1)
+        every = max(args.steps // args.curve, 1)
+        if args.checkpoint is not None:
+            args.checkpoint.mkdir(parents=True, exist_ok=True)
+        curve = PersistedCurve(None if args.checkpoint is None else args.checkpoint / f"L{length}_curve.json",
+                               args.resume)
 
         def draw(model, key, denoise_from=args.denoise_from):
             return sample_backbones(model, key, args.samples, steps=args.sampling_steps,
                                     denoise_from=None if denoise_from >= 1 or args.prediction != "frames" else denoise_from)
 
-        clock = {"eval": 0.0, "start": time.process_time()}
-
-        def evaluate(step, model, history):
-            if step % every and step < args.steps:
+        def evaluate(step, model, history):  # the training clock leaves the evaluations out
+            if (step % every and step < args.steps) or curve.recorded(step):
                 return False
             t0 = time.process_time()
-            samples = draw(model, jax.random.key(2))
-            point = {"step": step, "train_cpu_s": t0 - clock["start"] - clock["eval"],
-                     **brief(backbone_metrics(samples, data.test))}
-            clock["eval"] += time.process_time() - t0
-            curve.append(point)
+            metrics = brief(backbone_metrics(draw(model, jax.random.key(2)), data.test))
+            curve.exclude(time.process_time() - t0)
+            point = curve.add(step, **metrics)
             print(f"  L={length} step {step:6d} cpu {point['train_cpu_s']:7.0f} s  CA-CA within 0.1 Å "
                   f"{point['ca_ca_within_0.1']:.2f}  clash-free {point['clash_free']:.2f}  helix {point['helix']:.2f} "
                   f"strand {point['strand']:.2f}  Rama JS {point['ramachandran_js']:.3f}  Rg {point['rg']:.1f}",
@@ -109,7 +114,8 @@ def main():
 
         model, hist = gf.fit(model, train, key=jax.random.key(1), loss=loss, steps=args.steps,
                              batch_size=args.batch_size, learning_rate=args.lr, eval_every=min(every, 500),
-                             progress=False, callback=evaluate)
+                             progress=False, callback=evaluate, resume=args.resume,
+                             checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             save(args.save / f"model_L{length}.eqx", model)
@@ -120,7 +126,7 @@ def main():
         row = {"train_fragments": len(data.train), "test_fragments": len(data.test), "fit_s": hist.wall_time,
                "train_fragments_per_s": hist.steps_per_second * args.batch_size,
                "sample_fragments_per_s": args.samples / sample_s, "final_train_loss": hist.train_loss[-1],
-               "curve": curve, "model": backbone_metrics(samples, data.test),
+               "curve": curve.points, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
         if args.prediction == "frames":  # the same model sampled with other rotation schedules
             row["sampling_rates"] = {}
