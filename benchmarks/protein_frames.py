@@ -7,7 +7,7 @@ against the prior's). No peer library runs here (FrameFlow is a PyTorch code bas
 structure-prediction stack behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
-       [--auxiliary-weight W] [--distance-pairs true|either] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
+       [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
 """
 
@@ -64,6 +64,8 @@ def main():
                     help="FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
     ap.add_argument("--distance-pairs", choices=DISTANCE_PAIRS, default="true",
                     help="the auxiliary distance loss's pairs: within 6 Å in the data (FrameFlow's) or in either structure")
+    ap.add_argument("--clash-weight", type=float, default=0.0,
+                    help="weight of the late-time penalty on predicted non-local CA pairs closer than 3.5 Å")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--sampling-steps", type=int, default=100)
     ap.add_argument("--denoise-from", type=float, default=0.95,
@@ -88,7 +90,8 @@ def main():
         model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, pair=args.pair, prediction=args.prediction,
                           rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
-                                 auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs)
+                                 auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs,
+                                 clash_weight=args.clash_weight)
         every = max(args.steps // args.curve, 1)
         if args.checkpoint is not None:
             args.checkpoint.mkdir(parents=True, exist_ok=True)

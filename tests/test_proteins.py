@@ -273,6 +273,28 @@ def test_distance_loss_over_either_structures_pairs_sees_a_clash_the_data_mask_d
         FrameFlowMatching(distance_pairs="near")
 
 
+def test_clash_loss_is_zero_on_data_and_pushes_a_clashing_pair_apart():
+    """The clash penalty against a direct sum over pairs: nothing for every training and held-out
+    fragment of 16 residues (their non-local CA pairs are all ≥ 3.6 Å apart); for a chain whose
+    last CA sits 2 Å from the first, exactly that one pair's (3.5 Å − 2 Å)², and its gradient
+    moves the pair apart. Pairs fewer than 3 residues apart never count."""
+    from molecules.proteins.model import CLASH_LOSS_DISTANCE, LENGTH_SCALE, clash_loss
+
+    data = load_fragments(16, stride=4)
+    ca = jnp.asarray(np.concatenate([data.train, data.test])[:, :, 1] * LENGTH_SCALE)
+    assert float(jnp.max(jax.vmap(clash_loss)(ca))) == 0.0
+    length = 8
+    chain = jnp.stack([0.38 * jnp.arange(length), jnp.zeros(length), jnp.zeros(length)], -1)
+    folded = chain.at[-1].set(chain[0] + jnp.array([0.0, 0.2, 0.0]))
+    assert float(clash_loss(folded)) == pytest.approx((CLASH_LOSS_DISTANCE - 0.2) ** 2, rel=1e-5)
+    tight = chain.at[2].set(chain[0] + jnp.array([0.0, 0.1, 0.0]))  # 2 apart in sequence: not a clash
+    assert float(clash_loss(tight)) == 0.0
+    pull = jax.grad(clash_loss)(folded)
+    assert float(jnp.dot(-pull[-1], folded[-1] - folded[0])) > 0
+    with pytest.raises(ValueError, match="clash_weight must be non-negative"):
+        FrameFlowMatching(clash_weight=-1.0)
+
+
 class _Oracle(eqx.Module):
     """A frame network that knows the one data fragment ``(r1, c1)``: its outputs are the exact
     way from any frames to it (what a clean-frame network should learn for a one-point set)."""

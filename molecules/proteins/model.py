@@ -27,6 +27,7 @@ from manifolds.distributions import IGSO3, PowerDistribution
 from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
 from .geometry import backbone_from_frames, frames_from_backbone
+from .metrics import CLASH_SEPARATION
 from .network import FrameNetwork
 
 LENGTH_SCALE = 0.1  # model length unit per Å: translations in nm
@@ -203,6 +204,22 @@ def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6, pairs: str
     return position + jnp.sum((d_hat - d) ** 2 * near) / jnp.maximum(jnp.sum(near), 1)
 
 
+# below the closest CA pair (≥ CLASH_SEPARATION apart in sequence) of any training fragment, 3.6 Å,
+# so that no data fragment is penalised; above the metric's clash distance, 3.0 Å
+CLASH_LOSS_DISTANCE = 3.5 * LENGTH_SCALE
+
+
+def clash_loss(ca, distance: float = CLASH_LOSS_DISTANCE):
+    """``Σ max(0, distance − ‖caᵢ − ca_j‖)²`` over the CA pairs ``(i < j)`` at least
+    ``CLASH_SEPARATION`` residues apart; ``ca`` ``(L, 3)`` in model units (nm). Zero for every
+    fragment whose non-local CA pairs are all ``distance`` or further apart; a sum, not a mean,
+    so that one clash in a long fragment weighs as much as in a short one."""
+    d = jnp.sqrt(jnp.sum((ca[:, None] - ca[None]) ** 2, -1) + 1e-10)
+    index = jnp.arange(ca.shape[0])
+    far = (index[None, :] - index[:, None]) >= CLASH_SEPARATION
+    return jnp.sum(jnp.where(far, jax.nn.relu(distance - d) ** 2, 0.0))
+
+
 def _translation_pairing(x0, x1, length: int):
     """Minibatch-OT indices pairing prior fragments ``x0`` with data ``x1`` (flat points
     ``(n, 12·length)``) by their CA translations, the last ``3·length`` coordinates."""
@@ -225,7 +242,9 @@ class FrameFlowMatching(eqx.Module):
     (:func:`predicted_end` of the velocity) and the data, weighted by the same ``w(t)`` (FrameFlow's
     backbone and distance losses on atoms scaled by ``1/(1 − t)``; the ideal atoms sit on the
     frames, so the frames alone determine everything). ``distance_pairs`` picks the pairs of its
-    distance term (:func:`backbone_distance_loss`'s ``pairs``)."""
+    distance term (:func:`backbone_distance_loss`'s ``pairs``). ``clash_weight > 0`` adds, over the
+    same late times and with the same ``w(t)``, :func:`clash_loss` of the predicted clean CA
+    positions: a penalty on non-local pairs closer than 3.5 Å that no data fragment incurs."""
 
     rotation_scheduler: Scheduler = eqx.field(default_factory=CondOT)
     ot: bool = eqx.field(static=True, default=False)
@@ -233,11 +252,14 @@ class FrameFlowMatching(eqx.Module):
     auxiliary_weight: float = eqx.field(static=True, default=0.0)
     auxiliary_after: float = eqx.field(static=True, default=0.75)
     distance_pairs: str = eqx.field(static=True, default="true")
+    clash_weight: float = eqx.field(static=True, default=0.0)
     clip: float = eqx.field(static=True, default=0.9)
 
     def __check_init__(self):
         if self.distance_pairs not in DISTANCE_PAIRS:
             raise ValueError(f"distance_pairs must be one of {DISTANCE_PAIRS}, got {self.distance_pairs!r}")
+        if not self.clash_weight >= 0:
+            raise ValueError(f"clash_weight must be non-negative, got {self.clash_weight!r}")
 
     def prepare(self, model, x1, condition, key):
         """The OT pairing of prior and data translations for one step (``None`` without
@@ -277,9 +299,12 @@ class FrameFlowMatching(eqx.Module):
                 # SO(3)'s metric is ½ tr(uᵀv): ‖R[ω]×‖² = |ω|²
                 value = (wr * 0.5 * jnp.sum((vr - dr) ** 2) + wt * jnp.sum((vc - dc) ** 2)) / length
                 r_hat, c_hat = predicted_end(rt, ct, vr, vc, ti, self.rotation_scheduler)
+            late = weight * (ti > self.auxiliary_after).astype(value.dtype)
             if self.auxiliary_weight > 0:
-                late = (ti > self.auxiliary_after).astype(value.dtype)
-                value = value + self.auxiliary_weight * late * weight * backbone_distance_loss(r_hat, c_hat, r1, c1, pairs=self.distance_pairs)
+                value = value + self.auxiliary_weight * late * backbone_distance_loss(r_hat, c_hat, r1, c1,
+                                                                                      pairs=self.distance_pairs)
+            if self.clash_weight > 0:
+                value = value + self.clash_weight * late * clash_loss(c_hat)
             return value
 
         return jnp.mean(jax.vmap(one)(t, x0, x1))
