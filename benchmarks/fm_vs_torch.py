@@ -13,7 +13,9 @@ lr 1e-3; two moons. Measured:
 - for reference, the bare JAX training step of the same network (AdamW on fixed inputs in one
   jitted scan, no data sampling or path): the ceiling for any JAX code on this machine; and the
   same bare step drawing its batch, source, time and path noise (``bare_icfm_rate``): the
-  ceiling at equal work, against which ``fit``'s own overhead reads.
+  ceiling at equal work, against which ``fit``'s own overhead reads; and for sampling and the
+  likelihood, the same Euler steps of the bare network in one jitted scan (the likelihood's
+  divergence by ``jacfwd``): what any JAX code can do with that network here.
 
 On an accelerator (``--device cuda``) PyTorch runs on the GPU too (JAX uses it by default), and
 every timing waits for the CUDA stream; the figures go to ``fm_vs_torch_cuda.json``.
@@ -111,6 +113,29 @@ def bare_icfm_rate(data, steps):
     return scan_step_rate(loss, weights, optax.adamw(1e-3, weight_decay=1e-5), steps)
 
 
+def bare_euler_seconds(x, likelihood: bool) -> float:
+    """Seconds for ``STEPS_EULER`` Euler steps of the bare network on the points ``x`` in one
+    jitted scan: forwards from ``x`` (sampling), or backwards with each point's exact divergence
+    by ``jacfwd`` and the standard normal's log-density at the end (the likelihood)."""
+    weights, predict = bare_mlp([3, 64, 64, 64, 2], "selu")
+    field = lambda t, v: predict(weights, jnp.concatenate([v, jnp.reshape(t, (1,))]))
+
+    def step(carry, i):
+        x, div = carry
+        if not likelihood:
+            return (x + jax.vmap(lambda v: field(i / STEPS_EULER, v))(x) / STEPS_EULER, div), None
+        t = 1 - i / STEPS_EULER
+        v, d = jax.vmap(lambda p: (field(t, p), jnp.trace(jax.jacfwd(lambda u: field(t, u))(p))))(x)
+        return (x - v / STEPS_EULER, div + d / STEPS_EULER), None
+
+    @jax.jit
+    def run(x):
+        (x0, div), _ = jax.lax.scan(step, (x, jnp.zeros(x.shape[0])), jnp.arange(STEPS_EULER))
+        return x0 if not likelihood else -0.5 * jnp.sum(x0**2, -1) - jnp.log(2 * jnp.pi) - div
+
+    return timed(lambda: run(x).block_until_ready())
+
+
 def geoflow_train_rate(kind, data, steps):
     model = flow_matching(jax.random.key(0), 2, width=64, depth=3, activation="selu")
     return fit_rate(model, data, cfm(kind, sigma=0.1), optax.adamw(1e-3, weight_decay=1e-5), steps, BATCH)
@@ -160,6 +185,8 @@ def main():
                                   "torchcfm_torchdiffeq": n_sample / cfm_sample}
     out["sample_points_per_s"]["ratio_vs_flow_matching"] = fm_sample / g_sample
     out["sample_points_per_s"]["ratio_vs_torchcfm"] = cfm_sample / g_sample
+    out["sample_points_per_s"]["bare_jax_euler"] = n_sample / bare_euler_seconds(jnp.asarray(x0.cpu().numpy()), False)
+    out["sample_points_per_s"]["geoflow_of_bare"] = out["sample_points_per_s"]["geoflow"] / out["sample_points_per_s"]["bare_jax_euler"]
     print("sample", json.dumps({k: round(v, 2) for k, v in out["sample_points_per_s"].items()}), flush=True)
 
     pts = jnp.asarray(data[:n_lik])
@@ -169,7 +196,9 @@ def main():
     x1 = torch.as_tensor(data[:n_lik], device=DEVICE)
     fm_lik = timed(lambda: FmODESolver(velocity_model=wrapped).compute_likelihood(
         x_1=x1, log_p0=log_p0, step_size=1 / STEPS_EULER, method="euler", exact_divergence=True), reps=1, sync=sync)
+    bare_lik = bare_euler_seconds(pts, True)
     out["likelihood_seconds"] = {"geoflow": g_lik, "flow_matching": fm_lik, "ratio_vs_flow_matching": fm_lik / g_lik,
+                                 "bare_jax_euler": bare_lik, "geoflow_of_bare": bare_lik / g_lik,
                                  "points": n_lik, "euler_steps": STEPS_EULER}
     print("likelihood", json.dumps({k: round(v, 4) for k, v in out["likelihood_seconds"].items()}), flush=True)
     if not args.quick:  # a smoke run never replaces the recorded one
