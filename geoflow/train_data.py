@@ -65,6 +65,8 @@ def rows_on_disk(data, model, shape=None):
 
 
 def split_validation(x, c, fraction, key):
+    """``((x, c) for training, (x, c) held out or None)``: a random ``fraction`` of the rows held
+    out, none when that rounds to zero rows or to all of them."""
     n_val = int(round(fraction * len(x)))
     if n_val == 0 or n_val >= len(x):
         return (x, c), None
