@@ -84,6 +84,8 @@ def main():
         args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
         args.width, args.layers = 32, 1
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "lengths": {}}
+    if args.checkpoint is not None:
+        args.checkpoint.mkdir(parents=True, exist_ok=True)
     for length in args.lengths:
         data = load_fragments(length, stride=4)
         train = points_from_backbones(data.train)
@@ -93,8 +95,6 @@ def main():
                                  auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs,
                                  clash_weight=args.clash_weight)
         every = max(args.steps // args.curve, 1)
-        if args.checkpoint is not None:
-            args.checkpoint.mkdir(parents=True, exist_ok=True)
         curve = PersistedCurve(None if args.checkpoint is None else args.checkpoint / f"L{length}_curve.json",
                                args.resume)
 
