@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--pair", type=int, default=64, help="pair-feature channels of the frame network")
+    ap.add_argument("--self-conditioning", action="store_true",
+                    help="the network reads its own first prediction at each step (two passes a field evaluation)")
     ap.add_argument("--prediction", choices=PREDICTIONS, default="frames",
                     help="the network predicts the clean frames (FrameFlow) or the velocity")
     ap.add_argument("--train-rotation-rate", type=float, default=0.0,
@@ -90,7 +92,7 @@ def main():
         data = load_fragments(length, stride=4)
         train = points_from_backbones(data.train)
         model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, pair=args.pair, prediction=args.prediction,
-                          rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
+                          self_conditioning=args.self_conditioning, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
                                  auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs,
                                  clash_weight=args.clash_weight)

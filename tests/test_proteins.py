@@ -118,6 +118,39 @@ def test_frame_network_is_se3_equivariant():
             np.testing.assert_allclose(dt2, dt @ q.T, atol=1e-9)
 
 
+def test_self_conditioning_field_is_equivariant_reads_its_first_pass_and_trains_the_reading():
+    """A self-conditioning field runs the network twice: the second pass reads features of the
+    first pass's clean frames, which must be invariant, so the field stays SE(3)-equivariant;
+    the second pass must differ from the first, and the loss must train what reads it."""
+    from molecules.proteins.model import FrameField
+
+    length = 10
+    with jax.enable_x64(True):
+        field = FrameField(length, key=jax.random.key(0), width=32, pair=16, layers=1, heads=2, head_dim=8,
+                           num_points=2, self_conditioning=True)
+        field = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx_is_float(a) else a, field)
+        r, c = random_frames(jax.random.key(1), length)
+        c = 0.1 * (c - c.mean(0))
+        x = field.manifold.join([r, c])
+        f = jax.jit(lambda x: (field(0.7, x), field.outputs(0.7, x), field.predict(0.7, x)))
+        velocity, one_pass, two_passes = f(x)
+        vr, vc = field.manifold.split(velocity)
+        for k in range(2):
+            q = SO3().random_uniform(jax.random.key(10 + k)).astype(jnp.float64)
+            vr2, vc2 = field.manifold.split(f(field.manifold.join([q @ r, c @ q.T]))[0])
+            np.testing.assert_allclose(vr2, q @ vr, atol=1e-9)
+            np.testing.assert_allclose(vc2, vc @ q.T, atol=1e-9)
+        assert all(float(jnp.abs(a - b).max()) > 1e-4 for a, b in zip(one_pass, two_passes))
+    model = frameflow(jax.random.key(0), 8, width=16, pair=8, layers=1, heads=2, head_dim=4, num_points=2,
+                      self_conditioning=True)
+    points = jnp.asarray(points_from_backbones(load_fragments(8, stride=4).train[:16]))
+    grads = eqx.filter_jit(eqx.filter_grad(lambda m: FrameFlowMatching()(m, points, None, jax.random.key(2))))(model)
+    reading = grads.bijection.field.network.previous_node.weights[0]  # (the layers start as the identity)
+    assert float(jnp.abs(reading).max()) > 0 and bool(jnp.all(jnp.isfinite(reading)))
+    with pytest.raises(ValueError, match="self_conditioning"):
+        frameflow(jax.random.key(0), 8, width=16, prediction="velocity", self_conditioning=True)
+
+
 def eqx_is_float(a):
     return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
 
@@ -301,8 +334,9 @@ class _Oracle(eqx.Module):
 
     r1: jax.Array
     c1: jax.Array
+    self_conditioning = False
 
-    def outputs(self, t, rotations, translations):
+    def outputs(self, t, rotations, translations, previous=None):
         omega = jax.vmap(lambda r, q: matrix_to_rotvec(r.T @ q))(rotations, self.r1)
         return omega, self.c1 - translations
 

@@ -41,6 +41,9 @@ def add_parser(sub):
     add_training_arguments(t, steps=24_000, batch_size=64, out=Path("runs/proteins"))
     t.add_argument("--width", type=int, default=96)
     t.add_argument("--layers", type=int, default=3)
+    t.add_argument("--pair", type=int, default=64, help="pair-feature channels of the frame network")
+    t.add_argument("--self-conditioning", action="store_true",
+                   help="the network reads its own first prediction (two passes a field evaluation)")
     t.add_argument("--prediction", choices=("frames", "velocity"), default="frames",
                    help="the network predicts the clean frames (FrameFlow) or the velocity")
     t.add_argument("--rotation-rate", type=float, default=0.0,
@@ -94,7 +97,8 @@ def cmd_train(args) -> dict:
     key_model, key_fit = run.keys(2)
     data = load_fragments(args.length, args.data_path, args.stride)
     points = points_from_backbones(data.train)
-    model = frameflow(key_model, args.length, width=args.width, layers=args.layers,
+    model = frameflow(key_model, args.length, width=args.width, layers=args.layers, pair=args.pair,
+                      self_conditioning=args.self_conditioning,
                       prediction=args.prediction, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
     model, history = fit(model, points, key=key_fit, loss=_loss(args), **fit_options(args))
     info = {"length": args.length, "prediction": args.prediction}

@@ -102,7 +102,12 @@ class FrameField(eqx.Module):
     reproduces the training fragments' helix fraction on the embedded set, FrameFlow's rate 10
     tightens the CA–CA spacing a little but doubles the helices, the linear schedule loses most
     of them (``benchmarks/RESULTS.md``). ``prediction="velocity"`` reads the outputs as the
-    velocity itself (``rotation_scheduler`` unused)."""
+    velocity itself (``rotation_scheduler`` unused).
+
+    A self-conditioning network (``self_conditioning=True``, clean frames only) runs twice at each
+    ``(t, x)``: first without an earlier prediction, then reading the first pass's
+    (:meth:`predict`). The field stays a function of ``(t, x)``, so sampling and the exact
+    likelihood are those of one ODE, at twice the network's cost."""
 
     network: FrameNetwork
     manifold: Product
@@ -116,14 +121,28 @@ class FrameField(eqx.Module):
                  **network_kwargs):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if network_kwargs.get("self_conditioning") and prediction != "frames":
+            raise ValueError("self_conditioning reads an earlier prediction of the clean frames: it needs "
+                             f"prediction='frames', got {prediction!r}")
         self.network = FrameNetwork(key=key, **network_kwargs)
         self.manifold = frame_manifold(length)
         self.rotation_scheduler = Exponential(3.0) if rotation_scheduler is None else rotation_scheduler
         self.length, self.prediction, self.shape, self.cond_shape = length, prediction, (12 * length,), None
 
-    def outputs(self, t, x):
-        """The network's ``(ω (L, 3), d (L, 3))`` at the flat point ``x`` (see :meth:`FrameNetwork.outputs`)."""
-        return self.network.outputs(t, *self.manifold.split(x))
+    def outputs(self, t, x, previous=None):
+        """One pass of the network, ``(ω (L, 3), d (L, 3))`` at the flat point ``x`` (see
+        :meth:`FrameNetwork.outputs`; ``previous`` its self-conditioning input)."""
+        return self.network.outputs(t, *self.manifold.split(x), previous)
+
+    def predict(self, t, x):
+        """The network's ``(ω (L, 3), d (L, 3))`` at ``x`` as the field uses them: one pass, or
+        for a self-conditioning network a second one that reads the first."""
+        rotations, translations = self.manifold.split(x)
+        way = self.network.outputs(t, rotations, translations)
+        if self.network.self_conditioning:
+            previous = self.network.previous_features(rotations, translations, *way)
+            way = self.network.outputs(t, rotations, translations, previous)
+        return way
 
     def clean(self, t, x):
         """The clean frames the network predicts at ``(t, x)``, a flat point ``(12·L,)``:
@@ -132,12 +151,11 @@ class FrameField(eqx.Module):
             raise ValueError(f"clean frames are the outputs of a prediction='frames' field, this one predicts "
                              f"{self.prediction!r}")
         rotations, translations = self.manifold.split(x)
-        way = self.network.outputs(t, rotations, translations)
-        return self.manifold.join(list(follow_way(rotations, translations, *way)))
+        return self.manifold.join(list(follow_way(rotations, translations, *self.predict(t, x))))
 
     def __call__(self, t, x, condition=None, *, keep=None):
         rotations, translations = self.manifold.split(x)
-        omega, displacement = self.network.outputs(t, rotations, translations)
+        omega, displacement = self.predict(t, x)
         if self.prediction == "frames":
             end = jnp.minimum(t, 1 - _END)
             omega = omega * self.rotation_scheduler.remaining_rate(end)
@@ -272,7 +290,8 @@ class FrameFlowMatching(eqx.Module):
     def __call__(self, model, x1, condition, key, prepared=None):
         flow = ode_flow_of(model)
         length, manifold = flow.field.length, flow.manifold
-        k_prior, k_t = jax.random.split(key)
+        k_prior, k_t = jax.random.split(key)  # k_prior as prepare() draws it
+        k_sc = jax.random.fold_in(key, 2)
         n = x1.shape[0]
         x0 = jax.lax.stop_gradient(model.base.sample(k_prior, n))
         if prepared is not None:
@@ -282,14 +301,14 @@ class FrameFlowMatching(eqx.Module):
         t = jax.random.uniform(k_t, (n,))
         wr, wt = self.weights
 
-        def one(ti, a, b):
+        def one(ti, a, b, key_sc):
             (r0, c0), (r1, c1) = manifold.split(a), manifold.split(b)
             rt, dr = jax.vmap(lambda p, q: rotation_path(p, q, ti, self.rotation_scheduler))(r0, r1)
             ct, dc = (1 - ti) * c0 + ti * c1, c1 - c0
             xt = manifold.join([rt, ct])
             weight = 1 / jnp.maximum(1 - ti, 1 - self.clip) ** 2  # FrameFlow's: errors scaled by 1/(1 − t)
             if flow.field.prediction == "frames":
-                omega_hat, d_hat = flow.field.outputs(ti, xt)
+                omega_hat, d_hat = flow.field.outputs(ti, xt, _self_conditioning_input(flow.field, ti, rt, ct, key_sc))
                 omega = jax.vmap(lambda p, q: matrix_to_rotvec(exact_matmul(p.T, q)))(rt, r1)
                 value = weight * (wr * jnp.sum((omega_hat - omega) ** 2)
                                   + wt * jnp.sum((d_hat - (c1 - ct)) ** 2)) / length
@@ -307,7 +326,20 @@ class FrameFlowMatching(eqx.Module):
                 value = value + self.clash_weight * late * clash_loss(c_hat)
             return value
 
-        return jnp.mean(jax.vmap(one)(t, x0, x1))
+        return jnp.mean(jax.vmap(one)(t, x0, x1, jax.random.split(k_sc, n)))
+
+
+def _self_conditioning_input(field: FrameField, t, rotations, translations, key):
+    """The input a self-conditioning network trains with at one example: half the time none
+    (zeros), half the time the features of its own first pass, without gradient (Chen et al.'s
+    self-conditioning, FrameFlow's). ``None`` for a network without self-conditioning."""
+    network = field.network
+    if not network.self_conditioning:
+        return None
+    first = network.outputs(t, rotations, translations)
+    features = jax.lax.stop_gradient(network.previous_features(rotations, translations, *first))
+    use = jax.random.bernoulli(key, 0.5)
+    return jax.tree.map(lambda f: jnp.where(use, f, 0.0), features)
 
 
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,

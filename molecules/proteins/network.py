@@ -20,7 +20,8 @@ from jaxtyping import Array, Float
 
 from geoflow.continuous.fields import time_features
 from geoflow.nn import MLP, scan_layers
-from manifolds.so3 import hat
+from geoflow.serialization import register_migration
+from manifolds.so3 import hat, rotvec_to_matrix
 
 
 def _rbf(distance, count: int, top: float):
@@ -34,18 +35,24 @@ def index_embedding(values, count: int):
     return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1)
 
 
-def pair_features(rotations, translations, offsets: int, radial: int, top: float):
-    """Invariant features of every residue pair ``(L, L, 3 + 9 + radial + offsets)``: ``j``'s
-    position and rotation in ``i``'s frame, a radial basis of their distance, and a sinusoidal
-    embedding of the index offset ``j − i``."""
+def frame_pair_features(rotations, translations, radial: int, top: float):
+    """Invariant features of every pair of frames ``(L, L, 12 + radial)``: ``j``'s position and
+    rotation in ``i``'s frame and a radial basis of their distance."""
     rel = translations[None, :] - translations[:, None]  # t_j − t_i at [i, j]
     local = jnp.einsum("iba,ijb->ija", rotations, rel)  # R_iᵀ (t_j − t_i)
     relative_rotation = jnp.einsum("iba,jbc->ijac", rotations, rotations)  # R_iᵀ R_j
     distance = jnp.sqrt(jnp.sum(rel**2, -1) + 1e-10)
     n = rotations.shape[0]
+    return jnp.concatenate([local, relative_rotation.reshape(n, n, 9), _rbf(distance, radial, top)], -1)
+
+
+def pair_features(rotations, translations, offsets: int, radial: int, top: float):
+    """:func:`frame_pair_features` and a sinusoidal embedding of the index offset ``j − i``:
+    ``(L, L, 12 + radial + offsets)``."""
+    n = rotations.shape[0]
     index = jnp.arange(n)
     offset = (index[None, :] - index[:, None]).astype(rotations.dtype)
-    return jnp.concatenate([local, relative_rotation.reshape(n, n, 9), _rbf(distance, radial, top),
+    return jnp.concatenate([frame_pair_features(rotations, translations, radial, top),
                             index_embedding(offset, offsets)], -1)
 
 
@@ -104,15 +111,23 @@ class FrameNetwork(eqx.Module):
     ``Ṙᵢ = Rᵢ [ωᵢ]×`` and ``ṫᵢ = Rᵢ vᵢ`` with ``(ωᵢ, vᵢ)`` read off invariant features, and
     ``ṫ`` with zero mean (the fragment stays centred).
 
+    With ``self_conditioning=True`` the network also reads features of an earlier prediction
+    (:meth:`previous_features`: the earlier outputs in each residue's frame and the pair
+    geometry of the clean frames they point at, FrameFlow's self-conditioning and AlphaFold's
+    recycling); without one it reads zeros.
+
     **Arguments:** `key`; `width` (residue features), `pair` (pair features), `layers`, `heads`,
     `head_dim`, `num_points` (points per head), `radial` (distance basis), `distance_top` (the
-    basis covers ``[0, distance_top]`` in the model's length unit), `time_embedding`.
+    basis covers ``[0, distance_top]`` in the model's length unit), `time_embedding`,
+    `self_conditioning`.
     """
 
     node_in: MLP
     pair_in: MLP
     layers: _PointAttention  # stacked, run with lax.scan
     head: MLP
+    previous_node: MLP | None
+    previous_pair: MLP | None
     radial: int = eqx.field(static=True)
     offsets: int = eqx.field(static=True)
     distance_top: float = eqx.field(static=True)
@@ -120,31 +135,61 @@ class FrameNetwork(eqx.Module):
 
     def __init__(self, *, key, width: int = 128, pair: int = 64, layers: int = 4, heads: int = 4, head_dim: int = 16,
                  num_points: int = 4, radial: int = 16, offsets: int = 16, distance_top: float = 2.0,
-                 time_embedding: int = 32):
-        k = jax.random.split(key, 4)
+                 time_embedding: int = 32, self_conditioning: bool = False):
+        k = jax.random.split(key, 6)
         self.radial, self.offsets, self.distance_top, self.time_embedding = radial, offsets, float(distance_top), time_embedding
         self.node_in = MLP(time_embedding + offsets, width, width, 1, key=k[0], activation="silu")
         self.pair_in = MLP(12 + radial + offsets, pair, pair, 1, key=k[1], activation="silu")
         self.layers = eqx.filter_vmap(lambda kk: _PointAttention(width, pair, heads, head_dim, num_points, key=kk))(
             jax.random.split(k[2], layers))
         self.head = MLP(width, 6, width, 1, key=k[3], activation="silu")
+        self.previous_node = self.previous_pair = None
+        if self_conditioning:
+            self.previous_node = MLP(6, width, width, 1, key=k[4], activation="silu")
+            self.previous_pair = MLP(12 + radial, pair, pair, 1, key=k[5], activation="silu")
+
+    @property
+    def self_conditioning(self) -> bool:
+        return self.previous_node is not None
 
     def __call__(self, t, rotations, translations):
         omega, displacement = self.outputs(t, rotations, translations)
         return rotations @ jax.vmap(hat)(omega), displacement
 
-    def outputs(self, t, rotations, translations):
+    def previous_features(self, rotations, translations, omega, displacement):
+        """What the network reads of an earlier prediction ``(ω (L, 3), d (L, 3))`` made at these
+        frames: ``(node (L, 6), pair (L, L, 12 + radial))``, the prediction in each residue's own
+        frame, ``(ωᵢ, Rᵢᵀdᵢ)``, and :func:`frame_pair_features` of the clean frames it points
+        at, ``(Rᵢ exp[ωᵢ]×, t + d)``. All invariant."""
+        node = jnp.concatenate([omega, jnp.einsum("nba,nb->na", rotations, displacement)], -1)
+        clean_rotations = rotations @ jax.vmap(rotvec_to_matrix)(omega)
+        return node, frame_pair_features(clean_rotations, translations + displacement, self.radial, self.distance_top)
+
+    def outputs(self, t, rotations, translations, previous=None):
         """``(ω (L, 3), d (L, 3))``: per residue a rotation vector in its own frame and a global
         displacement with zero mean, ``d = Rᵢ vᵢ − mean``; :meth:`__call__` reads them as the
-        velocities ``(Rᵢ[ωᵢ]×, dᵢ)``, a clean-frame field as the way to the clean frames."""
+        velocities ``(Rᵢ[ωᵢ]×, dᵢ)``, a clean-frame field as the way to the clean frames.
+        ``previous``: :meth:`previous_features` of an earlier prediction, or None (none yet; read
+        only by a self-conditioning network)."""
         n = rotations.shape[0]
         pair = jax.vmap(jax.vmap(self.pair_in))(
             pair_features(rotations, translations, self.offsets, self.radial, self.distance_top))
         position = index_embedding(jnp.arange(n, dtype=rotations.dtype), self.offsets)
         tf = jnp.broadcast_to(time_features(t, self.time_embedding), (n, self.time_embedding))
         h = jax.vmap(self.node_in)(jnp.concatenate([tf, position], -1))
+        if self.self_conditioning:
+            node_previous, pair_previous = (jnp.zeros((n, 6), rotations.dtype),
+                                            jnp.zeros((n, n, 12 + self.radial), rotations.dtype)) \
+                if previous is None else previous
+            h = h + jax.vmap(self.previous_node)(node_previous)
+            pair = pair + jax.vmap(jax.vmap(self.previous_pair))(pair_previous)
         h = scan_layers(self.layers, lambda layer, h, _: layer(h, pair, rotations, translations), h)
         out = jax.vmap(self.head)(h)
         omega, v = out[:, :3], out[:, 3:]
         displacement = jnp.einsum("nab,nb->na", rotations, v)
         return omega, displacement - jnp.mean(displacement, 0)
+
+
+# files saved before self-conditioning existed hold networks without it
+register_migration("molecules.proteins.network.FrameNetwork",
+                   lambda fields: {"previous_node": None, "previous_pair": None, **fields})
