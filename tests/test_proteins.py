@@ -121,7 +121,8 @@ def test_frame_network_is_se3_equivariant():
 def test_self_conditioning_field_is_equivariant_reads_its_first_pass_and_trains_the_reading():
     """A self-conditioning field runs the network twice: the second pass reads features of the
     first pass's clean frames, which must be invariant, so the field stays SE(3)-equivariant;
-    the second pass must differ from the first, and the loss must train what reads it."""
+    the second pass must differ from the first, and the loss must train what reads it on the
+    batches that draw it."""
     from molecules.proteins.model import FrameField
 
     length = 10
@@ -144,9 +145,11 @@ def test_self_conditioning_field_is_equivariant_reads_its_first_pass_and_trains_
     model = frameflow(jax.random.key(0), 8, width=16, pair=8, layers=1, heads=2, head_dim=4, num_points=2,
                       self_conditioning=True)
     points = jnp.asarray(points_from_backbones(load_fragments(8, stride=4).train[:16]))
-    grads = eqx.filter_jit(eqx.filter_grad(lambda m: FrameFlowMatching()(m, points, None, jax.random.key(2))))(model)
-    reading = grads.bijection.field.network.previous_node.weights[0]  # (the layers start as the identity)
-    assert float(jnp.abs(reading).max()) > 0 and bool(jnp.all(jnp.isfinite(reading)))
+    # one draw per batch: the batches that read the first pass train the reading, the others leave it
+    reading = eqx.filter_jit(lambda key: eqx.filter_grad(lambda m: FrameFlowMatching()(m, points, None, key))(model)
+                             .bijection.field.network.previous_node.weights[0])  # (the layers start as the identity)
+    trained = [float(jnp.abs(reading(jax.random.key(k))).max()) > 0 for k in range(8)]
+    assert any(trained) and not all(trained), trained
     with pytest.raises(ValueError, match="self_conditioning"):
         frameflow(jax.random.key(0), 8, width=16, prediction="velocity", self_conditioning=True)
 

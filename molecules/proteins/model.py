@@ -301,14 +301,20 @@ class FrameFlowMatching(eqx.Module):
         t = jax.random.uniform(k_t, (n,))
         wr, wt = self.weights
 
-        def one(ti, a, b, key_sc):
+        def path(ti, a, b):
             (r0, c0), (r1, c1) = manifold.split(a), manifold.split(b)
             rt, dr = jax.vmap(lambda p, q: rotation_path(p, q, ti, self.rotation_scheduler))(r0, r1)
-            ct, dc = (1 - ti) * c0 + ti * c1, c1 - c0
+            return rt, dr, (1 - ti) * c0 + ti * c1, c1 - c0
+
+        rt, dr, ct, dc = jax.vmap(path)(t, x0, x1)
+        previous = _self_conditioning_input(flow.field, t, rt, ct, k_sc)
+
+        def one(ti, rt, dr, ct, dc, b, previous):
+            r1, c1 = manifold.split(b)
             xt = manifold.join([rt, ct])
             weight = 1 / jnp.maximum(1 - ti, 1 - self.clip) ** 2  # FrameFlow's: errors scaled by 1/(1 − t)
             if flow.field.prediction == "frames":
-                omega_hat, d_hat = flow.field.outputs(ti, xt, _self_conditioning_input(flow.field, ti, rt, ct, key_sc))
+                omega_hat, d_hat = flow.field.outputs(ti, xt, previous)
                 omega = jax.vmap(lambda p, q: matrix_to_rotvec(exact_matmul(p.T, q)))(rt, r1)
                 value = weight * (wr * jnp.sum((omega_hat - omega) ** 2)
                                   + wt * jnp.sum((d_hat - (c1 - ct)) ** 2)) / length
@@ -326,20 +332,29 @@ class FrameFlowMatching(eqx.Module):
                 value = value + self.clash_weight * late * clash_loss(c_hat)
             return value
 
-        return jnp.mean(jax.vmap(one)(t, x0, x1, jax.random.split(k_sc, n)))
+        return jnp.mean(jax.vmap(one)(t, rt, dr, ct, dc, x1, previous))
 
 
 def _self_conditioning_input(field: FrameField, t, rotations, translations, key):
-    """The input a self-conditioning network trains with at one example: half the time none
-    (zeros), half the time the features of its own first pass, without gradient (Chen et al.'s
-    self-conditioning, FrameFlow's). ``None`` for a network without self-conditioning."""
+    """The input a self-conditioning network trains with on a batch (``t`` ``(n,)``, frames
+    ``(n, L, 3, 3)`` and ``(n, L, 3)``): for half the batches the features of its own first pass,
+    without gradient, for the others none (zeros), one draw per batch as FrameFlow does, so the
+    first pass runs only when it is used. ``None`` for a network without self-conditioning."""
     network = field.network
     if not network.self_conditioning:
         return None
-    first = network.outputs(t, rotations, translations)
-    features = jax.lax.stop_gradient(network.previous_features(rotations, translations, *first))
-    use = jax.random.bernoulli(key, 0.5)
-    return jax.tree.map(lambda f: jnp.where(use, f, 0.0), features)
+
+    def first_pass():
+        def one(ti, r, c):
+            return network.previous_features(r, c, *network.outputs(ti, r, c))
+        return jax.lax.stop_gradient(jax.vmap(one)(t, rotations, translations))
+
+    def nothing():
+        n, length = rotations.shape[:2]
+        return (jnp.zeros((n, length, 6), rotations.dtype),
+                jnp.zeros((n, length, length, 12 + network.radial), rotations.dtype))
+
+    return jax.lax.cond(jax.random.bernoulli(key, 0.5), first_pass, nothing)
 
 
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
