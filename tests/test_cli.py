@@ -189,6 +189,7 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
                  "--layers", "1", "--prediction", "velocity", "--rotation-rate", "10", "--ot", "--auxiliary-weight", "0.25", "--nll", "2",
                  "--out", str(run), "--quiet"]) == 0
     res = json.loads((run / "metrics.json").read_text())
+    assert not res["self_conditioning"]  # the default for a velocity model, which cannot read its prediction
     assert res["steps"] == 4 and res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
     assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out)]) == 0
     assert len(list(out.glob("*.pdb"))) == 3
@@ -215,7 +216,9 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
                           (["proteins", "train", "--length", "900", "--steps", "1"], "no unbroken stretch of 900"),
                           (["proteins", "sample", "--run", str(tmp_path), "--out", str(out)], "no model.eqx"),
                           (["proteins", "sample", "--run", str(run), "--denoise-from", "0.9", "--out", str(out)],
-                           "needs a clean-frame model")]:
+                           "needs a clean-frame model"),
+                          (["proteins", "train", "--length", "6", "--steps", "1", "--prediction", "velocity",
+                            "--self-conditioning", "--out", str(tmp_path / "sc")], "needs prediction='frames'")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

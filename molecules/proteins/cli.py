@@ -36,14 +36,16 @@ def add_parser(sub):
     t = psub.add_parser("train", help="train a frame flow on backbone fragments")
     t.add_argument("--length", type=int, required=True, help="residues per fragment")
     t.add_argument("--data-path", type=Path, help="backbones .npz (embedded format), a PDB file or a folder of them")
-    t.add_argument("--stride", type=int, help="residues between fragment starts (default length // 2)")
-    # the run behind RESULTS' L = 16 row: 24,000 steps, about an hour on one core
-    add_training_arguments(t, steps=24_000, batch_size=64, out=Path("runs/proteins"))
-    t.add_argument("--width", type=int, default=96)
-    t.add_argument("--layers", type=int, default=3)
-    t.add_argument("--pair", type=int, default=64, help="pair-feature channels of the frame network")
-    t.add_argument("--self-conditioning", action="store_true",
-                   help="the network reads its own first prediction (two passes a field evaluation)")
+    t.add_argument("--stride", type=int, default=4, help="residues between fragment starts")
+    # the defaults are the run behind RESULTS' self-conditioned L = 16 row: 30,000 steps of the light
+    # network, about 30 minutes on one core
+    add_training_arguments(t, steps=30_000, batch_size=64, out=Path("runs/proteins"))
+    t.add_argument("--width", type=int, default=64)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--pair", type=int, default=16, help="pair-feature channels of the frame network")
+    t.add_argument("--self-conditioning", action=argparse.BooleanOptionalAction, default=None,
+                   help="the network reads its own first prediction (two passes a field evaluation); "
+                        "default: on for --prediction frames, off for velocity, which it does not apply to")
     t.add_argument("--prediction", choices=("frames", "velocity"), default="frames",
                    help="the network predicts the clean frames (FrameFlow) or the velocity")
     t.add_argument("--rotation-rate", type=float, default=0.0,
@@ -97,11 +99,12 @@ def cmd_train(args) -> dict:
     key_model, key_fit = run.keys(2)
     data = load_fragments(args.length, args.data_path, args.stride)
     points = points_from_backbones(data.train)
+    self_conditioning = args.prediction == "frames" if args.self_conditioning is None else args.self_conditioning
     model = frameflow(key_model, args.length, width=args.width, layers=args.layers, pair=args.pair,
-                      self_conditioning=args.self_conditioning,
-                      prediction=args.prediction, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
+                      self_conditioning=self_conditioning, prediction=args.prediction,
+                      rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
     model, history = fit(model, points, key=key_fit, loss=_loss(args), **fit_options(args))
-    info = {"length": args.length, "prediction": args.prediction}
+    info = {"length": args.length, "prediction": args.prediction, "self_conditioning": self_conditioning}
     res = {**info, "train_fragments": len(data.train), "test_fragments": len(data.test),
            "test_chains": data.test_chains, **training_summary(history, args.batch_size)}
     if args.nll > 0 and len(data.test):
