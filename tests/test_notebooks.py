@@ -22,7 +22,7 @@ SMALL = {
                                "SAMPLING_STEPS = 8\nELBO_SAMPLES = 4\nSTEP_COUNTS, ETAS = (4,), (0.0, 5.0)",
     "06-molecules.ipynb": f"QM9_PATH = {str(QM9_MOLECULES)!r}\nHYDROGENS = 'implicit'\nSUBSET = 200\nSTEPS = 10\nBATCH = 16\n"
                           "SCALARS, VECTORS, LAYERS = 8, 2, 1\nN_SAMPLES = 6\nSAMPLING_STEPS = 5",
-    "07-protein-backbones.ipynb": "LENGTH = 8\nSTEPS = 10\nWIDTH, LAYERS = 16, 1\nN_SAMPLES = 4\nSAMPLING_STEPS = 4\nN_NLL = 2",
+    "07-protein-backbones.ipynb": "LENGTH = 8\nSTEPS = 10\nWIDTH, LAYERS, PAIR = 16, 1, 8\nN_SAMPLES = 4\nSAMPLING_STEPS = 4\nN_NLL = 2",
 }
 
 
