@@ -351,8 +351,7 @@ def _self_conditioning_input(field: FrameField, t, rotations, translations, key)
 
     def nothing():
         n, length = rotations.shape[:2]
-        return (jnp.zeros((n, length, 6), rotations.dtype),
-                jnp.zeros((n, length, length, 12 + network.radial), rotations.dtype))
+        return network.no_previous(length, rotations.dtype, (n,))
 
     return jax.lax.cond(jax.random.bernoulli(key, 0.5), first_pass, nothing)
 

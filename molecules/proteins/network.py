@@ -165,6 +165,11 @@ class FrameNetwork(eqx.Module):
         clean_rotations = rotations @ jax.vmap(rotvec_to_matrix)(omega)
         return node, frame_pair_features(clean_rotations, translations + displacement, self.radial, self.distance_top)
 
+    def no_previous(self, length: int, dtype, batch: tuple[int, ...] = ()):
+        """The :meth:`previous_features` read when there is no earlier prediction: zeros
+        ``(node (*batch, L, 6), pair (*batch, L, L, 12 + radial))``."""
+        return (jnp.zeros((*batch, length, 6), dtype), jnp.zeros((*batch, length, length, 12 + self.radial), dtype))
+
     def outputs(self, t, rotations, translations, previous=None):
         """``(ω (L, 3), d (L, 3))``: per residue a rotation vector in its own frame and a global
         displacement with zero mean, ``d = Rᵢ vᵢ − mean``; :meth:`__call__` reads them as the
@@ -178,9 +183,7 @@ class FrameNetwork(eqx.Module):
         tf = jnp.broadcast_to(time_features(t, self.time_embedding), (n, self.time_embedding))
         h = jax.vmap(self.node_in)(jnp.concatenate([tf, position], -1))
         if self.self_conditioning:
-            node_previous, pair_previous = (jnp.zeros((n, 6), rotations.dtype),
-                                            jnp.zeros((n, n, 12 + self.radial), rotations.dtype)) \
-                if previous is None else previous
+            node_previous, pair_previous = self.no_previous(n, rotations.dtype) if previous is None else previous
             h = h + jax.vmap(self.previous_node)(node_previous)
             pair = pair + jax.vmap(jax.vmap(self.previous_pair))(pair_previous)
         h = scan_layers(self.layers, lambda layer, h, _: layer(h, pair, rotations, translations), h)
