@@ -45,6 +45,8 @@ PUBLISHED_RFM = {"volcano": -7.93, "earthquake": -0.28, "flood": 0.42, "fire": -
 # long after the other sets level off)
 PROTOCOL = {"volcano": {"fourier_scale": 300.0, "steps": 160_000}, "earthquake": {"fourier_scale": 100.0, "steps": 40_000},
             "flood": {"fourier_scale": 100.0, "steps": 40_000}, "fire": {"fourier_scale": 100.0, "steps": 40_000}}
+MERGED_PROTOCOL = ("width", "depth", "fourier_features", "time_power", "learning_rate", "ema", "select_every",
+                   "select_tol")  # what runs must share to be one table's rows
 RESULTS = Path(__file__).parent / "results" / "earth_rfm.json"
 
 
@@ -234,16 +236,23 @@ def main():
         args.steps, args.seeds, args.select_every = 300, 1, 150
     args.ema = args.ema or None
     if args.merge:
-        runs = {}
-        for f in args.merge:
-            for name, rs in json.loads(f.read_text())["runs"].items():
+        runs, sources, protocols = {}, [], []
+        for f in args.merge:  # a run's file, or an earlier merged table (its sources are kept)
+            table = json.loads(f.read_text())
+            for name, rs in table["runs"].items():
                 runs.setdefault(name, []).extend(rs)
+            sources += table.get("merged_from", [f.name])
+            protocols.append(table.get("protocol") or {k: table["args"][k] for k in MERGED_PROTOCOL})
+        if any(p != protocols[0] for p in protocols):
+            raise SystemExit(f"--merge: the files were run under different protocols: {protocols}")
+        for name, rs in runs.items():
+            seeds = [r["seed"] for r in rs]
+            if len(set(seeds)) != len(seeds):
+                raise SystemExit(f"--merge: {name} has a seed more than once: {sorted(seeds)}")
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         speed = {k: v for k, v in previous.items() if k.startswith("speed")}  # the NLL figures are replaced
-        first = json.loads(args.merge[0].read_text())["args"]
-        shared = ("width", "depth", "fourier_features", "time_power", "learning_rate", "ema", "select_every", "select_tol")
-        out = {"published_rfm": PUBLISHED_RFM, "protocol": {k: first[k] for k in shared}, **speed,
-               "merged_from": [f.name for f in args.merge], "runs": runs, "results": summarise(runs)}
+        out = {"published_rfm": PUBLISHED_RFM, "protocol": protocols[0], **speed,
+               "merged_from": sources, "runs": runs, "results": summarise(runs)}
         args.out.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.out}")
         return
