@@ -7,7 +7,7 @@ against the prior's). No peer library runs here (FrameFlow is a PyTorch code bas
 structure-prediction stack behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
-       [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
+       [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
 """
 
@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="decay of the parameter average that is evaluated, selected and sampled (0: none)")
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--pair", type=int, default=64, help="pair-feature channels of the frame network")
@@ -118,7 +120,8 @@ def main():
             return False
 
         model, hist = gf.fit(model, train, key=jax.random.key(1), loss=loss, steps=args.steps,
-                             batch_size=args.batch_size, learning_rate=args.lr, eval_every=min(every, 500),
+                             batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema or None,
+                             eval_every=min(every, 500),
                              progress=False, callback=evaluate, resume=args.resume,
                              checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
         if args.save:
