@@ -16,7 +16,8 @@ ICLR 2024, Table 2, RFM): volcano −7.93, earthquake −0.28, flood 0.42, fire 
 512-wide 6-layer MLP for far more steps on a GPU. The uniform density scores log 4π = 2.531.
 
 One process per set and seed is the way to use several cores: `--sets volcano --seed-start 2
---seeds 1 --out A.json`, then `--merge A.json B.json …` writes the table from the runs' files.
+--seeds 1 --out A.json`, then `--merge A.json B.json …` writes the table from the runs' files
+(an earlier table among them; `--sets` takes only those sets' runs).
 
 Usage: python benchmarks/earth_rfm.py [--quick] [--steps N] [--seeds K] [--sets …] [--width W] [--depth D]
        [--fourier-features F --fourier-scale S] [--time-power P] [--ema DECAY] [--curve] [--out FILE] [--merge FILE …]
@@ -40,13 +41,15 @@ from manifolds import GeodesicFlowMatching, Sphere, rfm
 from manifolds.datasets import EARTH, load_earth
 
 PUBLISHED_RFM = {"volcano": -7.93, "earthquake": -0.28, "flood": 0.42, "fire": -1.86}
-# per set: the highest Fourier frequency, chosen from {100, 300} by seed 0's validation NLL after
-# 10,000 steps (benchmarks/RESULTS.md), and the steps (volcano's duplicated points keep sharpening
-# long after the other sets level off)
-PROTOCOL = {"volcano": {"fourier_scale": 300.0, "steps": 160_000}, "earthquake": {"fourier_scale": 100.0, "steps": 40_000},
-            "flood": {"fourier_scale": 100.0, "steps": 40_000}, "fire": {"fourier_scale": 100.0, "steps": 40_000}}
-MERGED_PROTOCOL = ("width", "depth", "fourier_features", "time_power", "learning_rate", "ema", "select_every",
-                   "select_tol")  # what runs must share to be one table's rows
+# per set: the highest Fourier frequency and the time power, chosen by seed 0's validation NLL after
+# 10,000 steps (benchmarks/RESULTS.md), and the steps (volcano's and fire's near-duplicate points keep
+# sharpening long after earthquake and flood level off)
+PROTOCOL = {"volcano": {"fourier_scale": 300.0, "time_power": 2.0, "steps": 160_000},
+            "earthquake": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000},
+            "flood": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000},
+            "fire": {"fourier_scale": 100.0, "time_power": 3.0, "steps": 160_000}}
+MERGED_PROTOCOL = ("width", "depth", "fourier_features", "learning_rate", "ema", "select_every",
+                   "select_tol")  # what runs must share to be one table's rows; the rest is per set, in each run
 RESULTS = Path(__file__).parent / "results" / "earth_rfm.json"
 
 
@@ -62,6 +65,7 @@ def run(name, seed, args):
     d = load_earth(name, seed=seed)
     steps = args.steps or PROTOCOL[name]["steps"]
     scale = args.fourier_scale or PROTOCOL[name]["fourier_scale"]
+    time_power = args.time_power or PROTOCOL[name]["time_power"]
     model = rfm(jax.random.key(seed), Sphere(2), width=args.width, depth=args.depth, activation="silu",
                 fourier_features=args.fourier_features, fourier_scale=scale)
     curve, selection_cpu = [], [0.0]
@@ -82,11 +86,11 @@ def run(name, seed, args):
         print(f"  {name} seed {seed} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if k != "step"),
               flush=True)
 
-    loss = GeodesicFlowMatching(time_power=args.time_power)
+    loss = GeodesicFlowMatching(time_power=time_power)
     model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=512,
                          learning_rate=args.learning_rate, val_data=d.val, val_metric=lambda m, x, c: timed_nll(m, x),
                          eval_every=args.select_every, ema_decay=args.ema, callback=record, progress=False)
-    return {"seed": seed, "steps": steps, "fourier_scale": scale, "test_nll": nll(model, d.test, 1e-5),
+    return {"seed": seed, "steps": steps, "fourier_scale": scale, "time_power": time_power, "test_nll": nll(model, d.test, 1e-5),
             "best_step": hist.best_step, "val_nll": hist.best_val_loss, "train_cpu_s": curve[-1]["train_cpu_s"],
             "steps_per_s": hist.steps_per_second, "curve": curve}
 
@@ -98,7 +102,8 @@ def summarise(runs_by_set):
         nlls = np.array([r["test_nll"] for r in runs])
         rows[name] = {"test_nll_mean": float(nlls.mean()), "test_nll_std": float(nlls.std()), "test_nll": nlls.tolist(),
                       "seeds": [r["seed"] for r in runs], "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in runs])),
-                      "published_rfm": PUBLISHED_RFM[name]}
+                      "published_rfm": PUBLISHED_RFM[name],
+                      **{k: sorted({r[k] for r in runs}) for k in ("steps", "fourier_scale", "time_power")}}
         print(f"{name:10s} test NLL {rows[name]['test_nll_mean']:.3f} ± {rows[name]['test_nll_std']:.3f} over "
               f"{len(runs)} seeds (published RFM {PUBLISHED_RFM[name]}), {rows[name]['train_cpu_s_mean']:.0f} CPU s a run")
     return rows
@@ -215,12 +220,14 @@ def main():
     ap.add_argument("--steps", type=int, help="training steps (default: the set's, PROTOCOL)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (runs seed-start … seed-start+seeds−1)")
-    ap.add_argument("--sets", nargs="+", choices=list(EARTH), default=list(EARTH))
+    ap.add_argument("--sets", nargs="+", choices=list(EARTH), default=list(EARTH),
+                    help="the sets to run, or with --merge the sets to take from the files")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--fourier-features", type=int, default=128)
     ap.add_argument("--fourier-scale", type=float, help="the highest frequency's length (default: the set's, PROTOCOL)")
-    ap.add_argument("--time-power", type=float, default=2.0, help="t = 1 − (1 − u)^p: p > 1 puts more steps near the data")
+    ap.add_argument("--time-power", type=float,
+                    help="t = 1 − (1 − u)^p: p > 1 puts more steps near the data (default: the set's, PROTOCOL)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999, help="parameter-average decay (0: none)")
     ap.add_argument("--select-every", type=int, default=5000, help="steps between validation-NLL selections")
@@ -236,13 +243,18 @@ def main():
         args.steps, args.seeds, args.select_every = 300, 1, 150
     args.ema = args.ema or None
     if args.merge:
-        runs, sources, protocols = {}, [], []
-        for f in args.merge:  # a run's file, or an earlier merged table (its sources are kept)
+        runs, sources, protocols = {}, {}, []
+        for f in args.merge:  # a run's file, or an earlier merged table (its sources per set are kept)
             table = json.loads(f.read_text())
+            shared = table.get("protocol") or table["args"]
+            earlier = table.get("merged_from")
             for name, rs in table["runs"].items():
-                runs.setdefault(name, []).extend(rs)
-            sources += table.get("merged_from", [f.name])
-            protocols.append(table.get("protocol") or {k: table["args"][k] for k in MERGED_PROTOCOL})
+                if name not in args.sets:
+                    continue
+                # runs recorded before the time power was per set took the file's
+                runs.setdefault(name, []).extend({"time_power": shared.get("time_power"), **r} for r in rs)
+                sources.setdefault(name, []).extend(earlier[name] if isinstance(earlier, dict) else [f.name])
+            protocols.append({k: shared[k] for k in MERGED_PROTOCOL})
         if any(p != protocols[0] for p in protocols):
             raise SystemExit(f"--merge: the files were run under different protocols: {protocols}")
         for name, rs in runs.items():
