@@ -90,7 +90,8 @@ def run(name, seed, args):
     model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=512,
                          learning_rate=args.learning_rate, val_data=d.val, val_metric=lambda m, x, c: timed_nll(m, x),
                          eval_every=args.select_every, ema_decay=args.ema, callback=record, progress=False)
-    return {"seed": seed, "steps": steps, "fourier_scale": scale, "time_power": time_power, "test_nll": nll(model, d.test, 1e-5),
+    return {"seed": seed, "steps": steps, "fourier_scale": scale, "time_power": time_power,
+            "test_nll": nll(model, d.test, 1e-5),
             "best_step": hist.best_step, "val_nll": hist.best_val_loss, "train_cpu_s": curve[-1]["train_cpu_s"],
             "steps_per_s": hist.steps_per_second, "curve": curve}
 
