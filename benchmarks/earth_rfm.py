@@ -63,9 +63,8 @@ def run(name, seed, args):
     training CPU seconds (selection excluded) and, with ``--curve``, the test NLL at each
     selection point."""
     d = load_earth(name, seed=seed)
-    steps = args.steps or PROTOCOL[name]["steps"]
-    scale = args.fourier_scale or PROTOCOL[name]["fourier_scale"]
-    time_power = args.time_power or PROTOCOL[name]["time_power"]
+    steps, scale, time_power = (PROTOCOL[name][k] if getattr(args, k) is None else getattr(args, k)
+                                for k in ("steps", "fourier_scale", "time_power"))  # a given 0 is refused, not replaced
     model = rfm(jax.random.key(seed), Sphere(2), width=args.width, depth=args.depth, activation="silu",
                 fourier_features=args.fourier_features, fourier_scale=scale)
     curve, selection_cpu = [], [0.0]
