@@ -136,7 +136,7 @@ class FrameNetwork(eqx.Module):
     def __init__(self, *, key, width: int = 128, pair: int = 64, layers: int = 4, heads: int = 4, head_dim: int = 16,
                  num_points: int = 4, radial: int = 16, offsets: int = 16, distance_top: float = 2.0,
                  time_embedding: int = 32, self_conditioning: bool = False):
-        k = jax.random.split(key, 4)  # the self-conditioning keys fold in: the rest initialise as without it
+        k = jax.random.split(key, 6)
         self.radial, self.offsets, self.distance_top, self.time_embedding = radial, offsets, float(distance_top), time_embedding
         self.node_in = MLP(time_embedding + offsets, width, width, 1, key=k[0], activation="silu")
         self.pair_in = MLP(12 + radial + offsets, pair, pair, 1, key=k[1], activation="silu")
@@ -145,9 +145,8 @@ class FrameNetwork(eqx.Module):
         self.head = MLP(width, 6, width, 1, key=k[3], activation="silu")
         self.previous_node = self.previous_pair = None
         if self_conditioning:
-            k_node, k_pair = jax.random.split(jax.random.fold_in(key, 1))
-            self.previous_node = MLP(6, width, width, 1, key=k_node, activation="silu")
-            self.previous_pair = MLP(12 + radial, pair, pair, 1, key=k_pair, activation="silu")
+            self.previous_node = MLP(6, width, width, 1, key=k[4], activation="silu")
+            self.previous_pair = MLP(12 + radial, pair, pair, 1, key=k[5], activation="silu")
 
     @property
     def self_conditioning(self) -> bool:
