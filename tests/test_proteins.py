@@ -118,6 +118,22 @@ def test_frame_network_is_se3_equivariant():
             np.testing.assert_allclose(dt2, dt @ q.T, atol=1e-9)
 
 
+def test_self_conditioning_adds_its_reading_without_changing_the_rest_of_the_initialisation():
+    """A network with the reading of its first pass starts, in every other weight, where the
+    same key starts it without: switching self-conditioning on compares like with like."""
+    kw = dict(key=jax.random.key(3), width=16, pair=8, layers=1, heads=2, head_dim=4, num_points=2)
+    plain, reading = FrameNetwork(**kw), FrameNetwork(**kw, self_conditioning=True)
+    assert not plain.self_conditioning and reading.self_conditioning
+    arrays = lambda n: jax.tree.leaves(eqx.filter(n, eqx.is_array))
+    without_reading = eqx.tree_at(lambda n: (n.previous_node, n.previous_pair), reading, (None, None),
+                                  is_leaf=lambda x: x is None)
+    for a, b in zip(arrays(plain), arrays(without_reading), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the reading's own weights are drawn, not copies of others
+    node_weight = reading.previous_node.weights[0]
+    assert not any(a.shape == node_weight.shape and np.array_equal(a, node_weight) for a in arrays(plain))
+
+
 def test_self_conditioning_field_is_equivariant_reads_its_first_pass_and_trains_the_reading():
     """A self-conditioning field runs the network twice: the second pass reads features of the
     first pass's clean frames, which must be invariant, so the field stays SE(3)-equivariant;
