@@ -1,6 +1,6 @@
 """Protein backbones as residue frames on SE(3)ᴺ: geometry (frames ↔ atoms, dihedrals), PDB in
 and out, fragment data, an invariant-point-attention network, frame flow matching with exact
-likelihoods, and backbone metrics."""
+likelihoods, a steric relaxation of samples, and backbone metrics."""
 
 from geoflow.extras import require_extra
 
@@ -15,10 +15,11 @@ from .model import (FrameFlowMatching, backbones_from_points, frame_manifold, fr
                     points_from_backbones, rotation_path, sample_backbones)
 from .network import FrameNetwork
 from .pdb import read_pdb, write_pdb
+from .relax import relax_clashes
 
 __all__ = ["FrameFlowMatching", "FrameNetwork", "Fragments", "backbone_dihedrals", "backbone_from_dihedrals",
            "backbone_from_frames", "backbone_metrics", "backbones_from_points", "ca_ca_distances", "clashes",
            "cut_fragments", "dihedral", "frame_manifold", "frame_prior", "frameflow", "frames_from_backbone",
            "load_chains", "load_fragments", "nearest_rmsd", "place_atom", "points_from_backbones", "radius_of_gyration",
-           "ramachandran_js", "read_pdb", "rotation_path", "sample_backbones", "secondary_structure",
+           "ramachandran_js", "read_pdb", "relax_clashes", "rotation_path", "sample_backbones", "secondary_structure",
            "split_at_breaks", "write_pdb"]

@@ -65,6 +65,9 @@ def add_parser(sub):
     s.add_argument("--denoise-from", type=float, default=None,
                    help="stop the steps at this t and take the predicted clean frames there (a clean-frame "
                         f"model; default {DENOISE_FROM}); 1: integrate to t = 1 (the only choice for a velocity model)")
+    s.add_argument("--relax", action="store_true",
+                   help="push clashing CA atoms apart, keeping each residue's distances to its next two as "
+                        "sampled (molecules.proteins.relax; the CA moves are recorded)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output folder")
     e = psub.add_parser("evaluate", help="score a folder of backbone PDB files against held-out data")
@@ -138,12 +141,19 @@ def cmd_sample(args) -> dict:
     backbones = sample_backbones(model, jax.random.key(args.seed), args.n, steps=args.steps,
                                  denoise_from=denoise_from if denoise_from < 1.0 else None)
     seconds = time.perf_counter() - t0
+    relaxation = None
+    if args.relax:
+        relaxed = sample_backbones(model, jax.random.key(args.seed), args.n, steps=args.steps,
+                                   denoise_from=denoise_from if denoise_from < 1.0 else None, relax=True)
+        moved = np.linalg.norm(relaxed[:, :, 1] - backbones[:, :, 1], axis=-1)
+        relaxation = {"fragments_moved": int(np.sum(moved.max(1) > 0.01)), "max_ca_move_angstrom": float(moved.max())}
+        backbones = relaxed
     args.out.mkdir(parents=True, exist_ok=True)
     for i, b in enumerate(backbones):
         write_pdb(args.out / f"sample_{i:03d}.pdb", b)
     np.save(args.out / "backbones.npy", backbones)
     res = {"n": args.n, "steps": args.steps, "denoise_from": denoise_from, "length": int(backbones.shape[1]),
-           "sample_seconds": seconds}
+           "sample_seconds": seconds, "relaxation": relaxation}
     print(f"wrote {args.n} PDB files and backbones.npy to {args.out}")
     print(json.dumps(res))
     return res

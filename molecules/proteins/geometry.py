@@ -20,6 +20,7 @@ N_CA_C, CA_C_N, C_N_CA, CA_C_O = (math.radians(a) for a in (111.2, 116.2, 121.7,
 IDEAL_LOCAL = np.array([[N_CA * math.cos(N_CA_C), N_CA * math.sin(N_CA_C), 0.0], [0.0, 0.0, 0.0], [CA_C, 0.0, 0.0]],
                        np.float32)
 ATOMS = ("N", "CA", "C", "O")
+LENGTH_SCALE = 0.1  # the models' length unit per Å: translations in nm, as FrameFlow's
 
 
 def _unit(v):

@@ -26,11 +26,9 @@ from manifolds import CentredPoints, riemannian_sample, Power, Product, ProductD
 from manifolds.distributions import IGSO3, PowerDistribution
 from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
-from .geometry import backbone_from_frames, frames_from_backbone
-from .metrics import CLASH_SEPARATION
+from .geometry import LENGTH_SCALE, backbone_from_frames, frames_from_backbone
 from .network import FrameNetwork
-
-LENGTH_SCALE = 0.1  # model length unit per Å: translations in nm
+from .relax import clash_loss, relax_clashes
 
 
 def frame_manifold(length: int) -> Product:
@@ -222,22 +220,6 @@ def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6, pairs: str
     return position + jnp.sum((d_hat - d) ** 2 * near) / jnp.maximum(jnp.sum(near), 1)
 
 
-# below the closest CA pair (≥ CLASH_SEPARATION apart in sequence) of any training fragment, 3.6 Å,
-# so that no data fragment is penalised; above the metric's clash distance, 3.0 Å
-CLASH_LOSS_DISTANCE = 3.5 * LENGTH_SCALE
-
-
-def clash_loss(ca, distance: float = CLASH_LOSS_DISTANCE):
-    """``Σ max(0, distance − ‖caᵢ − ca_j‖)²`` over the CA pairs ``(i < j)`` at least
-    ``CLASH_SEPARATION`` residues apart; ``ca`` ``(L, 3)`` in model units (nm). Zero for every
-    fragment whose non-local CA pairs are all ``distance`` or further apart; a sum, not a mean,
-    so that one clash in a long fragment weighs as much as in a short one."""
-    d = jnp.sqrt(jnp.sum((ca[:, None] - ca[None]) ** 2, -1) + 1e-10)
-    index = jnp.arange(ca.shape[0])
-    far = (index[None, :] - index[:, None]) >= CLASH_SEPARATION
-    return jnp.sum(jnp.where(far, jax.nn.relu(distance - d) ** 2, 0.0))
-
-
 def _translation_pairing(x0, x1, length: int):
     """Minibatch-OT indices pairing prior fragments ``x0`` with data ``x1`` (flat points
     ``(n, 12·length)``) by their CA translations, the last ``3·length`` coordinates."""
@@ -357,7 +339,7 @@ def _self_conditioning_input(field: FrameField, t, rotations, translations, key)
 
 
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
-                     denoise_from: float | None = None) -> np.ndarray:
+                     denoise_from: float | None = None, relax: bool = False) -> np.ndarray:
     """``n`` backbones ``(n, L, 4, 3)`` in Å by ``steps`` geodesic Euler steps
     (:func:`manifolds.riemannian_sample`, FrameFlow's sampler; ``None``: the model's own ODE solver).
 
@@ -365,7 +347,10 @@ def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
     the network's clean frames there, :meth:`FrameField.clean`, in one jump: near ``t = 1`` the
     network was trained on frames a ``1 − t`` fraction of the prior away from the data, so it
     leaves a drift of the sampled path that is larger than that in place; from ``s = 0.95`` it
-    corrects it (``benchmarks/RESULTS.md``). ``None``: the steps go to ``t = 1``."""
+    corrects it (``benchmarks/RESULTS.md``). ``None``: the steps go to ``t = 1``.
+
+    ``relax=True`` passes the samples through :func:`molecules.proteins.relax.relax_clashes`,
+    which pushes clashing CA atoms apart and keeps the local geometry as sampled."""
     field = ode_flow_of(model).field
     if denoise_from is not None:
         if not 0.0 < denoise_from < 1.0:
@@ -378,6 +363,8 @@ def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
         points = model.sample(key, n)
     else:
         points = riemannian_sample(model, key, n, steps)
+    if relax:
+        points = relax_clashes(points, field.length)
     return backbones_from_points(points, field.length)
 
 

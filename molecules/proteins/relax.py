@@ -1,0 +1,73 @@
+"""A steric relaxation of sampled fragments: CA atoms that clash are pushed apart while every
+CA–CA distance between residues closer in sequence than ``CLASH_SEPARATION`` keeps its sampled
+value.
+
+A frame flow's samples put two segments of the chain on one another in a few fragments in a
+hundred (a clash rate per residue pair that is flat in sequence separation, so it grows with
+length; ``benchmarks/RESULTS.md``). The sampled local geometry around them is right, so a small
+move of the clashing residues, holding the chain's bonds and bond angles, removes the clash. That
+is what AlphaFold's relaxation and generators' clash potentials do with a force field; here it is
+the clash penalty of training (:func:`clash_loss`) and a harmonic restraint, minimised by gradient
+descent on the CA positions. Rotations are kept, so each residue's N, C and O ride with its CA.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .geometry import LENGTH_SCALE
+from .metrics import CLASH_SEPARATION
+
+# below the closest CA pair (≥ CLASH_SEPARATION apart in sequence) of any training fragment, 3.6 Å,
+# so that no data fragment is penalised; above the metric's clash distance, 3.0 Å
+CLASH_LOSS_DISTANCE = 3.5 * LENGTH_SCALE
+
+
+def clash_loss(ca, distance: float = CLASH_LOSS_DISTANCE):
+    """``Σ max(0, distance − ‖caᵢ − ca_j‖)²`` over the CA pairs ``(i < j)`` at least
+    ``CLASH_SEPARATION`` residues apart; ``ca`` ``(L, 3)`` in model units (nm). Zero for every
+    fragment whose non-local CA pairs are all ``distance`` or further apart; a sum, not a mean,
+    so that one clash in a long fragment weighs as much as in a short one."""
+    d = jnp.sqrt(jnp.sum((ca[:, None] - ca[None]) ** 2, -1) + 1e-10)
+    index = jnp.arange(ca.shape[0])
+    far = (index[None, :] - index[:, None]) >= CLASH_SEPARATION
+    return jnp.sum(jnp.where(far, jax.nn.relu(distance - d) ** 2, 0.0))
+
+
+def _local_distances(ca):
+    """``(L, CLASH_SEPARATION − 1)`` distances from each CA to the next ones in sequence (the
+    last rows' missing partners read as zero)."""
+    return jnp.stack([jnp.pad(jnp.sqrt(jnp.sum((ca[k:] - ca[:-k]) ** 2, -1) + 1e-12), (0, k))
+                      for k in range(1, CLASH_SEPARATION)], -1)
+
+
+def relax_fragment(ca, *, iterations: int = 200, step: float = 0.1, restraint: float = 1.0):
+    """CA positions ``(L, 3)`` in model units (nm) after ``iterations`` gradient steps of ``step``
+    on ``clash_loss(ca) + restraint · Σ (dᵢⱼ − dᵢⱼ⁰)²`` over the pairs ``0 < j − i <
+    CLASH_SEPARATION`` (``d⁰`` the input's). A fragment without a clash has zero gradient and
+    comes back unchanged. The descent is stable for ``step · restraint < 1/8`` (each CA is
+    restrained to up to four others, so the restraint's curvature reaches ``16 · restraint``).
+    The restraint is a compromise with the clash penalty: where many pairs clash the local
+    distances give a little (0.2 Å at most for a hairpin whose two strands lie 2 Å apart)."""
+    target = _local_distances(ca)
+
+    def energy(x):
+        return clash_loss(x) + restraint * jnp.sum((_local_distances(x) - target) ** 2)
+
+    grad = jax.grad(energy)
+    return jax.lax.fori_loop(0, iterations, lambda _, x: x - step * grad(x), ca)
+
+
+@eqx.filter_jit
+def relax_clashes(points, length: int, *, iterations: int = 200, step: float = 0.1, restraint: float = 1.0):
+    """Flat points ``(F, 12·length)`` of :func:`.model.frame_manifold` (the rotations, then the CA
+    positions) with each fragment's CA positions relaxed by :func:`relax_fragment` (rotations
+    unchanged; the centre of mass stays, since every term depends on differences only)."""
+    if not 0 < step * restraint < 0.125:
+        raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
+    points = jnp.asarray(points)
+    rotations, ca = points[:, : 9 * length], points[:, 9 * length :].reshape(-1, length, 3)
+    ca = jax.vmap(lambda c: relax_fragment(c, iterations=iterations, step=step, restraint=restraint))(ca)
+    return jnp.concatenate([rotations, ca.reshape(len(ca), -1)], 1)
