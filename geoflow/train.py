@@ -476,7 +476,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
             bar.set_postfix(postfix, refresh=False)
             bar.update(n)
         if checkpoint is not None:
-            _save_once(state, checkpoint, static, model_now)
+            _save_once(state, checkpoint, static, model_now, clock)
         if patience is not None and state.stale >= patience:
             state.history.stop_reason = "early_stopping"
             break
@@ -583,11 +583,15 @@ class TrainingState:
         else:
             self.stale += 1
 
-    def save(self, checkpoint: Path, static, model_now) -> None:
-        """The checkpoint :meth:`resumed` reads (its layout is :func:`fit`'s documented one)."""
+    def save(self, checkpoint: Path, static, model_now, clock: _StepClock) -> None:
+        """The checkpoint :meth:`resumed` reads (its layout is :func:`fit`'s documented one). Its
+        history carries the wall time and step rate so far, so that a resumed run, even one with
+        no steps left, reports the whole run's."""
         best_model = None if self.best_params is None else eqx.combine(self.best_params, static)
+        history = dataclasses.replace(self.history, wall_time=self.history.wall_time + clock.wall(),
+                                      steps_per_second=clock.rate if clock.seconds > 0 else self.history.steps_per_second)
         save(checkpoint, {"model": eqx.combine(self.params, static), "opt_state": self.opt_state, "step": self.step,
-                          "history": self.history, "best_model": best_model,
+                          "history": history, "best_model": best_model,
                           "ema_model": None if self.ema is None else model_now})
 
 
@@ -615,11 +619,11 @@ def _progress_bar(steps: int, initial: int):
     return tqdm(total=steps, initial=initial, desc="fit", file=sys.stderr, dynamic_ncols=True)
 
 
-def _save_once(state: TrainingState, checkpoint: Path, static, model_now) -> None:
+def _save_once(state: TrainingState, checkpoint: Path, static, model_now, clock: _StepClock) -> None:
     """Process 0 writes the checkpoint; with several processes all wait until it is written, so
     that a later ``resume`` finds the same file in every process (they must agree on the step)."""
     if jax.process_index() == 0:
-        state.save(checkpoint, static, model_now)
+        state.save(checkpoint, static, model_now, clock)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -116,6 +116,11 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, moons):
     resumed, hist = gf.fit(_small(), moons.train, checkpoint=ckpt, resume=True, **kw)
     assert hist.steps == full_hist.steps
     assert eqx.tree_equal(resumed, full)
+    # the clock runs across the resume: a finished run resumed again reports the whole run's time and rate
+    again, finished = gf.fit(_small(), moons.train, checkpoint=ckpt, resume=True, **kw)
+    assert eqx.tree_equal(again, full) and finished.steps == full_hist.steps
+    assert hist.wall_time > part.wall_time > 0 and finished.wall_time == pytest.approx(hist.wall_time, rel=0.5)
+    assert finished.steps_per_second == pytest.approx(hist.steps_per_second, rel=0.5)
 
 
 def test_bad_training_data_is_rejected():
