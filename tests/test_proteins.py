@@ -281,6 +281,10 @@ def test_backbone_metrics_on_known_structures():
     assert m["ramachandran_js"] == pytest.approx(0.0, abs=1e-12) and m["samples"]["ca_ca_within_0.1"] == 1.0
     with pytest.raises(ValueError, match="NaN"):
         backbone_metrics(np.full((1, 5, 4, 3), np.nan))
+    # a diverged sample, finite but spread over 10⁸ Å, is counted as unannotated, not crashed on
+    content = backbone_metrics(np.stack([helix, strand, helix * 1e8]))["samples"]
+    assert content["ss_unannotated"] == 1
+    assert content["ss_helix"] == pytest.approx(np.mean(np.concatenate([secondary_structure(helix), secondary_structure(strand)]) == "a"))
 
 
 def test_predicted_end_of_the_target_velocity_is_the_data():

@@ -64,10 +64,19 @@ def secondary_structure(backbone) -> np.ndarray:
 
 
 def secondary_structure_content(backbones) -> dict:
-    """Fractions of helix, strand and coil residues over all fragments."""
-    labels = np.concatenate([secondary_structure(b) for b in _check(backbones)])
-    return {"helix": float(np.mean(labels == "a")), "strand": float(np.mean(labels == "b")),
-            "coil": float(np.mean(labels == "c"))}
+    """Fractions of helix, strand and coil residues over the fragments P-SEA annotates, and the
+    number of fragments it cannot (``unannotated``: biotite's contact search refuses coordinates
+    spread over more space than it can grid, as a diverged sample's are). NaN fractions when no
+    fragment is annotated."""
+    labels, unannotated = [], 0
+    for b in _check(backbones):
+        try:
+            labels.append(secondary_structure(b))
+        except (ValueError, MemoryError):
+            unannotated += 1
+    labels = np.concatenate(labels) if labels else np.array([], dtype="<U1")
+    fraction = (lambda code: float(np.mean(labels == code))) if labels.size else (lambda code: float("nan"))
+    return {"helix": fraction("a"), "strand": fraction("b"), "coil": fraction("c"), "unannotated": unannotated}
 
 
 def ramachandran_angles(backbones) -> np.ndarray:
