@@ -2,8 +2,8 @@
 residues, sample quality against held-out chains — consecutive CA–CA distances, clashes, radius
 of gyration, secondary-structure content (biotite P-SEA), Ramachandran Jensen–Shannon divergence
 — beside the same metrics of the training fragments themselves (what a perfect model would
-score) and of the same samples after the steric relaxation (``relax=True``), and the exact held-out NLL per residue for the shorter length (translations in nm,
-against the prior's). No peer library runs here (FrameFlow is a PyTorch code base with a
+score) and of the same samples after the steric relaxation (``relax_backbones``), and the
+exact held-out NLL per residue for the shorter length (translations in nm, against the prior's). No peer library runs here (FrameFlow is a PyTorch code base with a
 structure-prediction stack behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
@@ -28,7 +28,7 @@ from geoflow.continuous import ODESolver
 from geoflow.metrics import nll
 from geoflow.serialization import save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
-                                points_from_backbones, sample_backbones)
+                                points_from_backbones, relax_backbones, sample_backbones)
 from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule
 
 from _curve import PersistedCurve
@@ -136,15 +136,13 @@ def main():
                "sample_fragments_per_s": args.samples / sample_s, "final_train_loss": hist.train_loss[-1],
                "curve": curve.points, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
-        if args.prediction == "frames":  # the same samples after the steric relaxation
-            relaxed = sample_backbones(model, jax.random.key(2), args.samples, steps=args.sampling_steps,
-                                       denoise_from=args.denoise_from if args.denoise_from < 1 else None, relax=True)
-            moved = np.linalg.norm(relaxed[:, :, 1] - samples[:, :, 1], axis=-1)  # CA displacement, Å
-            row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)),
-                              "fragments_moved": float(np.mean(moved.max(1) > 0.01)),
-                              "mean_move_of_moved_residues": float(moved[moved > 0.01].mean()) if np.any(moved > 0.01) else 0.0,
-                              "max_move": float(moved.max())}
-            print("  relaxed:", json.dumps({k: round(v, 3) for k, v in row["relaxed"].items() if "reference" not in k}))
+        relaxed = relax_backbones(samples)  # the same samples after the steric relaxation
+        moved = np.linalg.norm(relaxed[:, :, 1] - samples[:, :, 1], axis=-1)  # CA displacement, Å
+        row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)),
+                          "fragments_moved": float(np.mean(moved.max(1) > 0.01)),
+                          "mean_move_of_moved_residues": float(moved[moved > 0.01].mean()) if np.any(moved > 0.01) else 0.0,
+                          "max_move": float(moved.max())}
+        print("  relaxed:", json.dumps({k: round(v, 3) for k, v in row["relaxed"].items() if "reference" not in k}))
         if args.prediction == "frames":  # the same model sampled with other rotation schedules
             row["sampling_rates"] = {}
             for rate in (0.0, 3.0, 10.0):

@@ -354,33 +354,35 @@ def test_clash_loss_is_zero_on_data_and_pushes_a_clashing_pair_apart():
 
 def test_relaxation_removes_a_planted_clash_keeps_the_local_geometry_and_leaves_data_alone():
     """A hairpin whose two strands lie 2 Å apart (every cross pair a clash) comes out of
-    :func:`relax_clashes` with no non-local CA pair closer than 3.4 Å, each distance to the next
-    two residues within 0.2 Å of what went in (the restraint's give under 16 clashing pairs), the
-    same rotations and the same centre; a real fragment, which has no clash, comes back bit for bit."""
-    from molecules.proteins.geometry import LENGTH_SCALE
+    :func:`relax_backbones` with no non-local CA pair closer than 3.4 Å, each CA's distances to
+    the next two residues within 0.2 Å of what went in (the restraint's give under 16 clashing
+    pairs), every residue's atoms moved together with its CA and the CA centre in place; a real
+    fragment, which has no clash, comes back bit for bit."""
+    from molecules.proteins import backbone_from_frames, relax_backbones
     from molecules.proteins.metrics import CLASH_SEPARATION
-    from molecules.proteins.relax import relax_clashes
 
     length = 16
-    strand = 0.38 * np.arange(length // 2)
+    strand = 3.8 * np.arange(length // 2)
     ca = np.concatenate([np.stack([strand, np.zeros(8), np.zeros(8)], -1),
-                         np.stack([strand[::-1], np.full(8, 0.2), np.zeros(8)], -1)])  # nm
-    rotations = np.asarray(jax.vmap(rotvec_to_matrix)(jax.random.normal(jax.random.key(0), (length, 3))))
-    hairpin = np.concatenate([rotations.reshape(-1), (ca - ca.mean(0)).reshape(-1)])
-    data = points_from_backbones(load_fragments(length, stride=4).test[:1])[0]
-    out = np.asarray(relax_clashes(np.stack([hairpin, data]), length))
-    assert np.array_equal(out[1], data)
-    np.testing.assert_array_equal(out[0, : 9 * length], hairpin[: 9 * length])
-    before, after = hairpin[9 * length :].reshape(length, 3), out[0, 9 * length :].reshape(length, 3)
-    np.testing.assert_allclose(after.mean(0), before.mean(0), atol=1e-6)
-    distance = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1) / LENGTH_SCALE  # Å
+                         np.stack([strand[::-1], np.full(8, 2.0), np.zeros(8)], -1)])  # Å
+    rotations = jax.vmap(rotvec_to_matrix)(jax.random.normal(jax.random.key(0), (length, 3)))
+    hairpin = np.asarray(backbone_from_frames(rotations, jnp.asarray(ca, jnp.float32)))
+    data = load_fragments(length, stride=4).test[:1]
+    relaxed_hairpin, relaxed_data = relax_backbones(np.concatenate([hairpin[None], data]))
+    assert np.array_equal(relaxed_data, data[0])
+    np.testing.assert_allclose(relaxed_hairpin - relaxed_hairpin[:, 1:2], hairpin - hairpin[:, 1:2], atol=1e-5)
+    before, after = hairpin[:, 1], relaxed_hairpin[:, 1]
+    np.testing.assert_allclose(after.mean(0), before.mean(0), atol=1e-4)
+    distance = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)
     separation = np.abs(np.arange(length)[:, None] - np.arange(length)[None])
     local = (separation > 0) & (separation < CLASH_SEPARATION)
     assert distance(before)[separation >= CLASH_SEPARATION].min() < 2.1
     assert distance(after)[separation >= CLASH_SEPARATION].min() > 3.4
     np.testing.assert_allclose(distance(after)[local], distance(before)[local], atol=0.2)
     with pytest.raises(ValueError, match="step · restraint"):
-        relax_clashes(out, length, step=0.2)
+        relax_backbones(data, step=0.2)
+    with pytest.raises(ValueError, match=r"shape \(F, L, A, 3\)"):
+        relax_backbones(data[0])
 
 
 class _Oracle(eqx.Module):

@@ -15,11 +15,11 @@ from .model import (FrameFlowMatching, backbones_from_points, frame_manifold, fr
                     points_from_backbones, rotation_path, sample_backbones)
 from .network import FrameNetwork
 from .pdb import read_pdb, write_pdb
-from .relax import relax_clashes
+from .relax import relax_backbones
 
 __all__ = ["FrameFlowMatching", "FrameNetwork", "Fragments", "backbone_dihedrals", "backbone_from_dihedrals",
            "backbone_from_frames", "backbone_metrics", "backbones_from_points", "ca_ca_distances", "clashes",
            "cut_fragments", "dihedral", "frame_manifold", "frame_prior", "frameflow", "frames_from_backbone",
            "load_chains", "load_fragments", "nearest_rmsd", "place_atom", "points_from_backbones", "radius_of_gyration",
-           "ramachandran_js", "read_pdb", "relax_clashes", "rotation_path", "sample_backbones", "secondary_structure",
+           "ramachandran_js", "read_pdb", "relax_backbones", "rotation_path", "sample_backbones", "secondary_structure",
            "split_at_breaks", "write_pdb"]

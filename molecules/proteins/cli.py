@@ -67,7 +67,7 @@ def add_parser(sub):
                         f"model; default {DENOISE_FROM}); 1: integrate to t = 1 (the only choice for a velocity model)")
     s.add_argument("--relax", action="store_true",
                    help="push clashing CA atoms apart, keeping each residue's distances to its next two as "
-                        "sampled (molecules.proteins.relax; the CA moves are recorded)")
+                        "sampled (molecules.proteins.relax_backbones; the CA moves are recorded)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output folder")
     e = psub.add_parser("evaluate", help="score a folder of backbone PDB files against held-out data")
@@ -123,7 +123,7 @@ def cmd_sample(args) -> dict:
     from geoflow.continuous import ODEFlow
     from geoflow.serialization import load
 
-    from . import sample_backbones, write_pdb
+    from . import relax_backbones, sample_backbones, write_pdb
     from .model import FrameField
 
     model = load(existing_run(args.run) / "model.eqx")
@@ -143,8 +143,7 @@ def cmd_sample(args) -> dict:
     seconds = time.perf_counter() - t0
     relaxation = None
     if args.relax:
-        relaxed = sample_backbones(model, jax.random.key(args.seed), args.n, steps=args.steps,
-                                   denoise_from=denoise_from if denoise_from < 1.0 else None, relax=True)
+        relaxed = relax_backbones(backbones)
         moved = np.linalg.norm(relaxed[:, :, 1] - backbones[:, :, 1], axis=-1)
         relaxation = {"fragments_moved": int(np.sum(moved.max(1) > 0.01)), "max_ca_move_angstrom": float(moved.max())}
         backbones = relaxed

@@ -28,7 +28,7 @@ from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
 from .geometry import LENGTH_SCALE, backbone_from_frames, frames_from_backbone
 from .network import FrameNetwork
-from .relax import clash_loss, relax_clashes
+from .relax import clash_loss
 
 
 def frame_manifold(length: int) -> Product:
@@ -339,7 +339,7 @@ def _self_conditioning_input(field: FrameField, t, rotations, translations, key)
 
 
 def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
-                     denoise_from: float | None = None, relax: bool = False) -> np.ndarray:
+                     denoise_from: float | None = None) -> np.ndarray:
     """``n`` backbones ``(n, L, 4, 3)`` in Å by ``steps`` geodesic Euler steps
     (:func:`manifolds.riemannian_sample`, FrameFlow's sampler; ``None``: the model's own ODE solver).
 
@@ -348,9 +348,7 @@ def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
     network was trained on frames a ``1 − t`` fraction of the prior away from the data, so it
     leaves a drift of the sampled path that is larger than that in place; from ``s = 0.95`` it
     corrects it (``benchmarks/RESULTS.md``). ``None``: the steps go to ``t = 1``.
-
-    ``relax=True`` passes the samples through :func:`molecules.proteins.relax.relax_clashes`,
-    which pushes clashing CA atoms apart and keeps the local geometry as sampled."""
+    :func:`molecules.proteins.relax.relax_backbones` removes the clashes of the samples."""
     field = ode_flow_of(model).field
     if denoise_from is not None:
         if not 0.0 < denoise_from < 1.0:
@@ -363,8 +361,6 @@ def sample_backbones(model: Transformed, key, n: int, steps: int | None = 100,
         points = model.sample(key, n)
     else:
         points = riemannian_sample(model, key, n, steps)
-    if relax:
-        points = relax_clashes(points, field.length)
     return backbones_from_points(points, field.length)
 
 

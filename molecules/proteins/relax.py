@@ -8,7 +8,7 @@ length; ``benchmarks/RESULTS.md``). The sampled local geometry around them is ri
 move of the clashing residues, holding the chain's bonds and bond angles, removes the clash. That
 is what AlphaFold's relaxation and generators' clash potentials do with a force field; here it is
 the clash penalty of training (:func:`clash_loss`) and a harmonic restraint, minimised by gradient
-descent on the CA positions. Rotations are kept, so each residue's N, C and O ride with its CA.
+descent on the CA positions; each residue's other atoms move with its CA.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .geometry import LENGTH_SCALE
 from .metrics import CLASH_SEPARATION
@@ -61,13 +62,22 @@ def relax_fragment(ca, *, iterations: int = 200, step: float = 0.1, restraint: f
 
 
 @eqx.filter_jit
-def relax_clashes(points, length: int, *, iterations: int = 200, step: float = 0.1, restraint: float = 1.0):
-    """Flat points ``(F, 12·length)`` of :func:`.model.frame_manifold` (the rotations, then the CA
-    positions) with each fragment's CA positions relaxed by :func:`relax_fragment` (rotations
-    unchanged; the centre of mass stays, since every term depends on differences only)."""
+def _relax_ca(ca, iterations: int, step: float, restraint: float):
+    return jax.vmap(lambda c: relax_fragment(c, iterations=iterations, step=step, restraint=restraint))(ca)
+
+
+def relax_backbones(backbones, *, iterations: int = 200, step: float = 0.1, restraint: float = 1.0) -> np.ndarray:
+    """Backbones ``(F, L, A, 3)`` in Å (atoms N, CA, C[, O], any placement) with each fragment's CA
+    positions relaxed by :func:`relax_fragment` and every other atom of a residue moved with its CA,
+    so residues that do not move come back bit for bit and each residue keeps its own geometry."""
+    backbones = np.asarray(backbones, np.float32)
+    if backbones.ndim != 4 or backbones.shape[2] < 2 or backbones.shape[3] != 3:
+        raise ValueError(f"backbones must have shape (F, L, A, 3) with CA second among the atoms; got {backbones.shape}")
     if not 0 < step * restraint < 0.125:
         raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
-    points = jnp.asarray(points)
-    rotations, ca = points[:, : 9 * length], points[:, 9 * length :].reshape(-1, length, 3)
-    ca = jax.vmap(lambda c: relax_fragment(c, iterations=iterations, step=step, restraint=restraint))(ca)
-    return jnp.concatenate([rotations, ca.reshape(len(ca), -1)], 1)
+    ca = backbones[:, :, 1]
+    before = (ca * LENGTH_SCALE).astype(np.float32)  # model units, where the clash distance is set
+    after = np.asarray(_relax_ca(jnp.asarray(before), iterations, step, restraint))
+    moved = np.any(after != before, -1, keepdims=True)  # a CA without gradient keeps its exact value
+    shift = np.where(moved, after / LENGTH_SCALE - ca, 0.0).astype(np.float32)
+    return backbones + shift[:, :, None]
