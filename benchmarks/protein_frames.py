@@ -3,8 +3,9 @@ residues, sample quality against held-out chains — consecutive CA–CA distanc
 of gyration, secondary-structure content (biotite P-SEA), Ramachandran Jensen–Shannon divergence
 — beside the same metrics of the training fragments themselves (what a perfect model would
 score) and of the same samples after the steric relaxation (``relax_backbones``), and the
-exact held-out NLL per residue for the shorter length (translations in nm, against the prior's). No peer library runs here (FrameFlow is a PyTorch code base with a
-structure-prediction stack behind it); the CPU budget is part of the result.
+exact held-out NLL per residue for the shorter length (translations in nm, against the prior's).
+No peer library runs here (FrameFlow is a PyTorch code base with a structure-prediction stack
+behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
        [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
