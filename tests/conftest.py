@@ -72,7 +72,8 @@ if _REPORT:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first (a stable sort keeps each group's order). With one worker per core
+    """Slow tests first (a stable sort keeps each group's order), for a run that takes both groups
+    (plain ``pytest``; ``./dev test`` and ``./dev slow`` take one each). With one worker per core
     (``-n auto``) the workers take tests as they finish, so the minute-long tests start early and
     the short ones fill in around them, instead of one starting last and running alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 
 
+@pytest.mark.slow
 def test_gpu_suite_quick_runs_on_cpu(tmp_path):
     out = tmp_path / "suite.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", "classic", "ot-cfm", "--out", str(out)],
