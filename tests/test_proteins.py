@@ -381,6 +381,8 @@ def test_relaxation_removes_a_planted_clash_keeps_the_local_geometry_and_leaves_
     np.testing.assert_allclose(distance(after)[local], distance(before)[local], atol=0.2)
     with pytest.raises(ValueError, match="step · restraint"):
         relax_backbones(data, step=0.2)
+    with pytest.raises(ValueError, match="max_iterations"):
+        relax_backbones(data, max_iterations=0)
     with pytest.raises(ValueError, match=r"shape \(F, L, A, 3\)"):
         relax_backbones(data[0])
 

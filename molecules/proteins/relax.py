@@ -44,40 +44,62 @@ def _local_distances(ca):
                       for k in range(1, CLASH_SEPARATION)], -1)
 
 
-def relax_fragment(ca, *, iterations: int = 200, step: float = 0.1, restraint: float = 1.0):
-    """CA positions ``(L, 3)`` in model units (nm) after ``iterations`` gradient steps of ``step``
-    on ``clash_loss(ca) + restraint · Σ (dᵢⱼ − dᵢⱼ⁰)²`` over the pairs ``0 < j − i <
-    CLASH_SEPARATION`` (``d⁰`` the input's). A fragment without a clash has zero gradient and
-    comes back unchanged. The descent is stable for ``step · restraint < 1/8`` (each CA is
-    restrained to up to four others, so the restraint's curvature reaches ``16 · restraint``).
-    The restraint is a compromise with the clash penalty: where many pairs clash the local
-    distances give a little (0.2 Å at most for a hairpin whose two strands lie 2 Å apart)."""
+def relax_fragment(ca, *, max_iterations: int = 1000, tolerance: float = 1e-4, step: float = 0.1,
+                   restraint: float = 1.0):
+    """CA positions ``(L, 3)`` in model units (nm) after gradient steps of ``step`` on
+    ``clash_loss(ca) + restraint · Σ (dᵢⱼ − dᵢⱼ⁰)²`` over the pairs ``0 < j − i < CLASH_SEPARATION``
+    (``d⁰`` the input's), until no CA would move by more than ``tolerance`` (nm) in a step, or
+    after ``max_iterations``. A fragment without a clash has zero gradient and comes back unchanged.
+
+    The descent is stable for ``step · restraint < 1/8`` (each CA is restrained to up to four
+    others, so the restraint's curvature reaches ``16 · restraint``). Plain descent, a discrete
+    gradient flow, ends at the minimum nearest the sample; heavy-ball momentum converges in fewer
+    steps but carries residues past it (on 200 sampled fragments of 64 residues: moved residues
+    0.79 Å on average and up to 9.2 Å, against 0.41 and 3.3, and the helix content falls). On
+    those fragments 90% of the clashing ones converge within 600 steps and 99% within 1,300;
+    after 200 steps 2 still clash, after 500 none. The restraint is a compromise with the clash
+    penalty: where many pairs clash the local distances give a little (0.2 Å at most for a
+    hairpin whose two strands lie 2 Å apart)."""
     target = _local_distances(ca)
 
     def energy(x):
         return clash_loss(x) + restraint * jnp.sum((_local_distances(x) - target) ** 2)
 
     grad = jax.grad(energy)
-    return jax.lax.fori_loop(0, iterations, lambda _, x: x - step * grad(x), ca)
+
+    def moving(state):
+        i, _, g = state
+        return (i < max_iterations) & (step * jnp.max(jnp.linalg.norm(g, axis=-1)) > tolerance)
+
+    def descend(state):
+        i, x, g = state
+        x = x - step * g
+        return i + 1, x, grad(x)
+
+    return jax.lax.while_loop(moving, descend, (0, ca, grad(ca)))[1]
 
 
 @eqx.filter_jit
-def _relax_ca(ca, iterations: int, step: float, restraint: float):
-    return jax.vmap(lambda c: relax_fragment(c, iterations=iterations, step=step, restraint=restraint))(ca)
+def _relax_ca(ca, max_iterations: int, tolerance: float, step: float, restraint: float):
+    return jax.vmap(lambda c: relax_fragment(c, max_iterations=max_iterations, tolerance=tolerance, step=step,
+                                             restraint=restraint))(ca)
 
 
-def relax_backbones(backbones, *, iterations: int = 200, step: float = 0.1, restraint: float = 1.0) -> np.ndarray:
+def relax_backbones(backbones, *, max_iterations: int = 1000, tolerance: float = 1e-4, step: float = 0.1,
+                    restraint: float = 1.0) -> np.ndarray:
     """Backbones ``(F, L, A, 3)`` in Å (atoms N, CA, C[, O], any placement) with each fragment's CA
     positions relaxed by :func:`relax_fragment` and every other atom of a residue moved with its CA,
     so residues that do not move come back bit for bit and each residue keeps its own geometry."""
     backbones = np.asarray(backbones, np.float32)
     if backbones.ndim != 4 or backbones.shape[2] < 2 or backbones.shape[3] != 3:
         raise ValueError(f"backbones must have shape (F, L, A, 3) with CA second among the atoms; got {backbones.shape}")
+    if max_iterations < 1 or not tolerance > 0:
+        raise ValueError(f"max_iterations must be ≥ 1 and tolerance > 0, got {max_iterations} and {tolerance}")
     if not 0 < step * restraint < 0.125:
         raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
     ca = backbones[:, :, 1]
     before = (ca * LENGTH_SCALE).astype(np.float32)  # model units, where the clash distance is set
-    after = np.asarray(_relax_ca(jnp.asarray(before), iterations, step, restraint))
+    after = np.asarray(_relax_ca(jnp.asarray(before), max_iterations, tolerance, step, restraint))
     moved = np.any(after != before, -1, keepdims=True)  # a CA without gradient keeps its exact value
     shift = np.where(moved, after / LENGTH_SCALE - ca, 0.0).astype(np.float32)
     return backbones + shift[:, :, None]
