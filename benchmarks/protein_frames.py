@@ -31,6 +31,7 @@ from geoflow.serialization import save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, relax_backbones, sample_backbones)
 from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule
+from molecules.proteins.relax import relaxation_moves
 
 from _curve import PersistedCurve
 
@@ -138,11 +139,7 @@ def main():
                "curve": curve.points, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
         relaxed = relax_backbones(samples)  # the same samples after the steric relaxation
-        moved = np.linalg.norm(relaxed[:, :, 1] - samples[:, :, 1], axis=-1)  # CA displacement, Å
-        row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)),
-                          "fragments_moved": float(np.mean(moved.max(1) > 0.01)),
-                          "mean_move_of_moved_residues": float(moved[moved > 0.01].mean()) if np.any(moved > 0.01) else 0.0,
-                          "max_move": float(moved.max())}
+        row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)), **relaxation_moves(samples, relaxed)}
         print("  relaxed:", json.dumps({k: round(v, 3) for k, v in row["relaxed"].items() if "reference" not in k}))
         if args.prediction == "frames":  # the same model sampled with other rotation schedules
             row["sampling_rates"] = {}

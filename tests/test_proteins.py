@@ -379,6 +379,10 @@ def test_relaxation_removes_a_planted_clash_keeps_the_local_geometry_and_leaves_
     assert distance(before)[separation >= CLASH_SEPARATION].min() < 2.1
     assert distance(after)[separation >= CLASH_SEPARATION].min() > 3.4
     np.testing.assert_allclose(distance(after)[local], distance(before)[local], atol=0.2)
+    from molecules.proteins.relax import relaxation_moves
+    moves = relaxation_moves(np.concatenate([hairpin[None], data]), np.stack([relaxed_hairpin, relaxed_data]))
+    assert moves["fragments_moved"] == 0.5  # the hairpin, not the data
+    assert moves["max_move"] == pytest.approx(np.linalg.norm(after - before, axis=-1).max())
     with pytest.raises(ValueError, match="step · restraint"):
         relax_backbones(data, step=0.2)
     with pytest.raises(ValueError, match="max_iterations"):

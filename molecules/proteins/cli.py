@@ -124,6 +124,7 @@ def cmd_sample(args) -> dict:
     from geoflow.serialization import load
 
     from . import relax_backbones, sample_backbones, write_pdb
+    from .relax import relaxation_moves
     from .model import FrameField
 
     model = load(existing_run(args.run) / "model.eqx")
@@ -144,8 +145,7 @@ def cmd_sample(args) -> dict:
     relaxation = None
     if args.relax:
         relaxed = relax_backbones(backbones)
-        moved = np.linalg.norm(relaxed[:, :, 1] - backbones[:, :, 1], axis=-1)
-        relaxation = {"fragments_moved": int(np.sum(moved.max(1) > 0.01)), "max_ca_move_angstrom": float(moved.max())}
+        relaxation = relaxation_moves(backbones, relaxed)
         backbones = relaxed
     args.out.mkdir(parents=True, exist_ok=True)
     for i, b in enumerate(backbones):

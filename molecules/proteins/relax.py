@@ -103,3 +103,14 @@ def relax_backbones(backbones, *, max_iterations: int = 1000, tolerance: float =
     moved = np.any(after != before, -1, keepdims=True)  # a CA without gradient keeps its exact value
     shift = np.where(moved, after / LENGTH_SCALE - ca, 0.0).astype(np.float32)
     return backbones + shift[:, :, None]
+
+
+def relaxation_moves(before, after, threshold: float = 0.01) -> dict:
+    """How far :func:`relax_backbones` moved the CA atoms of backbones ``(F, L, A, 3)`` (Å):
+    ``fragments_moved``, the fraction of fragments with a CA moved by more than ``threshold`` Å;
+    ``mean_move_of_moved_residues`` over those CA atoms (0 when none moved); ``max_move``."""
+    moved = np.linalg.norm(np.asarray(after)[:, :, 1] - np.asarray(before)[:, :, 1], axis=-1)
+    far = moved > threshold
+    return {"fragments_moved": float(np.mean(far.any(1))),
+            "mean_move_of_moved_residues": float(moved[far].mean()) if far.any() else 0.0,
+            "max_move": float(moved.max())}
