@@ -9,7 +9,7 @@ recipe), batch 64, timed on a second call so compilation is excluded. Sampling: 
 The data are the embedded chains' fragments (``load_fragments(L, stride=4)``); their count per
 length is printed.
 
-Usage: python benchmarks/protein_networks.py [--quick] [--lengths 16 32 64] [--steps N]
+Usage: python benchmarks/protein_networks.py [--quick] [--lengths 16 32 64] [--steps N] [--samples K] [--out FILE]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--steps", type=int, default=100, help="timed training steps per run")
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--out", type=Path, help="results file (default: results/protein_networks.json)")
     args = ap.parse_args()
     if args.quick:
         args.lengths, args.steps, args.samples = [16], 10, 16
@@ -67,7 +68,7 @@ def main():
             rows[name] = measure(length, network, train, args.steps, args.samples)
             print(f"L={length} {name}: " + json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
         out["lengths"][str(length)] = rows
-    path = Path(__file__).parent / "results" / ("protein_networks_quick.json" if args.quick else "protein_networks.json")
+    path = args.out or Path(__file__).parent / "results" / ("protein_networks_quick.json" if args.quick else "protein_networks.json")
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
 
