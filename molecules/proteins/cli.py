@@ -124,8 +124,8 @@ def cmd_sample(args) -> dict:
     from geoflow.serialization import load
 
     from . import relax_backbones, sample_backbones, write_pdb
-    from .relax import relaxation_moves
     from .model import FrameField
+    from .relax import relaxation_moves
 
     model = load(existing_run(args.run) / "model.eqx")
     if not (isinstance(getattr(model, "bijection", None), ODEFlow) and isinstance(model.bijection.field, FrameField)):
