@@ -44,11 +44,12 @@ PUBLISHED_RFM = {"volcano": -7.93, "earthquake": -0.28, "flood": 0.42, "fire": -
 # per set: the highest Fourier frequency and the time power, chosen by seed 0's validation NLL after
 # 10,000 steps (benchmarks/RESULTS.md), the steps (volcano's and fire's near-duplicate points keep
 # sharpening long after earthquake and flood level off) and the steps between selections
-PROTOCOL = {"volcano": {"fourier_scale": 300.0, "time_power": 2.0, "steps": 160_000, "select_every": 5_000},
-            "earthquake": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000, "select_every": 5_000},
-            "flood": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000, "select_every": 5_000},
-            "fire": {"fourier_scale": 100.0, "time_power": 3.0, "steps": 320_000, "select_every": 10_000}}
-PER_SET = ("steps", "fourier_scale", "time_power", "select_every")  # each run records its own
+PROTOCOL = {
+    "volcano": {"fourier_scale": 300.0, "time_power": 2.0, "steps": 160_000, "select_every": 5_000, "weight_decay": 0.0},
+    "earthquake": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000, "select_every": 5_000, "weight_decay": 0.0},
+    "flood": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000, "select_every": 5_000, "weight_decay": 0.0},
+    "fire": {"fourier_scale": 100.0, "time_power": 3.0, "steps": 320_000, "select_every": 10_000, "weight_decay": 0.0}}
+PER_SET = ("steps", "fourier_scale", "time_power", "select_every", "weight_decay")  # each run records its own
 MERGED_PROTOCOL = ("width", "depth", "fourier_features", "learning_rate", "ema",
                    "select_tol")  # what runs must share to be one table's rows
 RESULTS = Path(__file__).parent / "results" / "earth_rfm.json"
@@ -64,8 +65,8 @@ def run(name, seed, args):
     training CPU seconds (selection excluded) and, with ``--curve``, the test NLL at each
     selection point."""
     d = load_earth(name, seed=seed)
-    steps, scale, time_power, select_every = (PROTOCOL[name][k] if getattr(args, k) is None else getattr(args, k)
-                                              for k in PER_SET)  # a given 0 is refused, not replaced
+    steps, scale, time_power, select_every, weight_decay = (
+        PROTOCOL[name][k] if getattr(args, k) is None else getattr(args, k) for k in PER_SET)  # a given 0 is used
     model = rfm(jax.random.key(seed), Sphere(2), width=args.width, depth=args.depth, activation="silu",
                 fourier_features=args.fourier_features, fourier_scale=scale)
     curve, selection_cpu = [], [0.0]
@@ -88,9 +89,10 @@ def run(name, seed, args):
 
     loss = GeodesicFlowMatching(time_power=time_power)
     model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=512,
-                         learning_rate=args.learning_rate, val_data=d.val, val_metric=lambda m, x, c: timed_nll(m, x),
-                         eval_every=select_every, ema_decay=args.ema, callback=record, progress=False)
+                         learning_rate=args.learning_rate, weight_decay=weight_decay, val_data=d.val,
+                         val_metric=lambda m, x, c: timed_nll(m, x), eval_every=select_every, ema_decay=args.ema, callback=record, progress=False)
     return {"seed": seed, "steps": steps, "fourier_scale": scale, "time_power": time_power, "select_every": select_every,
+            "weight_decay": weight_decay,
             "test_nll": nll(model, d.test, 1e-5),
             "best_step": hist.best_step, "val_nll": hist.best_val_loss, "train_cpu_s": curve[-1]["train_cpu_s"],
             "steps_per_s": hist.steps_per_second, "curve": curve}
@@ -230,6 +232,7 @@ def main():
     ap.add_argument("--time-power", type=float,
                     help="t = 1 − (1 − u)^p: p > 1 puts more steps near the data (default: the set's, PROTOCOL)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay (default: the set's, PROTOCOL)")
     ap.add_argument("--ema", type=float, default=0.999, help="parameter-average decay (0: none)")
     ap.add_argument("--select-every", type=int, help="steps between validation-NLL selections (default: the set's, PROTOCOL)")
     ap.add_argument("--select-tol", type=float, default=1e-4, help="solver tolerance of the selection NLL")
@@ -252,8 +255,9 @@ def main():
             for name, rs in table["runs"].items():
                 if name not in args.sets:
                     continue
-                # runs recorded before a setting was per set took the file's
-                runs.setdefault(name, []).extend({**{k: shared.get(k) for k in PER_SET}, **r} for r in rs)
+                # runs recorded before a setting was per set took the file's (no weight decay before it was one)
+                runs.setdefault(name, []).extend({**{k: shared.get(k) for k in PER_SET}, "weight_decay": 0.0, **r}
+                                                 for r in rs)
                 sources.setdefault(name, []).extend(earlier[name] if isinstance(earlier, dict) else [f.name])
             protocols.append({k: shared[k] for k in MERGED_PROTOCOL})
         if any(p != protocols[0] for p in protocols):

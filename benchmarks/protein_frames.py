@@ -72,6 +72,8 @@ def main():
                     help="the auxiliary distance loss's pairs: within 6 Å in the data (FrameFlow's) or in either structure")
     ap.add_argument("--clash-weight", type=float, default=0.0,
                     help="weight of the late-time penalty on predicted non-local CA pairs closer than 3.5 Å")
+    ap.add_argument("--compare-rates", type=float, nargs="+", default=[0.0, 3.0, 10.0],
+                    help="rotation rates the trained model is also sampled at (0: linear)")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--sampling-steps", type=int, default=100)
     ap.add_argument("--denoise-from", type=float, default=0.95,
@@ -143,7 +145,7 @@ def main():
         print("  relaxed:", json.dumps({k: round(v, 3) for k, v in row["relaxed"].items() if "reference" not in k}))
         if args.prediction == "frames":  # the same model sampled with other rotation schedules
             row["sampling_rates"] = {}
-            for rate in (0.0, 3.0, 10.0):
+            for rate in args.compare_rates:
                 other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
                 row["sampling_rates"][str(rate)] = brief(row["model"]) if rate == args.sample_rotation_rate else brief(
                     backbone_metrics(draw(other, jax.random.key(2)), data.test))
