@@ -95,12 +95,15 @@ class FrameField(eqx.Module):
     way to the clean frames — ``R̂₁ᵢ = Rᵢ exp[ωᵢ]×``, ``ĉ₁ = c + d`` — and the velocity is that
     way times ``rotation_scheduler.remaining_rate(t)`` for rotations and ``1/(1 − t)`` for
     translations (both capped at their value at ``t = 0.99``), so an Euler step of 0.01 from
-    there lands on the prediction. As FrameFlow, rotations are trained on a linear path and
-    sampled on an exponential schedule, which settles them early: the default ``Exponential(3)``
-    reproduces the training fragments' helix fraction on the embedded set, FrameFlow's rate 10
-    tightens the CA–CA spacing a little but doubles the helices, the linear schedule loses most
-    of them (``benchmarks/RESULTS.md``). ``prediction="velocity"`` reads the outputs as the
-    velocity itself (``rotation_scheduler`` unused).
+    there lands on the prediction. On the schedule the rotations were trained on, this is the
+    marginal field of the training path (the conditional velocity is linear in the way); a
+    faster schedule settles rotations before the posterior has resolved and sharpens the samples
+    towards the commonest structure, which is what makes FrameFlow's linear training with rate-10
+    sampling over-produce helices. A trained network's own-path samples are blurred, so a
+    moderately faster schedule is the working point: rotations trained on ``Exponential(3)`` and
+    sampled on ``Exponential(5)`` meet the L = 16 targets (``benchmarks/RESULTS.md``).
+    ``prediction="velocity"`` reads the outputs as the velocity itself (``rotation_scheduler``
+    unused).
 
     A self-conditioning network (``self_conditioning=True``, clean frames only) runs twice at each
     ``(t, x)``: first without an earlier prediction, then reading the first pass's
