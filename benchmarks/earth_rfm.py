@@ -90,7 +90,8 @@ def run(name, seed, args):
     loss = GeodesicFlowMatching(time_power=time_power)
     model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=512,
                          learning_rate=args.learning_rate, weight_decay=weight_decay, val_data=d.val,
-                         val_metric=lambda m, x, c: timed_nll(m, x), eval_every=select_every, ema_decay=args.ema, callback=record, progress=False)
+                         val_metric=lambda m, x, c: timed_nll(m, x), eval_every=select_every, ema_decay=args.ema,
+                         callback=record, progress=False)
     return {"seed": seed, "steps": steps, "fourier_scale": scale, "time_power": time_power, "select_every": select_every,
             "weight_decay": weight_decay,
             "test_nll": nll(model, d.test, 1e-5),
@@ -256,8 +257,8 @@ def main():
                 if name not in args.sets:
                     continue
                 # runs recorded before a setting was per set took the file's (no weight decay before it was one)
-                runs.setdefault(name, []).extend({**{k: shared.get(k) for k in PER_SET}, "weight_decay": 0.0, **r}
-                                                 for r in rs)
+                recorded = {k: shared.get(k) for k in PER_SET} | {"weight_decay": 0.0}
+                runs.setdefault(name, []).extend(recorded | r for r in rs)
                 sources.setdefault(name, []).extend(earlier[name] if isinstance(earlier, dict) else [f.name])
             protocols.append({k: shared[k] for k in MERGED_PROTOCOL})
         if any(p != protocols[0] for p in protocols):
