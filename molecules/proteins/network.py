@@ -186,7 +186,8 @@ class FrameNetwork(eqx.Module):
             node_previous, pair_previous = self.no_previous(n, rotations.dtype) if previous is None else previous
             h = h + jax.vmap(self.previous_node)(node_previous)
             pair = pair + jax.vmap(jax.vmap(self.previous_pair))(pair_previous)
-        h = scan_layers(self.layers, lambda layer, h, _: layer(h, pair, rotations, translations), h)
+        # unrolled: a few layers, each large enough that fusing across them pays (scan_layers)
+        h = scan_layers(self.layers, lambda layer, h, _: layer(h, pair, rotations, translations), h, unroll=True)
         out = jax.vmap(self.head)(h)
         omega, v = out[:, :3], out[:, 3:]
         displacement = jnp.einsum("nab,nb->na", rotations, v)
