@@ -8,7 +8,7 @@ No peer library runs here (FrameFlow is a PyTorch code base with a structure-pre
 behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
-       [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--nll K] [--save DIR] [--tag NAME]
+       [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--draws K] [--nll K] [--save DIR] [--tag NAME]
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
 """
 
@@ -74,6 +74,8 @@ def main():
                     help="weight of the late-time penalty on predicted non-local CA pairs closer than 3.5 Å")
     ap.add_argument("--compare-rates", type=float, nargs="+", default=[0.0, 3.0, 10.0],
                     help="rotation rates the trained model is also sampled at (0: linear)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="independent draws of --samples each that the rows of --compare-rates average (mean and std)")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--sampling-steps", type=int, default=100)
     ap.add_argument("--denoise-from", type=float, default=0.95,
@@ -88,6 +90,8 @@ def main():
     ap.add_argument("--checkpoint", type=Path, help="folder for each length's checkpoint and curve (a long run)")
     ap.add_argument("--resume", action="store_true", help="continue the runs checkpointed in --checkpoint")
     args = ap.parse_args()
+    if args.draws < 1:
+        ap.error(f"--draws must be at least 1, got {args.draws}")
     if args.quick:
         args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
         args.width, args.layers = 32, 1
@@ -109,6 +113,16 @@ def main():
         def draw(model, key, denoise_from=args.denoise_from):
             return sample_backbones(model, key, args.samples, steps=args.sampling_steps,
                                     denoise_from=None if denoise_from >= 1 or args.prediction != "frames" else denoise_from)
+
+        def scored(model):
+            """:func:`brief` of ``--draws`` draws of the model (keys 2, 3, …): their mean, and
+            with more than one draw each figure's standard deviation over them."""
+            rows = [brief(backbone_metrics(draw(model, jax.random.key(2 + k)), data.test))
+                    for k in range(args.draws)]
+            mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+            if args.draws == 1:
+                return mean
+            return {**mean, "draws": args.draws, "std": {key: float(np.std([r[key] for r in rows])) for key in rows[0]}}
 
         def evaluate(step, model, history):  # the training clock leaves the evaluations out
             if (step % every and step < args.steps) or curve.recorded(step):
@@ -147,10 +161,11 @@ def main():
             row["sampling_rates"] = {}
             for rate in args.compare_rates:
                 other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
-                row["sampling_rates"][str(rate)] = brief(row["model"]) if rate == args.sample_rotation_rate else brief(
-                    backbone_metrics(draw(other, jax.random.key(2)), data.test))
+                row["sampling_rates"][str(rate)] = (brief(row["model"]) if rate == args.sample_rotation_rate
+                                                    and args.draws == 1 else scored(other))
                 print(f"  sampled at rotation rate {rate:4.1f}:", json.dumps(
-                    {k: round(v, 3) for k, v in row["sampling_rates"][str(rate)].items() if "reference" not in k}))
+                    {k: round(v, 3) for k, v in row["sampling_rates"][str(rate)].items()
+                     if "reference" not in k and isinstance(v, float)}))
             row["denoise_from"] = {}  # the default rate, the Euler steps stopped at s and the clean frames taken there
             for s in (0.9, 0.95, 1.0):
                 row["denoise_from"][str(s)] = brief(row["model"]) if s == args.denoise_from else brief(
