@@ -12,15 +12,18 @@ Adam with warm-up and cosine decay, batch 512, parameter average `--ema`; every
 divergence with Tsit5 at rtol = atol = 1e-5. The validation NLL, not the
 flow-matching loss, selects: the loss on held-out points stops falling within a few thousand
 steps while the likelihood keeps improving for tens of thousands. Published (Chen & Lipman,
-ICLR 2024, Table 2, RFM): volcano −7.93, earthquake −0.28, flood 0.42, fire −1.86; they trained a
-512-wide 6-layer MLP for far more steps on a GPU. The uniform density scores log 4π = 2.531.
+ICLR 2024, Table 2, RFM): volcano −7.93, earthquake −0.28, flood 0.42, fire −1.86. Their released
+configurations (``RELEASED_RFM``) train 2048-wide MLPs of 7–12 layers on batches of 8,192–16,384
+for up to 10⁶ steps on a GPU; ``--published-cost`` measures one such step here (the bare JAX
+step, ``bare_mlp_rate``). The uniform density scores log 4π = 2.531.
 
 One process per set and seed is the way to use several cores: `--sets volcano --seed-start 2
 --seeds 1 --out A.json`, then `--merge A.json B.json …` writes the table from the runs' files
 (an earlier table among them; `--sets` takes only those sets' runs).
 
-Usage: python benchmarks/earth_rfm.py [--quick] [--steps N] [--seeds K] [--sets …] [--width W] [--depth D]
+Usage: python benchmarks/earth_rfm.py [--quick] [--steps N] [--seeds K] [--sets …] [--width W] [--depth D] [--batch-size B]
        [--fourier-features F --fourier-scale S] [--time-power P] [--ema DECAY] [--curve] [--out FILE] [--merge FILE …]
+       python benchmarks/earth_rfm.py --published-cost [--sets …]
 """
 
 from __future__ import annotations
@@ -49,9 +52,15 @@ PROTOCOL = {
     "earthquake": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000, "select_every": 5_000, "weight_decay": 0.0},
     "flood": {"fourier_scale": 100.0, "time_power": 2.0, "steps": 40_000, "select_every": 5_000, "weight_decay": 0.0},
     "fire": {"fourier_scale": 100.0, "time_power": 3.0, "steps": 320_000, "select_every": 10_000, "weight_decay": 0.0}}
+# facebookresearch/riemannian-fm, configs/experiment/<set>.yaml: (MLP width, layers, batch size); each
+# trains AdamW at 1e-4 to 5e-4 for up to 1,000,000 steps, stopping after 200 validations 1,000 steps
+# apart without a gain
+RELEASED_RFM = {"volcano": (2048, 12, 8192), "earthquake": (2048, 10, 8192), "flood": (2048, 7, 16384),
+                "fire": (2048, 10, 8192)}
 PER_SET = ("steps", "fourier_scale", "time_power", "select_every", "weight_decay")  # each run records its own
-MERGED_PROTOCOL = ("width", "depth", "fourier_features", "learning_rate", "ema",
+MERGED_PROTOCOL = ("width", "depth", "fourier_features", "learning_rate", "batch_size", "ema",
                    "select_tol")  # what runs must share to be one table's rows
+UNRECORDED = {"batch_size": 512}  # what files written before a setting was recorded ran with
 RESULTS = Path(__file__).parent / "results" / "earth_rfm.json"
 
 
@@ -88,7 +97,7 @@ def run(name, seed, args):
               flush=True)
 
     loss = GeodesicFlowMatching(time_power=time_power)
-    model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=512,
+    model, hist = gf.fit(model, d.train, key=jax.random.key(100 + seed), loss=loss, steps=steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, weight_decay=weight_decay, val_data=d.val,
                          val_metric=lambda m, x, c: timed_nll(m, x), eval_every=select_every, ema_decay=args.ema,
                          callback=record, progress=False)
@@ -97,6 +106,26 @@ def run(name, seed, args):
             "test_nll": nll(model, d.test, 1e-5),
             "best_step": hist.best_step, "val_nll": hist.best_val_loss, "train_cpu_s": curve[-1]["train_cpu_s"],
             "steps_per_s": hist.steps_per_second, "curve": curve}
+
+
+def published_cost(sets, steps: int = 2):
+    """Seconds of one training step of each set's released RFM configuration here: the bare JAX
+    step of its MLP (inputs x and t, SiLU) at its batch size, one process on this machine's cores;
+    what a day of it buys. Written to ``results/earth_rfm_published_cost.json``."""
+    rows = {}
+    for name in sets:
+        width, layers, batch = RELEASED_RFM[name]
+        sizes = [4] + [width] * layers + [3]
+        parameters = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        seconds = 1 / bare_mlp_rate(sizes, "silu", batch, steps)
+        rows[name] = {"width": width, "layers": layers, "batch_size": batch, "parameters": parameters,
+                      "seconds_per_step": seconds, "gflop_per_s": 6 * parameters * batch / seconds / 1e9,
+                      "steps_per_day": 86_400 / seconds}
+        print(f"{name:10s} {width} × {layers}, batch {batch}: {parameters / 1e6:.1f}M parameters, {seconds:.1f} s a step "
+              f"({rows[name]['gflop_per_s']:.0f} GFLOP/s), {rows[name]['steps_per_day']:,.0f} steps a day", flush=True)
+    path = RESULTS.parent / "earth_rfm_published_cost.json"
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "steps_timed": steps, "sets": rows}, indent=2))
+    print(f"wrote {path}")
 
 
 def summarise(runs_by_set):
@@ -233,12 +262,15 @@ def main():
     ap.add_argument("--time-power", type=float,
                     help="t = 1 − (1 − u)^p: p > 1 puts more steps near the data (default: the set's, PROTOCOL)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay (default: the set's, PROTOCOL)")
     ap.add_argument("--ema", type=float, default=0.999, help="parameter-average decay (0: none)")
     ap.add_argument("--select-every", type=int, help="steps between validation-NLL selections (default: the set's, PROTOCOL)")
     ap.add_argument("--select-tol", type=float, default=1e-4, help="solver tolerance of the selection NLL")
     ap.add_argument("--curve", action="store_true", help="also record the test NLL at every selection point")
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side speed comparison")
+    ap.add_argument("--published-cost", action="store_true",
+                    help="only the seconds of one bare training step of each of --sets' released RFM configurations")
     ap.add_argument("--no-speed", action="store_true", help="skip the side-by-side speed comparison")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where to write (a subset run can go to its own file)")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="FILE",
@@ -247,6 +279,9 @@ def main():
     if args.quick:
         args.steps, args.seeds, args.select_every = 300, 1, 150
     args.ema = args.ema or None
+    if args.published_cost:
+        published_cost(args.sets)
+        return
     if args.merge:
         runs, sources, protocols = {}, {}, []
         for f in args.merge:  # a run's file, or an earlier merged table (its sources per set are kept)
@@ -260,7 +295,7 @@ def main():
                 recorded = {k: shared.get(k) for k in PER_SET} | {"weight_decay": 0.0}
                 runs.setdefault(name, []).extend(recorded | r for r in rs)
                 sources.setdefault(name, []).extend(earlier[name] if isinstance(earlier, dict) else [f.name])
-            protocols.append({k: shared[k] for k in MERGED_PROTOCOL})
+            protocols.append({k: shared[k] if k in shared else UNRECORDED[k] for k in MERGED_PROTOCOL})
         if any(p != protocols[0] for p in protocols):
             raise SystemExit(f"--merge: the files were run under different protocols: {protocols}")
         for name, rs in runs.items():
