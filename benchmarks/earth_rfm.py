@@ -110,8 +110,8 @@ def run(name, seed, args):
 
 def published_cost(sets, steps: int = 2):
     """Seconds of one training step of each set's released RFM configuration here: the bare JAX
-    step of its MLP (inputs x and t, SiLU) at its batch size, one process on this machine's cores;
-    what a day of it buys. Written to ``results/earth_rfm_published_cost.json``."""
+    step of its MLP (inputs x and t, SiLU) at its batch size, timed in this process
+    (pin it to one core for a per-core figure); what a day of it buys. Written to ``results/earth_rfm_published_cost.json``."""
     rows = {}
     for name in sets:
         width, layers, batch = RELEASED_RFM[name]
