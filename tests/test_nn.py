@@ -59,3 +59,34 @@ def test_mixed_precision_rounds_the_products_and_keeps_the_rest_float32():
     lp_full, lp_half = cfm_full.log_prob(x[:32]), cfm_half.log_prob(x[:32])
     assert lp_half.dtype == jnp.float32 and not np.array_equal(lp_full, lp_half)
     np.testing.assert_allclose(lp_half, lp_full, atol=0.02)
+
+
+def test_scan_layers_applies_the_stacked_layers_in_order_however_it_is_compiled():
+    """``scan_layers`` is ``carry = apply(layer_i, carry, x_i)`` over the stacked layers, first to
+    last (last to first with ``reverse``), with each layer's own ``xs`` entry: the same values
+    and gradients whether the loop is a scan, unrolled, or recomputed in the backward pass."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from geoflow.nn import scan_layers
+
+    layers = eqx.filter_vmap(lambda k: MLP(3, 3, 8, 1, key=k, activation="silu"))(jax.random.split(jax.random.key(0), 4))
+    xs = jnp.arange(4.0)  # each layer's own input: a layer applied out of turn changes the result
+    apply = lambda layer, h, x: jnp.tanh(layer(h) + x * h)
+    h0 = jax.random.normal(jax.random.key(1), (3,))
+    one = lambda i: jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, layers)
+
+    def loop(h, order):
+        for i in order:
+            h = apply(one(i), h, xs[i])
+        return h
+
+    for reverse, order in ((False, [0, 1, 2, 3]), (True, [3, 2, 1, 0])):
+        expected = loop(h0, order)
+        expected_grad = jax.grad(lambda h: jnp.sum(loop(h, order) ** 2))(h0)
+        for remat in (False, True):
+            for unroll in (False, True):
+                run = lambda h: scan_layers(layers, apply, h, xs, reverse=reverse, remat=remat, unroll=unroll)
+                np.testing.assert_allclose(run(h0), expected, rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(jax.grad(lambda h: jnp.sum(run(h) ** 2))(h0), expected_grad,
+                                           rtol=1e-5, atol=1e-6)
