@@ -348,7 +348,9 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     - `checkpoint`: a file written after every chunk (a dict: ``model``, the raw parameters being
       optimised; ``ema_model``, their average or ``None``; ``best_model``; ``opt_state``;
       ``step``; ``history``); with `resume=True` an existing one is loaded and training
-      continues from its step, identically to an uninterrupted run.
+      continues from its step, identically to an uninterrupted run. The resumed model's static
+      fields (e.g. a sampler's setting) are those of `model`; its trainable arrays must match the
+      checkpoint's in shape and dtype.
     - `devices`: ``None`` (default device), ``"all"``, a count, or a list of devices for data
       parallelism: the batch is sharded over a one-axis ``Mesh``, parameters are replicated.
       After ``jax.distributed.initialize()`` the mesh spans every process's devices: every
@@ -539,13 +541,14 @@ class TrainingState:
     def resumed(cls, checkpoint: Path, model, ema_decay) -> TrainingState:
         """The state saved in ``checkpoint`` (written by :meth:`save` for a model like ``model``)."""
         saved = load(checkpoint, trust=classes_in(model))  # the caller's own module classes too
+        adopt = _ParameterAdoption(model, checkpoint)
         ema = None
         if ema_decay is not None:
             if saved.get("ema_model") is None:
                 raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
-            ema = _trainable_params(saved["ema_model"])
-        return cls(_trainable_params(saved["model"]), saved["opt_state"], ema, int(saved["step"]), saved["history"],
-                   _trainable_params(saved["best_model"]))
+            ema = adopt(_trainable_params(saved["ema_model"]))
+        return cls(adopt(_trainable_params(saved["model"])), adopt.within(saved["opt_state"]), ema, int(saved["step"]),
+                   saved["history"], adopt(_trainable_params(saved["best_model"])))
 
     def put_on(self, placed: Placement) -> None:
         """Replicate the parameters, optimizer state and average over ``placed``'s mesh."""
@@ -633,5 +636,52 @@ def _save_once(state: TrainingState, checkpoint: Path, static, model_now, clock:
 def _trainable_params(model):
     """The trainable part of a saved model (``None`` stays ``None``)."""
     return None if model is None else eqx.partition(model, trainable(model))[0]
+
+
+class _ParameterAdoption:
+    """Moves a checkpoint's trained arrays into the structure of the model given to a resumed
+    :func:`fit`. The static fields (a sampler's setting, say) are the given model's, so that a run
+    resumed with another sampling option trains and returns the model asked for; the trainable
+    arrays must agree with the given model's in place, shape and dtype, else the checkpoint was
+    written for another model and is refused by name."""
+
+    def __init__(self, model, checkpoint: Path):
+        self.model_type, self.checkpoint = type(model), checkpoint
+        self.paths, self.treedef = jax.tree_util.tree_flatten_with_path(_trainable_params(model), is_leaf=_is_none)
+
+    def __call__(self, params):
+        """``params``: the trainable part of a saved model (or ``None``) → the same arrays in the
+        given model's structure."""
+        if params is None:
+            return None
+        saved, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+        if [path for path, _ in saved] != [path for path, _ in self.paths]:
+            theirs, ours = ({jax.tree_util.keystr(p) for p, _ in t} for t in (saved, self.paths))
+            differ = sorted(theirs ^ ours)[0]
+            raise ValueError(f"checkpoint {self.checkpoint} was written for another model: "
+                             f"{differ} is in {'the checkpoint' if differ in theirs else 'the model given'} only")
+        for (path, theirs), (_, ours) in zip(saved, self.paths):
+            if _array_kind(theirs) != _array_kind(ours):
+                raise ValueError(f"checkpoint {self.checkpoint} was written for another model: the trainable "
+                                 f"{jax.tree_util.keystr(path)} is {_array_kind(theirs)} there and "
+                                 f"{_array_kind(ours)} in the model given")
+        return jax.tree.unflatten(self.treedef, [leaf for _, leaf in saved])
+
+    def within(self, tree):
+        """Every subtree of ``tree`` shaped like the model's trainable part (an optimizer's moments)
+        adopted the same way."""
+        def adopted(node):
+            return self(node) if isinstance(node, self.model_type) else node
+
+        return jax.tree.map(adopted, tree, is_leaf=lambda node: isinstance(node, self.model_type))
+
+
+def _is_none(node) -> bool:
+    return node is None
+
+
+def _array_kind(leaf) -> str:
+    """``'float32[3, 4]'``-style description of an array leaf; ``'None'`` for a non-trainable place."""
+    return "None" if leaf is None else f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
 
 

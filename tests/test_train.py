@@ -224,6 +224,7 @@ class _Point(eqx.Module):
 
     theta: jax.Array
     shape: tuple = eqx.field(static=True, default=(1,))
+    label: str = eqx.field(static=True, default="")  # a static setting that training does not read
 
 
 def _climb(model, x, condition, key):
@@ -271,6 +272,30 @@ def test_resume_with_ema_matches_uninterrupted_run(tmp_path):
     gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=tmp_path / "plain.pkl", **no_average)
     with pytest.raises(ValueError, match="holds no parameter average"):
         gf.fit(_Point(theta0), np.zeros((8, 1)), checkpoint=tmp_path / "plain.pkl", resume=True, **kw)
+
+
+def test_resume_keeps_the_given_models_static_fields_and_refuses_another_models_checkpoint(tmp_path):
+    """A run resumed with a model that differs from the checkpoint's only in a static field (a
+    sampler's setting, say) continues the saved parameters, optimizer moments and average, and
+    returns the model given, also when no step is left; trainable arrays of another shape are
+    refused by name."""
+    import optax
+
+    data, theta0 = np.zeros((8, 1)), jnp.zeros(3)
+    kw = dict(key=jax.random.key(0), loss=_climb, optimizer=optax.adam(0.1), steps=40, eval_every=10,
+              val_fraction=0.0, progress=False, ema_decay=0.9)
+    full, _ = gf.fit(_Point(theta0), data, **kw)
+    ckpt = tmp_path / "ckpt.pkl"
+    gf.fit(_Point(theta0), data, checkpoint=ckpt, callback=lambda step, m, h: step >= 20, **kw)
+    resumed, _ = gf.fit(_Point(theta0, label="resumed"), data, checkpoint=ckpt, resume=True, **kw)
+    assert resumed.label == "resumed"
+    np.testing.assert_allclose(resumed.theta, full.theta, rtol=1e-6)
+    finished, _ = gf.fit(_Point(theta0, label="finished"), data, checkpoint=ckpt, resume=True, **kw)
+    assert finished.label == "finished"
+    np.testing.assert_allclose(finished.theta, full.theta, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"another model: the trainable \.theta is float32\[3\] there and "
+                                         r"float32\[4\] in the model given"):
+        gf.fit(_Point(jnp.zeros(4)), data, checkpoint=ckpt, resume=True, **kw)
 
 
 def test_fixed_distribution_arrays_are_not_trained():
