@@ -2,7 +2,8 @@
 residues, sample quality against held-out chains — consecutive CA–CA distances, clashes, radius
 of gyration, secondary-structure content (biotite P-SEA), Ramachandran Jensen–Shannon divergence
 — beside the same metrics of the training fragments themselves (what a perfect model would
-score) and of the same samples after the steric relaxation (``relax_backbones``), and the
+score), of the same samples after the steric relaxation (``relax_backbones``) and of samples
+drawn with steric guidance (``steric_guided``, a clean-frame model only), and the
 exact held-out NLL per residue for the shorter length (translations in nm, against the prior's).
 No peer library runs here (FrameFlow is a PyTorch code base with a structure-prediction stack
 behind it); the CPU budget is part of the result.
@@ -10,6 +11,7 @@ behind it); the CPU budget is part of the result.
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
        [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--draws K] [--nll K] [--save DIR] [--tag NAME]
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
+       [--load DIR]   (models written by --save, sampled and scored without training)
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import numpy as np
 import geoflow as gf
 from geoflow.continuous import ODESolver
 from geoflow.metrics import nll
-from geoflow.serialization import save
+from geoflow.serialization import classes_in, load, save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, relax_backbones, sample_backbones)
-from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule
+from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule, steric_guided
 from molecules.proteins.relax import relaxation_moves
 
 from _curve import PersistedCurve
@@ -81,6 +83,9 @@ def main():
     ap.add_argument("--denoise-from", type=float, default=0.95,
                     help="take the clean-frame prediction at this t after the Euler steps (1: integrate to t = 1)")
     ap.add_argument("--save", type=Path, help="directory for the trained models (model_L<length>.eqx)")
+    ap.add_argument("--load", type=Path,
+                    help="directory of models written by --save: sample and score them (at --sample-rotation-rate), "
+                         "no training")
     ap.add_argument("--curve", type=int, default=5, help="metric evaluations during training (the last at the end)")
     ap.add_argument("--nll", type=int, default=16,
                     help="held-out and training fragments for the exact NLL (shortest length; 0: none)")
@@ -92,6 +97,8 @@ def main():
     args = ap.parse_args()
     if args.draws < 1:
         ap.error(f"--draws must be at least 1, got {args.draws}")
+    if args.load is not None and (args.checkpoint is not None or args.save is not None):
+        ap.error("--load samples saved models without training: it takes neither --checkpoint nor --save")
     if args.quick:
         args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
         args.width, args.layers = 32, 1
@@ -137,11 +144,15 @@ def main():
                   flush=True)
             return False
 
-        model, hist = gf.fit(model, train, key=jax.random.key(1), loss=loss, steps=args.steps,
-                             batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema or None,
-                             eval_every=min(every, 500),
-                             progress=False, callback=evaluate, resume=args.resume,
-                             checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
+        if args.load is None:
+            model, hist = gf.fit(model, train, key=jax.random.key(1), loss=loss, steps=args.steps,
+                                 batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema or None,
+                                 eval_every=min(every, 500), progress=False, callback=evaluate, resume=args.resume,
+                                 checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
+        else:  # the saved model with this run's sampling schedule
+            saved = load(args.load / f"model_L{length}.eqx", trust=classes_in(model))
+            model, hist = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, saved,
+                                      model.bijection.field.rotation_scheduler), None
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             save(args.save / f"model_L{length}.eqx", model)
@@ -149,14 +160,19 @@ def main():
         t0 = time.perf_counter()  # timed on a second call of the same shape: compiled
         draw(model, jax.random.key(3))
         sample_s = time.perf_counter() - t0
-        row = {"train_fragments": len(data.train), "test_fragments": len(data.test), "fit_s": hist.wall_time,
-               "train_fragments_per_s": hist.steps_per_second * args.batch_size,
-               "sample_fragments_per_s": args.samples / sample_s, "final_train_loss": hist.train_loss[-1],
-               "curve": curve.points, "model": backbone_metrics(samples, data.test),
+        row = {"train_fragments": len(data.train), "test_fragments": len(data.test),
+               "sample_fragments_per_s": args.samples / sample_s, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
+        if hist is not None:
+            row.update(fit_s=hist.wall_time, train_fragments_per_s=hist.steps_per_second * args.batch_size,
+                       final_train_loss=hist.train_loss[-1], curve=curve.points)
         relaxed = relax_backbones(samples)  # the same samples after the steric relaxation
         row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)), **relaxation_moves(samples, relaxed)}
         print("  relaxed:", json.dumps({k: round(v, 3) for k, v in row["relaxed"].items() if "reference" not in k}))
+        if args.prediction == "frames":  # the same model with the clashes of its predictions pushed apart while it samples
+            row["steric_guidance"] = scored(steric_guided(model))
+            print("  steric guidance:", json.dumps({k: round(v, 3) for k, v in row["steric_guidance"].items()
+                                                    if "reference" not in k and isinstance(v, float)}))
         if args.prediction == "frames":  # the same model sampled with other rotation schedules
             row["sampling_rates"] = {}
             for rate in args.compare_rates:

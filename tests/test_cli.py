@@ -193,7 +193,8 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     assert res["steps"] == 4 and res["train_fragments"] > 100 and np.isfinite(res["heldout_nll_per_residue_nm"])
     assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out)]) == 0
     assert len(list(out.glob("*.pdb"))) == 3
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["denoise_from"] == 1.0  # a velocity model
+    sampled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sampled["denoise_from"] == 1.0 and not sampled["steric_guidance"]  # a velocity model's defaults
     relaxed_out = tmp_path / "relaxed"
     assert main(["proteins", "sample", "--run", str(run), "-n", "8", "--steps", "4", "--relax", "--out", str(relaxed_out)]) == 0
     relaxation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["relaxation"]
@@ -222,6 +223,8 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
                           (["proteins", "sample", "--run", str(tmp_path), "--out", str(out)], "no model.eqx"),
                           (["proteins", "sample", "--run", str(run), "--denoise-from", "0.9", "--out", str(out)],
                            "needs a clean-frame model"),
+                          (["proteins", "sample", "--run", str(run), "--steric-guidance", "--out", str(out)],
+                           "predicts velocities"),
                           (["proteins", "train", "--length", "6", "--steps", "1", "--prediction", "velocity",
                             "--self-conditioning", "--out", str(tmp_path / "sc")], "needs prediction='frames'")]:
         assert main(argv) == 2

@@ -67,6 +67,10 @@ def add_parser(sub):
     s.add_argument("--denoise-from", type=float, default=None,
                    help="stop the steps at this t and take the predicted clean frames there (a clean-frame "
                         f"model; default {DENOISE_FROM}); 1: integrate to t = 1 (the only choice for a velocity model)")
+    s.add_argument("--steric-guidance", action=argparse.BooleanOptionalAction, default=None,
+                   help="push the clashes of the predicted clean frames apart at every step from t = 0.5 "
+                        "(molecules.proteins.StericGuidance); default: on for a clean-frame model, which it "
+                        "takes to RESULTS' clash-free fraction, off for a velocity model, which it does not apply to")
     s.add_argument("--relax", action="store_true",
                    help="push clashing CA atoms apart, keeping each residue's distances to its next two as "
                         "sampled (molecules.proteins.relax_backbones; the CA moves are recorded)")
@@ -125,7 +129,7 @@ def cmd_sample(args) -> dict:
     from geoflow.continuous import ODEFlow
     from geoflow.serialization import load
 
-    from . import relax_backbones, sample_backbones, write_pdb
+    from . import relax_backbones, sample_backbones, steric_guided, write_pdb
     from .model import FrameField
     from .relax import relaxation_moves
 
@@ -140,6 +144,11 @@ def cmd_sample(args) -> dict:
         raise ValueError(f"--denoise-from must lie in (0, 1], got {denoise_from}")
     if denoise_from < 1.0 and not clean_frames:
         raise ValueError(f"--denoise-from {denoise_from} needs a clean-frame model; {args.run} predicts velocities")
+    guidance = clean_frames if args.steric_guidance is None else args.steric_guidance
+    if guidance:
+        if not clean_frames:
+            raise ValueError(f"--steric-guidance moves predicted clean frames; {args.run} predicts velocities")
+        model = steric_guided(model)
     t0 = time.perf_counter()
     backbones = sample_backbones(model, jax.random.key(args.seed), args.n, steps=args.steps,
                                  denoise_from=denoise_from if denoise_from < 1.0 else None)
@@ -154,7 +163,7 @@ def cmd_sample(args) -> dict:
         write_pdb(args.out / f"sample_{i:03d}.pdb", b)
     np.save(args.out / "backbones.npy", backbones)
     res = {"n": args.n, "steps": args.steps, "denoise_from": denoise_from, "length": int(backbones.shape[1]),
-           "sample_seconds": seconds, "relaxation": relaxation}
+           "steric_guidance": guidance, "sample_seconds": seconds, "relaxation": relaxation}
     print(f"wrote {args.n} PDB files and backbones.npy to {args.out}")
     print(json.dumps(res))
     return res

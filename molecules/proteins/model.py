@@ -28,7 +28,7 @@ from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
 from .geometry import LENGTH_SCALE, backbone_from_frames, frames_from_backbone
 from .network import FrameNetwork
-from .relax import clash_loss
+from .relax import clash_loss, relax_fragment
 
 
 def frame_manifold(length: int) -> Product:
@@ -85,6 +85,7 @@ def follow_way(rotations, translations, omega, displacement):
     return exact_matmul(rotations, jax.vmap(rotvec_to_matrix)(omega)), translations + displacement
 
 
+_STILL = 1e-6  # nm: a guidance step that moves no CA further has converged
 _END = 1e-2  # the field's rates are capped at their value this far from t = 1, where they diverge
 
 
@@ -162,6 +163,72 @@ class FrameField(eqx.Module):
             omega = omega * self.rotation_scheduler.remaining_rate(end)
             displacement = displacement / (1 - end)
         return self.manifold.join([exact_matmul(rotations, jax.vmap(hat)(omega)), displacement])
+
+
+class StericGuidance(eqx.Module):
+    """A clean-frame field whose predicted CA positions are moved out of their clashes before the
+    step towards them is taken: from ``t = start`` on, the clean translations ``ĉ₁ = c + d`` the
+    network predicts are replaced by ``iterations`` descent steps of ``step`` on the relaxation's
+    energy from them (:func:`molecules.proteins.relax.relax_fragment`: the clash penalty plus
+    ``restraint`` times the squared change of each CA's distances to its next residues). The
+    rotations are the field's. Because the network sees the moved residues at its next
+    evaluations, it rebuilds the local geometry around them, which a relaxation of finished
+    samples cannot do; the pushes accumulate over the steps after ``start``.
+
+    Without a clash the energy's gradient is zero and the field is the unguided one. On the
+    L = 32 model the defaults take the clash-free fraction from 76% to 100% at 12% more sampling
+    time (``benchmarks/RESULTS.md``)."""
+
+    field: FrameField
+    step: float
+    restraint: float
+    iterations: int = eqx.field(static=True)
+    start: float = eqx.field(static=True)
+
+    def __init__(self, field: FrameField, step: float = 0.1, *, restraint: float = 1.0, iterations: int = 20,
+                 start: float = 0.5):
+        if field.prediction != "frames":
+            raise ValueError(f"steric guidance moves predicted clean frames: it needs prediction='frames', "
+                             f"got {field.prediction!r}")
+        if not step > 0 or int(iterations) < 1 or not 0.0 <= start < 1.0:
+            raise ValueError(f"steric guidance needs step > 0, iterations ≥ 1 and start in [0, 1); got {step}, "
+                             f"{iterations} and {start}")
+        if not 0 < step * restraint < 0.125:
+            raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
+        self.field, self.step, self.restraint = field, float(step), float(restraint)
+        self.iterations, self.start = int(iterations), float(start)
+
+    @property
+    def length(self) -> int:
+        return self.field.length
+
+    @property
+    def manifold(self) -> Product:
+        return self.field.manifold
+
+    def pushed(self, t, translations):
+        """Clean CA positions ``(L, 3)`` after the guidance's steps (unchanged before ``start``)."""
+        moved = relax_fragment(translations, max_iterations=self.iterations, tolerance=_STILL, step=self.step,
+                               restraint=self.restraint)
+        return jnp.where(t >= self.start, moved, translations)
+
+    def clean(self, t, x):
+        """:meth:`FrameField.clean` with the guided translations."""
+        rotations, translations = self.manifold.split(self.field.clean(t, x))
+        return self.manifold.join([rotations, self.pushed(t, translations)])
+
+    def __call__(self, t, x, condition=None, *, keep=None):
+        rotation_part, translation_part = self.manifold.split(self.field(t, x, condition, keep=keep))
+        translations = self.manifold.split(x)[1]
+        remaining = 1 - jnp.minimum(t, 1 - _END)  # the field's translation velocity is (ĉ₁ − c) / remaining
+        predicted = translations + translation_part * remaining
+        return self.manifold.join([rotation_part, (self.pushed(t, predicted) - translations) / remaining])
+
+
+def steric_guided(model: Transformed, **guidance) -> Transformed:
+    """``model`` (a :func:`frameflow`) sampling with :class:`StericGuidance` of its field
+    (``guidance``: its options)."""
+    return eqx.tree_at(lambda m: m.bijection.field, model, StericGuidance(ode_flow_of(model).field, **guidance))
 
 
 def frameflow(key, length: int, *, rotation_eps: float | None = None, translation_sigma: float = 1.0,
