@@ -169,8 +169,9 @@ def main():
         print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"},
               flush=True)
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        path.write_text(json.dumps(out, indent=2))  # after every model: a long run keeps what it finished
-        print(f"wrote {path}", flush=True)
+        if not args.quick or args.out is not None:  # a smoke run never replaces a recorded one
+            path.write_text(json.dumps(out, indent=2))  # after every model: a long run keeps what it finished
+            print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
