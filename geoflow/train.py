@@ -547,7 +547,8 @@ class TrainingState:
             if saved.get("ema_model") is None:
                 raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
             ema = adopt(_trainable_params(saved["ema_model"]))
-        return cls(adopt(_trainable_params(saved["model"])), adopt.within(saved["opt_state"]), ema, int(saved["step"]),
+        params = _trainable_params(saved["model"])
+        return cls(adopt(params), adopt.within(saved["opt_state"], like=params), ema, int(saved["step"]),
                    saved["history"], adopt(_trainable_params(saved["best_model"])))
 
     def put_on(self, placed: Placement) -> None:
@@ -657,9 +658,10 @@ class _ParameterAdoption:
         saved, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
         if [path for path, _ in saved] != [path for path, _ in self.paths]:
             theirs, ours = ({jax.tree_util.keystr(p) for p, _ in t} for t in (saved, self.paths))
-            differ = sorted(theirs ^ ours)[0]
-            raise ValueError(f"checkpoint {self.checkpoint} was written for another model: "
-                             f"{differ} is in {'the checkpoint' if differ in theirs else 'the model given'} only")
+            differ = sorted(theirs ^ ours)
+            where = (f"{differ[0]} is in {'the checkpoint' if differ[0] in theirs else 'the model given'} only"
+                     if differ else "its trainable arrays are laid out in another order")
+            raise ValueError(f"checkpoint {self.checkpoint} was written for another model: {where}")
         for (path, theirs), (_, ours) in zip(saved, self.paths):
             if _array_kind(theirs) != _array_kind(ours):
                 raise ValueError(f"checkpoint {self.checkpoint} was written for another model: the trainable "
@@ -667,13 +669,16 @@ class _ParameterAdoption:
                                  f"{_array_kind(ours)} in the model given")
         return jax.tree.unflatten(self.treedef, [leaf for _, leaf in saved])
 
-    def within(self, tree):
-        """Every subtree of ``tree`` shaped like the model's trainable part (an optimizer's moments)
-        adopted the same way."""
-        def adopted(node):
-            return self(node) if isinstance(node, self.model_type) else node
+    def within(self, tree, like):
+        """Every subtree of ``tree`` laid out as ``like`` (the saved trainable part: an optimizer's
+        moments of it) adopted the same way; the rest of ``tree`` (step counts, hyperparameters)
+        as it is."""
+        layout = jax.tree.structure(like, is_leaf=_is_none)
 
-        return jax.tree.map(adopted, tree, is_leaf=lambda node: isinstance(node, self.model_type))
+        def shaped_like(node) -> bool:
+            return isinstance(node, self.model_type) and jax.tree.structure(node, is_leaf=_is_none) == layout
+
+        return jax.tree.map(lambda node: self(node) if shaped_like(node) else node, tree, is_leaf=shaped_like)
 
 
 def _is_none(node) -> bool:
