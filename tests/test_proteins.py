@@ -477,8 +477,8 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     """With a clean-frame oracle whose prediction is a hairpin whose strands lie 2 Å apart, the
     guided sampler's last Euler step lands on :func:`relax_fragment` of the hairpin by the
     guidance's iterations (the field's translation velocity points there) with the oracle's
-    rotations, and the clashes shrink; predicting a real fragment, or before ``start``, the guided
-    field is the field."""
+    rotations, and the clashes shrink; the clean frames a jump from t = 0.5 returns are relaxed the
+    same way; predicting a real fragment, or before ``start``, the guided field is the field."""
     from molecules.proteins import StericGuidance, steric_guided
     from molecules.proteins.geometry import LENGTH_SCALE
     from molecules.proteins.relax import clash_loss, relax_fragment
@@ -499,6 +499,8 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     np.testing.assert_allclose(translations, jnp.stack([relaxed, relaxed]), atol=1e-5)
     np.testing.assert_allclose(rotations, jnp.stack([r1, r1]), atol=1e-5)
     assert float(clash_loss(relaxed)) < 0.5 * float(clash_loss(hairpin))
+    jumped = sample_backbones(guided, jax.random.key(1), 2, steps=10, denoise_from=0.5)  # the guided clean frames
+    np.testing.assert_allclose(jumped[:, :, 1] * LENGTH_SCALE, jnp.stack([relaxed, relaxed]), atol=1e-5)
     manifold = frame_manifold(length)
     x = model.base.sample(jax.random.key(2), 1)[0]
     early = StericGuidance(model.bijection.field, start=0.6)
