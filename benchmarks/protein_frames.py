@@ -173,8 +173,7 @@ def main():
             row["steric_guidance"] = scored(steric_guided(model))
             print("  steric guidance:", json.dumps({k: round(v, 3) for k, v in row["steric_guidance"].items()
                                                     if "reference" not in k and isinstance(v, float)}))
-        if args.prediction == "frames":  # the same model sampled with other rotation schedules
-            row["sampling_rates"] = {}
+            row["sampling_rates"] = {}  # the same model sampled with other rotation schedules
             for rate in args.compare_rates:
                 other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
                 row["sampling_rates"][str(rate)] = (brief(row["model"]) if rate == args.sample_rotation_rate

@@ -28,7 +28,7 @@ from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
 from .geometry import LENGTH_SCALE, backbone_from_frames, frames_from_backbone
 from .network import FrameNetwork
-from .relax import clash_loss, relax_fragment
+from .relax import check_descent, clash_loss, relax_fragment
 
 
 def frame_manifold(length: int) -> Product:
@@ -156,8 +156,12 @@ class FrameField(eqx.Module):
         return self.manifold.join(list(follow_way(rotations, translations, *self.predict(t, x))))
 
     def __call__(self, t, x, condition=None, *, keep=None):
-        rotations, translations = self.manifold.split(x)
-        omega, displacement = self.predict(t, x)
+        return self.velocity(t, x, *self.predict(t, x))
+
+    def velocity(self, t, x, omega, displacement):
+        """The field at ``(t, x)`` from the network's outputs there, ``ω (L, 3)`` and ``d (L, 3)``
+        (:meth:`predict`, or a guidance's change of them)."""
+        rotations = self.manifold.split(x)[0]
         if self.prediction == "frames":
             end = jnp.minimum(t, 1 - _END)
             omega = omega * self.rotation_scheduler.remaining_rate(end)
@@ -194,8 +198,7 @@ class StericGuidance(eqx.Module):
         if not step > 0 or int(iterations) < 1 or not 0.0 <= start < 1.0:
             raise ValueError(f"steric guidance needs step > 0, iterations ≥ 1 and start in [0, 1); got {step}, "
                              f"{iterations} and {start}")
-        if not 0 < step * restraint < 0.125:
-            raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
+        check_descent(step, restraint)
         self.field, self.step, self.restraint = field, float(step), float(restraint)
         self.iterations, self.start = int(iterations), float(start)
 
@@ -221,11 +224,9 @@ class StericGuidance(eqx.Module):
         return self.manifold.join([rotations, self.pushed(t, translations)])
 
     def __call__(self, t, x, condition=None, *, keep=None):
-        rotation_part, translation_part = self.manifold.split(self.field(t, x, condition, keep=keep))
-        translations = self.manifold.split(x)[1]
-        remaining = 1 - jnp.minimum(t, 1 - _END)  # the field's translation velocity is (ĉ₁ − c) / remaining
-        predicted = translations + translation_part * remaining
-        return self.manifold.join([rotation_part, (self.pushed(t, predicted) - translations) / remaining])
+        omega, displacement = self.field.predict(t, x)
+        translations = self.manifold.split(x)[1]  # the way to the clean translations, c + d, is re-aimed
+        return self.field.velocity(t, x, omega, self.pushed(t, translations + displacement) - translations)
 
 
 def steric_guided(model: Transformed, **guidance) -> Transformed:

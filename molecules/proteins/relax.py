@@ -79,6 +79,12 @@ def relax_fragment(ca, *, max_iterations: int = 1000, tolerance: float = 1e-4, s
     return jax.lax.while_loop(moving, descend, (0, ca, grad(ca)))[1]
 
 
+def check_descent(step: float, restraint: float) -> None:
+    """Refuse a :func:`relax_fragment` descent that would diverge (``step · restraint`` ≥ 1/8)."""
+    if not 0 < step * restraint < 0.125:
+        raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
+
+
 @eqx.filter_jit
 def _relax_ca(ca, max_iterations: int, tolerance: float, step: float, restraint: float):
     return jax.vmap(lambda c: relax_fragment(c, max_iterations=max_iterations, tolerance=tolerance, step=step,
@@ -95,8 +101,7 @@ def relax_backbones(backbones, *, max_iterations: int = 1000, tolerance: float =
         raise ValueError(f"backbones must have shape (F, L, A, 3) with CA second among the atoms; got {backbones.shape}")
     if max_iterations < 1 or not tolerance > 0:
         raise ValueError(f"max_iterations must be ≥ 1 and tolerance > 0, got {max_iterations} and {tolerance}")
-    if not 0 < step * restraint < 0.125:
-        raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
+    check_descent(step, restraint)
     ca = backbones[:, :, 1]
     before = (ca * LENGTH_SCALE).astype(np.float32)  # model units, where the clash distance is set
     after = np.asarray(_relax_ca(jnp.asarray(before), max_iterations, tolerance, step, restraint))
