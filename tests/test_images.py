@@ -236,6 +236,39 @@ def test_russian_roulette_estimate_averages_to_the_exact_log_det():
     assert np.all(np.abs(grad_draws.mean(0) - grad_exact) < 5 * se + 1e-3)
 
 
+def test_russian_roulette_parameter_gradient_averages_to_the_exact_one():
+    """The gradient that trains the network: through every convolution's weight and bias of an
+    image block, the Neumann-series surrogate averages to the exact log-det's gradient. The
+    block is built near ``g(y) = 0.6 y`` (centre-tap kernels, hidden units biased into
+    LipSwish's linear part, plus noise), so the terms the roulette reweights (k ≥ 2) are large
+    enough that leaving out their ``1 / P(N ≥ k)`` fails the test."""
+    block = ResidualBlock((1, 4, 4), width=16, coeff=0.9, n_exact=1, p=0.5, key=jax.random.key(16))
+    keys = iter(jax.random.split(jax.random.key(4), 6))
+
+    def near_identity(conv, hidden):
+        centre = jnp.zeros_like(conv.weight).at[..., 1, 1].set(1.0) if conv.weight.shape[-1] == 3 else \
+            jnp.eye(conv.weight.shape[0])[..., None, None]
+        weight = centre + 0.1 * jax.random.normal(next(keys), conv.weight.shape)
+        bias = (4.0 if hidden else 0.0) + 0.1 * jax.random.normal(next(keys), conv.bias.shape)
+        return eqx.tree_at(lambda c: (c.weight, c.bias), conv, (weight, bias))
+
+    layers = tuple(eqx.tree_at(lambda s: s.layer, layer, near_identity(layer.layer, i < len(block.layers) - 1))
+                   for i, layer in enumerate(block.layers))
+    block = eqx.tree_at(lambda b: b.layers, block, layers)
+    y = jax.random.normal(jax.random.key(3), (1, 4, 4))
+    assert float(jnp.linalg.norm(block.residual(y)) / jnp.linalg.norm(y)) > 0.4
+    params, static = eqx.partition(block, eqx.is_inexact_array)
+    exact = jax.grad(lambda p: eqx.combine(p, static).exact_log_det(y))(params)
+    draws = jax.jit(jax.vmap(lambda k: jax.grad(lambda p: eqx.combine(p, static).series_log_det(y, k))(params)))(
+        jax.random.split(jax.random.key(5), 20_000))
+    checked = 0
+    for want, got in zip(jax.tree.leaves(exact), jax.tree.leaves(draws)):
+        se = got.std(0) / math.sqrt(got.shape[0])
+        assert np.all(np.abs(got.mean(0) - want) < 5 * se + 1e-4), (want, got.mean(0), se)
+        checked += int(np.count_nonzero(want))
+    assert checked > 500  # the weights and biases of all three convolutions take part
+
+
 def test_residual_fixed_point_inverse_reaches_1e_5_and_fails_loudly():
     block = ResidualBlock((1, 4, 4), width=8, tol=1e-7, key=jax.random.key(20))
     latent = jax.random.normal(jax.random.key(21), (1, 4, 4))
