@@ -225,11 +225,31 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
                            "needs a clean-frame model"),
                           (["proteins", "sample", "--run", str(run), "--steric-guidance", "--out", str(out)],
                            "predicts velocities"),
+                          (["proteins", "sample", "--run", str(run), "--rotation-rate", "5", "--out", str(out)],
+                           "predicts velocities"),
                           (["proteins", "train", "--length", "6", "--steps", "1", "--prediction", "velocity",
                             "--self-conditioning", "--out", str(tmp_path / "sc")], "needs prediction='frames'")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_proteins_sample_a_clean_frame_model_guided_and_at_another_rotation_rate(tmp_path, capsys):
+    run = tmp_path / "frames"
+    assert main(["proteins", "train", "--length", "6", "--steps", "2", "--batch-size", "8", "--width", "16",
+                 "--layers", "1", "--pair", "8", "--out", str(run), "--quiet"]) == 0
+    drawn = {}
+    for name, extra in [("default", []), ("faster", ["--rotation-rate", "8"])]:
+        out = tmp_path / name
+        assert main(["proteins", "sample", "--run", str(run), "-n", "3", "--steps", "4", "--out", str(out), *extra]) == 0
+        drawn[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1]), np.load(out / "backbones.npy")
+    summary = drawn["default"][0]
+    # a clean-frame model's defaults: guided, the clean frames taken at t = 0.95, the trained sampling rate
+    assert summary["steric_guidance"] and summary["denoise_from"] == 0.95 and summary["rotation_rate"] == 5.0
+    assert drawn["faster"][0]["rotation_rate"] == 8.0
+    assert np.all(np.isfinite(drawn["faster"][1])) and not np.allclose(drawn["default"][1], drawn["faster"][1])
+    assert main(["proteins", "sample", "--run", str(run), "--rotation-rate", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "non-negative" in capsys.readouterr().err
 
 
 RFM_SMALL = ["--steps", "60", "--width", "16", "--eval-points", "100", "--quiet"]
