@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import diffrax
-import equinox as eqx
 import jax
 import numpy as np
 
@@ -32,7 +31,7 @@ from geoflow.metrics import nll
 from geoflow.serialization import classes_in, load, save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, relax_backbones, sample_backbones)
-from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule, steric_guided
+from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule, sampled_at_rate, steric_guided
 from molecules.proteins.relax import relaxation_moves
 
 from _curve import PersistedCurve
@@ -151,8 +150,7 @@ def main():
                                  checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
         else:  # the saved model with this run's sampling schedule
             saved = load(args.load / f"model_L{length}.eqx", trust=classes_in(model))
-            model, hist = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, saved,
-                                      model.bijection.field.rotation_scheduler), None
+            model, hist = sampled_at_rate(saved, args.sample_rotation_rate), None
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             save(args.save / f"model_L{length}.eqx", model)
@@ -175,7 +173,7 @@ def main():
                                                     if "reference" not in k and isinstance(v, float)}))
             row["sampling_rates"] = {}  # the same model sampled with other rotation schedules
             for rate in args.compare_rates:
-                other = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
+                other = sampled_at_rate(model, rate)
                 row["sampling_rates"][str(rate)] = (brief(row["model"]) if rate == args.sample_rotation_rate
                                                     and args.draws == 1 else scored(other))
                 print(f"  sampled at rotation rate {rate:4.1f}:", json.dumps(

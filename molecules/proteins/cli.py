@@ -128,7 +128,6 @@ def cmd_train(args) -> dict:
 
 
 def cmd_sample(args) -> dict:
-    import equinox as eqx
     import jax
 
     from geoflow.continuous import ODEFlow
@@ -136,7 +135,7 @@ def cmd_sample(args) -> dict:
     from geoflow.serialization import load
 
     from . import relax_backbones, sample_backbones, steric_guided, write_pdb
-    from .model import FrameField, rotation_schedule
+    from .model import FrameField, sampled_at_rate
     from .relax import relaxation_moves
 
     model = load(existing_run(args.run) / "model.eqx")
@@ -153,7 +152,7 @@ def cmd_sample(args) -> dict:
     if args.rotation_rate is not None:
         if not clean_frames:
             raise ValueError(f"--rotation-rate sets a clean-frame model's sampling schedule; {args.run} predicts velocities")
-        model = eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(args.rotation_rate))
+        model = sampled_at_rate(model, args.rotation_rate)
     scheduler = model.bijection.field.rotation_scheduler
     rotation_rate = scheduler.rate if isinstance(scheduler, Exponential) else 0.0
     guidance = clean_frames if args.steric_guidance is None else args.steric_guidance
@@ -175,7 +174,8 @@ def cmd_sample(args) -> dict:
         write_pdb(args.out / f"sample_{i:03d}.pdb", b)
     np.save(args.out / "backbones.npy", backbones)
     res = {"n": args.n, "steps": args.steps, "denoise_from": denoise_from, "length": int(backbones.shape[1]),
-           "rotation_rate": rotation_rate if clean_frames else None, "steric_guidance": guidance, "sample_seconds": seconds, "relaxation": relaxation}
+           "rotation_rate": rotation_rate if clean_frames else None, "steric_guidance": guidance,
+           "sample_seconds": seconds, "relaxation": relaxation}
     print(f"wrote {args.n} PDB files and backbones.npy to {args.out}")
     print(json.dumps(res))
     return res

@@ -229,6 +229,11 @@ class StericGuidance(eqx.Module):
         return self.field.velocity(t, x, omega, self.pushed(t, translations + displacement) - translations)
 
 
+def sampled_at_rate(model: Transformed, rate: float) -> Transformed:
+    """``model`` (a :func:`frameflow`) with its rotations sampled on :func:`rotation_schedule`\ ``(rate)``."""
+    return eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
+
+
 def steric_guided(model: Transformed, **guidance) -> Transformed:
     """``model`` (a :func:`frameflow`) sampling with :class:`StericGuidance` of its field
     (``guidance``: its options)."""
