@@ -45,20 +45,22 @@ def loop_rate(step, steps: int, warmup: int = 10, sync=None) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def fit_rate(model, data, loss, optimizer, steps: int, batch_size: int):
-    """``(steps per second, trained model)`` of ``geoflow.fit`` with a fixed ``optimizer`` (one
-    object, so the second call reuses the compiled chunk), no validation, timed on the second
-    call so that compilation is excluded."""
+def fit_rate(model, data, loss, optimizer, steps: int, batch_size: int, devices=None):
+    """``(steps per second, trained model, cores busy)`` of ``geoflow.fit`` with a fixed
+    ``optimizer`` (one object, so the second call reuses the compiled chunk), no validation, on
+    ``devices`` (``fit``'s data parallelism), timed on the second call so that compilation is
+    excluded. Cores busy is the process's CPU time over the wall time of that call."""
     import jax
 
     import geoflow as gf
 
     run = lambda: gf.fit(model, data, key=jax.random.key(1), loss=loss, steps=steps, batch_size=batch_size,
-                         optimizer=optimizer, val_fraction=0.0, eval_every=steps, progress=False)
+                         optimizer=optimizer, val_fraction=0.0, eval_every=steps, progress=False, devices=devices)
     run()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trained, _ = run()
-    return steps / (time.perf_counter() - t0), trained
+    wall = time.perf_counter() - t0
+    return steps / wall, trained, (time.process_time() - c0) / wall
 
 
 def adam_step_timing(model, loss, batch, reps: int, learning_rate: float = 1e-3, blocks: int = 5):

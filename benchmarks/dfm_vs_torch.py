@@ -125,7 +125,7 @@ def bare_train_rate(steps, data=None):
 
 def geoflow_train_rate(data, steps):
     model = dfm(jax.random.key(0), L, V, source="mask", width=WIDTH, depth=DEPTH, embed_dim=WIDTH)
-    return fit_rate(model, data, DiscreteFlowMatching(), optax.adam(1e-3), steps, BATCH)
+    return fit_rate(model, data, DiscreteFlowMatching(), optax.adam(1e-3), steps, BATCH)[:2]
 
 
 def main():

@@ -199,7 +199,7 @@ def speed_comparison(width, depth, steps, n_sample):
     data = load_earth("fire").train
     # geoflow: fit's second call (after compilation)
     model = rfm(jax.random.key(0), Sphere(2), width=width, depth=depth, activation="silu")
-    ours_train, _ = fit_rate(model, data, GeodesicFlowMatching(), optax.adam(1e-3), steps, 512)
+    ours_train, *_ = fit_rate(model, data, GeodesicFlowMatching(), optax.adam(1e-3), steps, 512)
     sampler = with_solver(model, fixed(100, "euler"))
     sample = jax.jit(lambda k: sampler.sample(k, n_sample))
     sample(jax.random.key(0)).block_until_ready()

@@ -138,7 +138,7 @@ def bare_euler_seconds(x, likelihood: bool) -> float:
 
 def geoflow_train_rate(kind, data, steps):
     model = flow_matching(jax.random.key(0), 2, width=64, depth=3, activation="selu")
-    return fit_rate(model, data, cfm(kind, sigma=0.1), optax.adamw(1e-3, weight_decay=1e-5), steps, BATCH)
+    return fit_rate(model, data, cfm(kind, sigma=0.1), optax.adamw(1e-3, weight_decay=1e-5), steps, BATCH)[:2]
 
 
 def main():

@@ -53,7 +53,7 @@ def _timed_fit(name, model, data, loss, steps, batch):
     host_work_expected = isinstance(loss, HostPrepared)  # solved ahead of each chunk, outside its scan
     before = sum(CALLBACKS.values())
     # fit_rate runs twice (the first compiles); callbacks are counted over both runs' steps
-    rate, _ = fit_rate(model, data, loss, optax.adam(1e-3), steps, batch)
+    rate, *_ = fit_rate(model, data, loss, optax.adam(1e-3), steps, batch)
     callbacks = sum(CALLBACKS.values()) - before
     row = {"workload": name, "steps_per_s": rate, "examples_per_s": rate * batch, "batch": batch,
            "host_callbacks_per_step": callbacks / (2 * steps), "host_work_expected": host_work_expected}

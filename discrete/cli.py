@@ -52,7 +52,7 @@ def cmd_fit_discrete(args) -> dict:
     elbo = np.asarray(model.elbo(test, key_elbo, samples=32))
     info = {"model": "dfm", "source": source, "data": data.name}
     res = {**info, "length": data.length, "vocab_size": data.vocab_size, "seed": args.seed,
-           "parameters": count_parameters(model), **training_summary(history, args.batch_size),
+           "parameters": count_parameters(model), **training_summary(history, args),
            "test_nll_bound": float(-elbo.mean()), "test_nll_bound_stderr": float(elbo.std() / np.sqrt(elbo.size)),
            "test_bits_per_token_bound": float(-elbo.mean() / (data.length * np.log(2)))}
     if data.true_nll is not None:

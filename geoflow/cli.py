@@ -21,6 +21,7 @@ from .commands import (COMMAND_GROUP, FIT_MODEL_GROUP, FitModels, Parser, Traini
 from .datasets import DATASETS, IMAGE_DATASETS, random_split
 from .flows import MODELS as DISCRETE_TIME_MODELS
 from .image_flows import IMAGE_MODELS
+from .train_devices import split_cpu
 
 # continuous-time models: a CNF trained by likelihood and flow matching in four flavours
 CONTINUOUS_MODELS = ("cnf", "fm", "ot-fm", "sb-fm", "rectified")
@@ -185,7 +186,7 @@ def cmd_fit(args) -> dict:
     train_kw = dict(val_data=data.val, **fit_options(args))
     model, history = fit(model, data.train, key=key_fit, loss=loss, **train_kw)
     res = {"model": args.model, "data": data.name, "dim": data.dim, "seed": args.seed,
-           "parameters": count_parameters(model), **training_summary(history, args.batch_size)}
+           "parameters": count_parameters(model), **training_summary(history, args)}
     if args.model == "rectified":
         res.update(_reflow(model, data, jax.random.fold_in(key_fit, 1), train_kw))
         model = res.pop("model_after_reflow")
@@ -289,6 +290,8 @@ def main(argv=None) -> int:
     try:
         commands = registered(COMMAND_GROUP)
         args = build_parser(commands=commands).parse_args(argv)
+        if getattr(args, "devices", 1) != 1:  # before any JAX operation: the split is fixed at the backend's start
+            split_cpu(args.devices)
         core = {"fit": cmd_fit, "sample": cmd_sample, "eval": cmd_eval}
         if args.command in core:
             core[args.command](args)

@@ -41,7 +41,7 @@ def cmd_fit_images(args) -> dict:
     test = data.test[: args.eval_points]
     bound = bound_batched(model, test, key_eval)
     info = {"model": args.model, "data": data.name, "shape": list(data.shape), "levels": data.levels}
-    res = {**info, "seed": args.seed, "parameters": count_parameters(model), **training_summary(history, args.batch_size),
+    res = {**info, "seed": args.seed, "parameters": count_parameters(model), **training_summary(history, args),
            "test_images": len(test), "test_bits_per_dim": bits_per_dim(float(-bound.mean()), data.dim),
            "test_nll": float(-bound.mean())}
     grids = []

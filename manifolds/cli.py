@@ -93,7 +93,7 @@ def cmd_fit_manifold(args) -> dict:
     evaluator = with_solver(model, ODESolver(rtol=1e-5, atol=1e-5))
     cap = args.eval_points
     info = {"model": "rfm", "data": data.name, "manifold": type(manifold).__name__}
-    res = {**info, "seed": args.seed, "parameters": count_parameters(model), **training_summary(history, args.batch_size),
+    res = {**info, "seed": args.seed, "parameters": count_parameters(model), **training_summary(history, args),
            "uniform_nll": float(-manifold.uniform_log_prob()) if manifold.compact else None}
     for split in ("train", "val", "test"):
         res[f"{split}_nll"] = metrics.nll(evaluator, getattr(data, split)[:cap])

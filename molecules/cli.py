@@ -99,7 +99,7 @@ def cmd_train(args) -> dict:
     info = {"data": args.data, "hydrogens": args.hydrogens, "time_weight": time_weight, "fake_atoms": args.fake_atoms,
             "bond_basis": bond_basis}
     res = {**info, "molecules": len(data), "perception_failures": data.failures,
-           **training_summary(history, args.batch_size)}
+           **training_summary(history, args)}
     return run.finish(model, info, res, run.out / "train_smiles.txt")
 
 

@@ -1,6 +1,9 @@
 """The geoflow command end to end, and its one-line errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -76,6 +79,8 @@ def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path,
     (["fit", "--model", "glow9"], "unknown model 'glow9'; expected one of nice, realnvp, maf, iaf, nsf, nsf-ar"),
     (["fit", "--data", "spiral"], "unknown data set 'spiral'; expected one of moons"),
     (["fit", "--model", "maf", "--data", "moons", "--steps", "5", "--ema", "1.5"], "ema_decay must be in [0, 1), got 1.5"),
+    (["fit", "--model", "maf", "--data", "moons", "--steps", "5", "--devices", "0"],
+     "devices must be a positive count, got 0"),
     (["sample", "--run", "/nonexistent/run", "--out", "x.npy"], "has no model.eqx"),
     (["eval", "--run", "/nonexistent/run", "--data", "moons"], "has no model.eqx"),
 ])
@@ -83,6 +88,26 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("geoflow: error:") and message in err[0], err
+
+
+def test_fit_over_two_cpu_devices_trains_what_one_device_does(tmp_path):
+    """``--devices 2`` splits the CPU into two devices before JAX starts (so it runs in a fresh
+    process) and trains data-parallel: the same batches, hence the same losses, as one device."""
+    def fit(devices):
+        out = tmp_path / f"d{devices}"
+        argv = ["fit", "--model", "realnvp", "--data", "moons", "--steps", "300", "--layers", "2", "--width", "16",
+                "--devices", str(devices), "--out", str(out), "--quiet"]
+        code = "import sys, jax; from geoflow.cli import main; r = main(sys.argv[1:]); print(len(jax.devices())); sys.exit(r)"
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == str(devices)
+        return json.loads((out / "metrics.json").read_text())
+
+    one, two = fit(1), fit(2)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    np.testing.assert_allclose(two["final_train_loss"], one["final_train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(two["final_val_loss"], one["final_val_loss"], rtol=1e-3)
 
 
 def test_nan_data_and_wrong_dimension(run_dir, tmp_path, capsys):

@@ -119,7 +119,7 @@ def cmd_train(args) -> dict:
     model, history = fit(model, points, key=key_fit, loss=_loss(args), **fit_options(args))
     info = {"length": args.length, "prediction": args.prediction, "self_conditioning": self_conditioning}
     res = {**info, "train_fragments": len(data.train), "test_fragments": len(data.test),
-           "test_chains": data.test_chains, **training_summary(history, args.batch_size)}
+           "test_chains": data.test_chains, **training_summary(history, args)}
     if args.nll > 0 and len(data.test):
         test = points_from_backbones(data.test[: args.nll])
         res["heldout_nll_per_residue_nm"] = heldout_nll_per_residue(model, test, args.length)

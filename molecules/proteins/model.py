@@ -230,7 +230,7 @@ class StericGuidance(eqx.Module):
 
 
 def sampled_at_rate(model: Transformed, rate: float) -> Transformed:
-    """``model`` (a :func:`frameflow`) with its rotations sampled on :func:`rotation_schedule`\ ``(rate)``."""
+    """``model`` (a :func:`frameflow`) with its rotations sampled on ``rotation_schedule(rate)``."""
     return eqx.tree_at(lambda m: m.bijection.field.rotation_scheduler, model, rotation_schedule(rate))
 
 
