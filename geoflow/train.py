@@ -353,6 +353,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
       checkpoint's in shape and dtype.
     - `devices`: ``None`` (default device), ``"all"``, a count, or a list of devices for data
       parallelism: the batch is sharded over a one-axis ``Mesh``, parameters are replicated.
+      On a CPU-only machine, :func:`geoflow.train_devices.split_cpu` first makes its cores
+      that many devices.
       After ``jax.distributed.initialize()`` the mesh spans every process's devices: every
       process calls ``fit`` with the same arguments and data and returns the same model; only
       process 0 writes the checkpoint (put it on a file system every process reads, for
