@@ -31,7 +31,8 @@ from geoflow.metrics import nll
 from geoflow.serialization import classes_in, load, save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, relax_backbones, sample_backbones)
-from molecules.proteins.model import DISTANCE_PAIRS, PREDICTIONS, rotation_schedule, sampled_at_rate, steric_guided
+from molecules.proteins.matching import DISTANCE_PAIRS
+from molecules.proteins.model import PREDICTIONS, rotation_schedule, sampled_at_rate, steric_guided
 from molecules.proteins.relax import relaxation_moves
 
 from _curve import PersistedCurve

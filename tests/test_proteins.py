@@ -291,7 +291,7 @@ def test_predicted_end_of_the_target_velocity_is_the_data():
     """The auxiliary loss reads the frames the velocity points at: for the conditional target
     they are the data frames, for every t and schedule (so the loss vanishes there)."""
     from geoflow.continuous.paths import CondOT, Exponential
-    from molecules.proteins.model import backbone_distance_loss, predicted_end
+    from molecules.proteins.matching import backbone_distance_loss, predicted_end
 
     with jax.enable_x64(True):
         r0, r1 = (SO3().random_uniform(jax.random.key(k), (5,)).astype(jnp.float64) for k in (0, 1))
@@ -313,7 +313,7 @@ def test_distance_loss_over_either_structures_pairs_sees_a_clash_the_data_mask_d
     last residue sits on the first: every pair near in the data keeps its true distance but the
     moved residue's own, so FrameFlow's pairs (near in the data) miss the clash with residue 0,
     7 residues away; ``pairs="either"`` counts it, and its gradient moves the residue off."""
-    from molecules.proteins.model import backbone_distance_loss
+    from molecules.proteins.matching import backbone_distance_loss
 
     length = 8
     r1 = jnp.broadcast_to(jnp.eye(3), (length, 3, 3))

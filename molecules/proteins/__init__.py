@@ -12,8 +12,9 @@ from .geometry import (backbone_dihedrals, backbone_from_dihedrals, backbone_fro
                        frames_from_backbone, place_atom)
 from .metrics import (backbone_metrics, ca_ca_distances, clashes, nearest_rmsd, radius_of_gyration, ramachandran_js,
                       secondary_structure)
-from .model import (FrameFlowMatching, StericGuidance, backbones_from_points, frame_manifold, frame_prior, frameflow,
-                    points_from_backbones, rotation_path, sample_backbones, steric_guided)
+from .matching import FrameFlowMatching, rotation_path
+from .model import (StericGuidance, backbones_from_points, frame_manifold, frame_prior, frameflow, points_from_backbones,
+                    sample_backbones, steric_guided)
 from .network import FrameNetwork
 from .pdb import read_pdb, write_pdb
 from .relax import relax_backbones
