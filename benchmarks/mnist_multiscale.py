@@ -123,6 +123,8 @@ def main():
                     help="variational: a learned noise flow (Flow++) trained with the model; the figure is its bound")
     ap.add_argument("--dequantizer-width", type=int, default=32, help="channels of the variational dequantizer")
     ap.add_argument("--eval-every", type=int, help="steps between validation points (default min(250, steps/3))")
+    ap.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                    help="skip up to N consecutive steps with a non-finite loss or gradient (fit's skip_nonfinite)")
     ap.add_argument("--checkpoint", type=Path, help="folder for each model's checkpoint and curve (a long run)")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint")
     ap.add_argument("--out", type=Path, help="results file (default: results/mnist_multiscale_<models>.json)")
@@ -152,7 +154,7 @@ def main():
                       len(train), args.resume)
         model, history = fit(model, train, key=jax.random.key(1), loss=loss, val_data=val, steps=steps,
                              batch_size=args.batch, learning_rate=args.learning_rate, eval_every=eval_every,
-                             progress=False, callback=curve, resume=args.resume,
+                             progress=False, callback=curve, resume=args.resume, skip_nonfinite=args.skip_nonfinite,
                              checkpoint=None if args.checkpoint is None else args.checkpoint / f"{name}.eqx")
         flow = model.flow if isinstance(model, VariationallyDequantized) else model
         bound = bound_batched(model, test, jax.random.key(2))
@@ -160,7 +162,8 @@ def main():
                "train_cpu_s": curve.points[-1]["train_cpu_s"], "epochs": steps * args.batch / len(train),
                "fit_seconds": history.wall_time, "train_images_per_s": history.steps_per_second * args.batch,
                "sample_images_per_s": sampling_rate(flow), "train_step_memory_mb_batch64": memory,
-               "best_step": history.best_step, "stop_reason": history.stop_reason, "curve": curve.points}
+               "best_step": history.best_step, "stop_reason": history.stop_reason,
+               "skipped_steps": history.skipped_steps, "curve": curve.points}
         out["models"][name] = row
         if not args.quick:
             images = np.asarray(sample_at_temperature(flow, jax.random.key(3), 64, 0.7))

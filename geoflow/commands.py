@@ -62,7 +62,8 @@ def choice(valid, what: str) -> Callable[[str], str]:
 
 
 def add_training_arguments(parser, *, steps: int | None, batch_size: int, out: Path | None = None) -> None:
-    """``--steps``, ``--batch-size``, ``--lr``, ``--ema``, ``--devices``, ``--quiet``, ``--seed`` and ``--out``
+    """``--steps``, ``--batch-size``, ``--lr``, ``--ema``, ``--devices``, ``--skip-nonfinite``, ``--quiet``,
+    ``--seed`` and ``--out``
     with this command's defaults (``out=None``: the command names the run directory;
     ``steps=None``: the command chooses, e.g. by the data's mode, when the option is not given)."""
     parser.add_argument("--steps", type=int, default=steps,
@@ -75,6 +76,9 @@ def add_training_arguments(parser, *, steps: int | None, batch_size: int, out: P
                         help="train data-parallel over this many devices, the batch split over them; on a machine "
                              "without an accelerator, the CPU's cores split into as many devices (faster for small "
                              "networks, whose single program leaves cores idle)")
+    parser.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                        help="skip up to N consecutive steps whose loss or gradient is not finite (listed in "
+                             "metrics.json) instead of stopping at the first; for a long run with a rare overflow")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=int, default=0, help="the run's one random seed")
     parser.add_argument("--out", type=Path, default=out,
@@ -84,15 +88,16 @@ def add_training_arguments(parser, *, steps: int | None, batch_size: int, out: P
 def fit_options(args) -> dict:
     """The keywords of :func:`geoflow.fit` that :func:`add_training_arguments`' options set."""
     return dict(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema,
-                devices=None if args.devices == 1 else args.devices, progress=not args.quiet)
+                devices=None if args.devices == 1 else args.devices, skip_nonfinite=args.skip_nonfinite,
+                progress=not args.quiet)
 
 
 def training_summary(history, args) -> dict:
     """What a training command records of a ``fit`` run with :func:`fit_options` ``(args)``: the
-    steps run (and why it stopped), the last losses, the devices, examples per second and the
-    time spent."""
+    steps run (and why it stopped, and which were skipped as not finite), the last losses, the
+    devices, examples per second and the time spent."""
     return {"devices": args.devices, "steps": history.steps[-1] if history.steps else 0,
-            "stop_reason": history.stop_reason,
+            "stop_reason": history.stop_reason, "skipped_steps": history.skipped_steps,
             "final_train_loss": history.train_loss[-1] if history.train_loss else None,
             "final_val_loss": history.val_loss[-1] if history.val_loss else None,
             "steps_per_second": history.steps_per_second,

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from .nn import trainable
-from .serialization import classes_in, load, save
+from .serialization import classes_in, load, register_migration, save
 from .train_data import (as_arrays, device_batches, is_on_disk, read_chunk, rows_on_disk, split_validation,
                          step_batch, step_keys)
 from .train_devices import Placement, all_processes, make_mesh, on_one_device, put_tree
@@ -96,7 +96,9 @@ def maximum_likelihood(model, x, condition, key):
 @dataclasses.dataclass
 class History:
     """What happened during :func:`fit`. Losses are recorded once per chunk of steps:
-    ``train_loss[i]`` is the mean training loss over the chunk ending at ``steps[i]``."""
+    ``train_loss[i]`` is the mean training loss over the applied steps of the chunk ending at
+    ``steps[i]``. ``skipped_steps``: the steps not applied because their loss or gradient was
+    not finite (only with ``fit(skip_nonfinite=...)``)."""
 
     steps: list[int] = dataclasses.field(default_factory=list)
     train_loss: list[float] = dataclasses.field(default_factory=list)
@@ -106,6 +108,7 @@ class History:
     stop_reason: str = "completed"
     wall_time: float = 0.0
     steps_per_second: float = float("nan")
+    skipped_steps: list[int] = dataclasses.field(default_factory=list)
 
 
 @functools.cache
@@ -161,7 +164,8 @@ def _is_int(v) -> bool:
 
 
 def _check_fit_arguments(*, steps, batch_size, learning_rate, warmup_steps, schedule, clip_norm, weight_decay,
-                         val_fraction, eval_every, patience, eval_batch_size, ema_decay, devices, optimizer):
+                         val_fraction, eval_every, patience, eval_batch_size, ema_decay, devices, optimizer,
+                         skip_nonfinite):
     """Every argument of :func:`fit` checked before anything compiles: a bad value is a clear
     error, never a hang (``eval_every=0`` would loop forever) or a silent replacement."""
     def positive_int(name, v):
@@ -172,6 +176,8 @@ def _check_fit_arguments(*, steps, batch_size, learning_rate, warmup_steps, sche
     positive_int("batch_size", batch_size)
     positive_int("eval_every", eval_every)
     positive_int("eval_batch_size", eval_batch_size)
+    if not _is_int(skip_nonfinite) or skip_nonfinite < 0:
+        raise ValueError(f"skip_nonfinite must be a non-negative integer (consecutive steps), got {skip_nonfinite!r}")
     if patience is not None:
         positive_int("patience (or None)", patience)
     if optimizer is None:
@@ -237,14 +243,17 @@ def _prepare_chunk(model, x, condition, key, step0, active, *, num_steps, batch_
 
 @eqx.filter_jit
 def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, loss, optimizer, batch_sharding,
-                 ema_decay=None, sharded_data=False, streamed=None):
+                 ema_decay=None, sharded_data=False, streamed=None, skip_nonfinite=0):
     """The first ``active`` (traced, at most ``num_steps``) optimisation steps of one
     ``lax.scan`` over ``num_steps``; the rest are skipped by a ``lax.cond`` at no cost. A run
     whose last chunk is shorter than ``eval_every`` thus reuses the compiled chunk instead of
-    compiling another one (80 s for a multi-scale image flow). Skipped steps report NaN.
+    compiling another one (80 s for a multi-scale image flow). Steps past ``active`` report NaN.
 
-    A step whose loss or gradient is not finite is not applied and freezes every later step,
-    so the returned parameters are the last good ones and ``bad_step`` says where it broke.
+    A step whose loss or gradient is not finite is not applied. Up to ``skip_nonfinite``
+    consecutive such steps are skipped (``run`` counts the current run of them, carried from
+    chunk to chunk); the next one freezes every later step, so the returned parameters are the
+    last good ones and ``bad_step`` says where it broke. ``applied[i]`` says whether step ``i``
+    was applied.
 
     ``ema`` (``None`` when averaging is off) is the moving average of the parameters, updated
     after every applied step with ``ema_decay``.
@@ -254,15 +263,15 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
     part of the batch from its own (:func:`device_batches`). ``streamed`` (with ``x`` and
     ``condition`` None) is :func:`read_chunk`'s stack of the chunk's minibatches, read from disk.
     """
-    params, opt_state, ema, static, step0, bad_step, active = state
+    params, opt_state, ema, static, step0, bad_step, run, active = state
 
     def one_step(carry, inputs):
-        return jax.lax.cond(inputs[0] < active, optimisation_step, lambda c, _: (c, jnp.full((), jnp.nan)),
-                            carry, inputs)
+        return jax.lax.cond(inputs[0] < active, optimisation_step,
+                            lambda c, _: (c, (jnp.full((), jnp.nan), jnp.zeros((), bool))), carry, inputs)
 
     def optimisation_step(carry, inputs):
         i, prep, batch = inputs
-        params, opt_state, ema, bad_step = carry
+        params, opt_state, ema, bad_step, run = carry
         step = step0 + i
         if batch is not None:
             (xb, cb), k_loss = batch, step_keys(key, step)[1]
@@ -280,19 +289,22 @@ def _train_chunk(state, x, condition, key, prepared, *, num_steps, batch_size, l
 
         value, grads = eqx.filter_value_and_grad(loss_of)(params)
         grad_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        ok = jnp.isfinite(value) & grad_finite & (bad_step < 0)
+        finite = jnp.isfinite(value) & grad_finite
+        running = bad_step < 0
+        ok = finite & running
         updates, new_opt = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         ema = keep(_ema_update(ema, new_params, ema_decay, step), ema)
         params, opt_state = keep(new_params, params), keep(new_opt, opt_state)
-        bad_step = jnp.where((bad_step < 0) & ~ok, step, bad_step)
-        return (params, opt_state, ema, bad_step), value
+        run = jnp.where(finite, 0, run + 1)
+        bad_step = jnp.where(running & (run > skip_nonfinite), step, bad_step)
+        return (params, opt_state, ema, bad_step, run), (value, ok)
 
-    (params, opt_state, ema, bad_step), losses = jax.lax.scan(
-        one_step, (params, opt_state, ema, bad_step), (jnp.arange(num_steps), prepared, streamed)
+    (params, opt_state, ema, bad_step, run), (losses, applied) = jax.lax.scan(
+        one_step, (params, opt_state, ema, bad_step, run), (jnp.arange(num_steps), prepared, streamed)
     )
-    return params, opt_state, ema, bad_step, losses
+    return params, opt_state, ema, bad_step, run, losses, applied
 
 
 @eqx.filter_jit
@@ -324,7 +336,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         eval_every: int = 100, patience: int | None = None, restore_best: bool = True,
         progress: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
         devices=None, shard_data: bool = False, eval_batch_size: int = 4096, callback=None,
-        ema_decay: float | None = None, val_metric=None):
+        ema_decay: float | None = None, val_metric=None, skip_nonfinite: int = 0):
     """Train ``model`` on ``data``; returns ``(trained_model, History)``.
 
     **Arguments:**
@@ -383,14 +395,18 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
       0.999; the first steps use ``min(ema_decay, (1 + step) / (10 + step))``). The average is
       the model that is validated, passed to `callback`, kept as the best and returned; the
       optimiser keeps stepping the raw parameters. ``None`` (default): no averaging.
+    - `skip_nonfinite`: how many consecutive steps with a non-finite loss or gradient are
+      skipped (not applied: parameters, optimizer state and average stay as they were) before
+      training stops; each skipped step is listed in ``history.skipped_steps``. For a rare
+      example that overflows in a long run; a model that diverges still stops.
 
-    A non-finite loss or gradient stops training with a warning; the model returned is the
-    last one with finite loss (``history.stop_reason == "nan"``).
+    A non-finite loss or gradient beyond those stops training with a warning; the model returned
+    is the last one with finite loss (``history.stop_reason == "nan"``).
     """
     _check_fit_arguments(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
                          schedule=schedule, clip_norm=clip_norm, weight_decay=weight_decay, val_fraction=val_fraction,
                          eval_every=eval_every, patience=patience, eval_batch_size=eval_batch_size,
-                         ema_decay=ema_decay, devices=devices, optimizer=optimizer)
+                         ema_decay=ema_decay, devices=devices, optimizer=optimizer, skip_nonfinite=skip_nonfinite)
     loss = maximum_likelihood if loss is None else loss
     if shard_data and (devices is None or isinstance(loss, HostPrepared)):
         raise ValueError("shard_data=True needs devices= (the mesh the rows are spread over) and a loss without a "
@@ -452,20 +468,22 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         if placed.on_disk is not None:  # this chunk's minibatches, read in one pass
             streamed = read_chunk(placed.on_disk, train_key, state.step, n, num_steps=chunk, batch_size=batch_size,
                                    batch_sharding=placed.batch_sharding)
-        chunk_state = (state.params, state.opt_state, state.ema, static, step0, state.bad_step, active)
-        state.params, state.opt_state, state.ema, state.bad_step, losses = _train_chunk(
+        chunk_state = (state.params, state.opt_state, state.ema, static, step0, state.bad_step, state.nonfinite_run,
+                       active)
+        state.params, state.opt_state, state.ema, state.bad_step, state.nonfinite_run, losses, applied = _train_chunk(
             chunk_state, *placed.train, train_key, prepared, num_steps=chunk, batch_size=batch_size, loss=loss,
             optimizer=optimizer, batch_sharding=placed.batch_sharding, ema_decay=ema_decay, sharded_data=shard_data,
-            streamed=streamed)
-        losses = np.asarray(losses)[:n]
+            streamed=streamed, skip_nonfinite=skip_nonfinite)
+        losses, applied = np.asarray(losses)[:n], np.asarray(applied)[:n]
         clock.add(n, time.perf_counter() - t0, first=not state.history.steps)
-        if state.stop_at_nan(losses):
+        if state.stop_at_nan(losses, applied):
+            allowed = f" (after {skip_nonfinite} consecutive skipped steps)" if skip_nonfinite else ""
             warnings.warn(
-                f"fit: the loss or its gradient became NaN/inf at step {state.step}; training stopped and "
-                f"the model from the last good step ({state.step}) is returned", RuntimeWarning, stacklevel=2,
+                f"fit: the loss or its gradient became NaN/inf at step {state.step}{allowed}; training stopped and "
+                f"the model from the last good step is returned", RuntimeWarning, stacklevel=2,
             )
             break
-        state.record_chunk(n, losses)
+        state.record_chunk(n, losses, applied)
         model_now = eqx.combine(state.evaluated, static)  # the model a user gets: the average when there is one
         postfix = {"loss": f"{state.history.train_loss[-1]:.4f}"}
         if placed.val is not None:
@@ -534,6 +552,7 @@ class TrainingState:
     best_params: object = None
     stale: int = 0
     bad_step: jax.Array = dataclasses.field(default_factory=lambda: jnp.asarray(-1, jnp.int32))
+    nonfinite_run: jax.Array = dataclasses.field(default_factory=lambda: jnp.asarray(0, jnp.int32))
 
     @classmethod
     def start(cls, params, optimizer, ema_decay) -> TrainingState:
@@ -550,8 +569,10 @@ class TrainingState:
                 raise ValueError(f"checkpoint {checkpoint} holds no parameter average; resume it without ema_decay")
             ema = adopt(_trainable_params(saved["ema_model"]))
         params = _trainable_params(saved["model"])
-        return cls(adopt(params), adopt.within(saved["opt_state"], like=params), ema, int(saved["step"]),
-                   saved["history"], adopt(_trainable_params(saved["best_model"])))
+        step, history = int(saved["step"]), saved["history"]
+        return cls(adopt(params), adopt.within(saved["opt_state"], like=params), ema, step, history,
+                   adopt(_trainable_params(saved["best_model"])),
+                   nonfinite_run=jnp.asarray(_trailing_run(history.skipped_steps, step), jnp.int32))
 
     def put_on(self, placed: Placement) -> None:
         """Replicate the parameters, optimizer state and average over ``placed``'s mesh."""
@@ -562,23 +583,22 @@ class TrainingState:
         """The parameters that are validated, kept as best and returned: the average when there is one."""
         return self.params if self.ema is None else self.ema
 
-    def stop_at_nan(self, losses: np.ndarray) -> bool:
-        """After a chunk: if a step broke, record the good steps before it, stop there, say so."""
+    def stop_at_nan(self, losses: np.ndarray, applied: np.ndarray) -> bool:
+        """After a chunk: if a step broke, record the steps before it, stop there, say so."""
         bad = int(self.bad_step)
         if bad < 0:
             return False
         self.history.stop_reason = "nan"
-        good = losses[: bad - self.step]
-        if len(good):
-            self.history.steps.append(bad)
-            self.history.train_loss.append(float(good.mean()))
-        self.step = bad
+        if bad > self.step:
+            self.record_chunk(bad - self.step, losses[: bad - self.step], applied[: bad - self.step])
         return True
 
-    def record_chunk(self, n: int, losses: np.ndarray) -> None:
+    def record_chunk(self, n: int, losses: np.ndarray, applied: np.ndarray) -> None:
+        """Record ``n`` steps from ``self.step``: their mean loss where applied, and the skipped ones."""
+        self.history.skipped_steps += [self.step + int(i) for i in np.flatnonzero(~applied)]
         self.step += n
         self.history.steps.append(self.step)
-        self.history.train_loss.append(float(losses.mean()))
+        self.history.train_loss.append(float(losses[applied].mean()) if applied.any() else float("nan"))
 
     def record_validation(self, value: float) -> None:
         self.history.val_loss.append(value)
@@ -599,6 +619,17 @@ class TrainingState:
         save(checkpoint, {"model": eqx.combine(self.params, static), "opt_state": self.opt_state, "step": self.step,
                           "history": history, "best_model": best_model,
                           "ema_model": None if self.ema is None else model_now})
+
+
+def _trailing_run(skipped_steps: list[int], step: int) -> int:
+    """How many of the steps just before ``step`` were skipped in a row."""
+    run, skipped = 0, set(skipped_steps)
+    while step - run - 1 in skipped:
+        run += 1
+    return run
+
+
+register_migration("geoflow.train.History", lambda fields: {"skipped_steps": [], **fields})
 
 
 class _StepClock:

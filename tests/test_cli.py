@@ -81,6 +81,8 @@ def test_fit_image_flow_on_digits_writes_bits_per_dim_and_sample_grids(tmp_path,
     (["fit", "--model", "maf", "--data", "moons", "--steps", "5", "--ema", "1.5"], "ema_decay must be in [0, 1), got 1.5"),
     (["fit", "--model", "maf", "--data", "moons", "--steps", "5", "--devices", "0"],
      "devices must be a positive count, got 0"),
+    (["fit", "--model", "maf", "--data", "moons", "--steps", "5", "--skip-nonfinite", "-1"],
+     "skip_nonfinite must be a non-negative integer"),
     (["sample", "--run", "/nonexistent/run", "--out", "x.npy"], "has no model.eqx"),
     (["eval", "--run", "/nonexistent/run", "--data", "moons"], "has no model.eqx"),
 ])

@@ -15,6 +15,7 @@ import pytest
 import geoflow as gf
 from geoflow.datasets import load_dataset
 from geoflow.metrics import nll
+from geoflow.train_data import step_keys
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,51 @@ def test_nan_stop_keeps_exactly_the_last_good_parameters(moons):
     ref, ref_hist = gf.fit(_small(), moons.train, steps=bad, **kw)
     assert ref_hist.stop_reason == "completed"
     assert eqx.tree_equal(model, ref)
+
+
+def infinite_on_steps(fit_key, steps):
+    """Maximum likelihood, but infinite on exactly the given steps of a ``fit`` run with
+    ``fit_key``: the loss recognises those steps' loss keys (``fit`` draws its step keys from the
+    second of three splits of its key)."""
+    train_key = jax.random.split(fit_key, 3)[1]
+    marked = jnp.stack([jax.random.key_data(step_keys(train_key, s)[1]) for s in steps])
+
+    def loss(model, x, c, key):
+        hit = jnp.any(jnp.all(jax.random.key_data(key) == marked, axis=-1))
+        return jnp.where(hit, jnp.inf, gf.maximum_likelihood(model, x, c, key))
+    return loss
+
+
+def test_skip_nonfinite_skips_exactly_the_broken_steps_and_trains_on(moons):
+    key = jax.random.key(6)
+    kw = dict(key=key, steps=200, eval_every=50, val_fraction=0.0, progress=False, skip_nonfinite=2)
+    model, hist = gf.fit(_small(), moons.train, loss=infinite_on_steps(key, [30, 31, 77, 150]), **kw)
+    assert hist.stop_reason == "completed" and hist.steps[-1] == 200
+    assert hist.skipped_steps == [30, 31, 77, 150]
+    assert np.isfinite(hist.train_loss).all()  # the chunk means are over the applied steps
+    assert np.isfinite(nll(model, moons.val))
+    # three in a row is one more than allowed: the third stops training as a NaN does without skipping
+    with pytest.warns(RuntimeWarning, match="NaN/inf at step 42 \\(after 2 consecutive skipped steps\\)"):
+        _, hist = gf.fit(_small(), moons.train, loss=infinite_on_steps(key, [30, 40, 41, 42]), **kw)
+    assert hist.stop_reason == "nan" and hist.steps[-1] == 42 and hist.skipped_steps == [30, 40, 41]
+
+
+def test_a_run_of_skipped_steps_is_carried_across_a_resume(tmp_path, moons):
+    """Five broken steps 98–102 with four allowed stop the run at 102, whether or not it was
+    checkpointed and resumed at step 100, in the middle of the run of broken steps."""
+    key = jax.random.key(7)
+    kw = dict(key=key, steps=300, eval_every=50, val_fraction=0.0, progress=False, skip_nonfinite=4,
+              loss=infinite_on_steps(key, range(98, 103)))
+    with pytest.warns(RuntimeWarning):
+        full, full_hist = gf.fit(_small(), moons.train, **kw)
+    assert full_hist.steps[-1] == 102 and full_hist.skipped_steps == [98, 99, 100, 101]
+    ckpt = tmp_path / "ckpt.eqx"
+    _, part = gf.fit(_small(), moons.train, checkpoint=ckpt, callback=lambda step, m, h: step >= 100, **kw)
+    assert part.skipped_steps == [98, 99]
+    with pytest.warns(RuntimeWarning):
+        resumed, hist = gf.fit(_small(), moons.train, checkpoint=ckpt, resume=True, **kw)
+    assert hist.steps == full_hist.steps and hist.skipped_steps == full_hist.skipped_steps
+    assert eqx.tree_equal(resumed, full)
 
 
 def test_save_load_round_trip_exactly(tmp_path):
@@ -330,6 +376,7 @@ def test_fixed_distribution_arrays_are_not_trained():
     ({"clip_norm": 0.0}, "clip_norm must be positive"),
     ({"val_fraction": 1.0}, "val_fraction must be in"),
     ({"ema_decay": 1.0}, "ema_decay must be in"),
+    ({"skip_nonfinite": -1}, "skip_nonfinite must be a non-negative integer"),
     ({"devices": 0}, "devices=0 but"),
     ({"devices": "gpu"}, "devices must be None, 'all'"),
 ])
