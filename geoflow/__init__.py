@@ -7,4 +7,5 @@ from .flows import bnaf, coupling_flow, iaf, maf, make_flow, masked_autoregressi
 
 __version__ = "0.1.0"
 from .serialization import load, save
-from .train import History, fit, maximum_likelihood
+from .train import fit, maximum_likelihood
+from .train_state import History

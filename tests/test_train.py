@@ -138,6 +138,28 @@ def test_a_run_of_skipped_steps_is_carried_across_a_resume(tmp_path, moons):
     assert eqx.tree_equal(resumed, full)
 
 
+def test_a_checkpoint_of_the_older_layout_resumes(tmp_path, moons):
+    """Checkpoints written before ``History`` moved to ``geoflow.train_state`` and gained
+    ``skipped_steps`` name ``geoflow.train.History`` without that field: they still resume."""
+    kw = dict(key=jax.random.key(5), steps=200, val_fraction=0.0, progress=False, eval_every=100)
+    ckpt = tmp_path / "ckpt.eqx"
+    gf.fit(_small(), moons.train, checkpoint=ckpt, callback=lambda step, m, h: step >= 100, **kw)
+    with np.load(ckpt) as f:
+        arrays = dict(f)
+    structure = json.loads(arrays["structure"].tobytes())
+    history = structure["tree"]["dict"]["history"]
+    assert history["class"] == "geoflow.train_state.History"
+    history["class"] = "geoflow.train.History"
+    del history["fields"]["skipped_steps"]
+    arrays["structure"] = np.frombuffer(json.dumps(structure).encode(), np.uint8)
+    with open(ckpt, "wb") as f:
+        np.savez(f, **arrays)
+    resumed, hist = gf.fit(_small(), moons.train, checkpoint=ckpt, resume=True, **kw)
+    full, _ = gf.fit(_small(), moons.train, **kw)
+    assert hist.steps == [100, 200] and hist.skipped_steps == []
+    assert eqx.tree_equal(resumed, full)
+
+
 def test_save_load_round_trip_exactly(tmp_path):
     model = gf.maf(jax.random.key(0), 3, cond_dim=2, layers=2, width=8, order="random")
     model = jax.tree.map(lambda a: a + 0.1 if eqx.is_inexact_array(a) else a, model)
