@@ -76,8 +76,11 @@ class TrainingState:
                    nonfinite_run=jnp.asarray(_trailing_run(history.skipped_steps, step), jnp.int32))
 
     def put_on(self, placed: Placement) -> None:
-        """Replicate the parameters, optimizer state and average over ``placed``'s mesh."""
-        self.params, self.opt_state, self.ema = (put_tree(t, placed.mesh) for t in (self.params, self.opt_state, self.ema))
+        """Replicate everything a chunk carries over ``placed``'s mesh: the parameters, optimizer
+        state and average, and the step counters. A chunk returns them replicated; anything it is
+        first given in another placement would make the second chunk compile again."""
+        self.params, self.opt_state, self.ema, self.bad_step, self.nonfinite_run = (
+            put_tree(t, placed.mesh) for t in (self.params, self.opt_state, self.ema, self.bad_step, self.nonfinite_run))
 
     @property
     def evaluated(self):
