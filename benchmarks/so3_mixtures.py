@@ -32,9 +32,10 @@ PUBLISHED_RSGM = {16: 0.89, 32: 0.20, 64: -0.49}
 TO_RSGM_CONVENTION = 1.5 * math.log(2)
 
 
-def run(k, seed, steps, n_test, width=256, ema=None, fourier_features=0, fourier_scale=100.0, time_power=1.0):
+def run(k, seed, steps, n_test, width=256, ema=None, fourier_features=0, fourier_scale=100.0, time_power=1.0,
+        n_train=100_000):
     key = jax.random.key(seed)
-    data = load_so3_mixture(k, seed, n_test=n_test)
+    data = load_so3_mixture(k, seed, n_train=n_train, n_test=n_test)
     train, val, test = data.train, data.val, data.test
     model = rfm(jax.random.fold_in(key, 4), SO3(), width=width, depth=4, activation="silu",
                 fourier_features=fourier_features, fourier_scale=fourier_scale)
@@ -56,6 +57,8 @@ def main():
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (runs seed-start … seed-start+seeds−1)")
     ap.add_argument("--out", type=Path, help="where to write the figures (default: results/so3_mixtures[_k…].json)")
     ap.add_argument("--n-test", type=int, default=5_000)
+    ap.add_argument("--n-train", type=int, default=100_000,
+                    help="training draws from the mixture (RSGM draws a fresh batch every step: a large set is its setting)")
     ap.add_argument("--width", type=int, default=256, help="hidden width of the 4-layer MLP")
     ap.add_argument("--ema", type=float, metavar="DECAY", help="train with a parameter moving average (fit's ema_decay)")
     ap.add_argument("--fourier-features", type=int, default=0, help="random Fourier features of the flattened matrix")
@@ -70,7 +73,7 @@ def main():
            "results": {}}
     for k in args.k:
         runs = [run(k, s, args.steps, args.n_test, args.width, args.ema, args.fourier_features, args.fourier_scale,
-                    args.time_power) for s in range(args.seed_start, args.seed_start + args.seeds)]
+                    args.time_power, args.n_train) for s in range(args.seed_start, args.seed_start + args.seeds)]
         ll = np.array([r["test_ll"] for r in runs])
         row = {"test_ll_mean": float(ll.mean()), "test_ll_std": float(ll.std()), "test_ll": ll.tolist(),
                "true_ll_mean": float(np.mean([r["true_ll"] for r in runs])),
