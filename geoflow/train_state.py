@@ -42,8 +42,9 @@ class TrainingState:
     """What :func:`fit`'s host loop carries from chunk to chunk: the trainable parameters, the
     optimizer state, the parameter average (``ema``, ``None`` when off), the step, the history,
     the best validated parameters (their loss is ``history.best_val_loss``) and how many
-    validations since they improved, and the first step whose loss or gradient was not finite
-    (``bad_step``, −1 while there is none)."""
+    validations since they improved, the first step whose loss or gradient was not finite
+    beyond those ``fit(skip_nonfinite=...)`` allows (``bad_step``, −1 while there is none), and
+    how many steps just before ``step`` were skipped in a row (``nonfinite_run``)."""
 
     params: object
     opt_state: object
