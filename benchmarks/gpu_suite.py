@@ -107,7 +107,8 @@ def workloads(quick: bool, steps: int | None = None, qm9_path: Path | None = Non
                           steps, 1024)
 
     def molecule_network():
-        from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+        from molecules.flow import MoleculeFlow
+        from molecules.matching import MoleculeFlowMatching
         from molecules.qm9 import load_qm9, qm9_vocabulary
 
         sample = Path(__file__).resolve().parents[1] / "tests" / "qm9_sample.csv"

@@ -25,7 +25,8 @@ import numpy as np
 
 import geoflow as gf
 from molecules import load_qm9
-from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+from molecules.flow import MoleculeFlow
+from molecules.matching import MoleculeFlowMatching
 from molecules.qm9 import QM9_MAX_ATOMS
 
 BATCH = 32

@@ -29,7 +29,8 @@ import numpy as np
 import geoflow as gf
 from geoflow.serialization import classes_in, load
 from molecules import load_qm9, molecule_metrics, qm9_vocabulary
-from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+from molecules.flow import MoleculeFlow
+from molecules.matching import MoleculeFlowMatching
 
 PUBLISHED = {"EDM": {"atom_stability": 98.7, "molecule_stability": 82.0, "validity": 91.9, "validity_x_uniqueness": 90.7},
              "EquiFM": {"atom_stability": 98.9, "molecule_stability": 88.3, "validity": 94.7, "validity_x_uniqueness": 93.5}}

@@ -29,7 +29,8 @@ import numpy as np
 
 import geoflow as gf
 from molecules import MolecularGraph, load_qm9, molecule_metrics, qm9_vocabulary
-from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+from molecules.flow import MoleculeFlow
+from molecules.matching import MoleculeFlowMatching
 
 VARIANTS = ("time_weight", "fake_atoms", "distortion", "both")
 GRAPH_FIELDS = ("positions", "atom_types", "charges", "bonds", "mask")

@@ -82,7 +82,8 @@ def mode_option(args, name: str):
 def cmd_train(args) -> dict:
     from geoflow.train import fit
 
-    from .flow import MoleculeFlow, MoleculeFlowMatching
+    from .flow import MoleculeFlow
+    from .matching import MoleculeFlowMatching
     from .qm9 import load_qm9, qm9_vocabulary
 
     time_weight, bond_basis = (mode_option(args, name) for name in ("time_weight", "bond_basis"))

@@ -3,7 +3,7 @@ an oracle that checks the molecule sampler (given the true posterior it must rep
 and bounds what a network can reach on that set.
 
 For ``x₁`` one of ``M`` molecules (probabilities ``π``) and the path of
-:class:`molecules.flow.MoleculeFlowMatching` without Kabsch alignment or permutation —
+:class:`molecules.matching.MoleculeFlowMatching` without Kabsch alignment or permutation —
 ``x_t = (1 − t) x₀ + t x₁`` with ``x₀`` a centred Gaussian of scale ``σ``, each token kept with
 probability ``κ_t = t^p`` and masked otherwise — the posterior weight of molecule ``m`` given a noisy
 molecule is
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .flow import MoleculeSampler, centre, check_token_power, normalized_counts
+from .flow import MoleculeSampler, check_token_power, normalized_counts
+from .geometry import centre
 from .network import zero_prediction
 from .graph import MolecularGraph, Vocabulary, check_graph
 

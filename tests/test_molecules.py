@@ -191,7 +191,9 @@ def test_molecule_flow_trains_and_samples_well_formed_graphs():
 
     import geoflow as gf
     from molecules import stack_graphs
-    from molecules.flow import MoleculeFlow, MoleculeFlowMatching, kabsch_rotation
+    from molecules.flow import MoleculeFlow
+    from molecules.geometry import kabsch_rotation
+    from molecules.matching import MoleculeFlowMatching
 
     vocab = Vocabulary(("H", "C", "N", "O"))
     graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=9, seed=k)
@@ -227,7 +229,8 @@ def test_molecule_flow_trains_and_samples_well_formed_graphs():
 MOLECULES_MULTI_DEVICE = """
 import json, jax, numpy as np, geoflow as gf
 from molecules import Vocabulary, graph_from_smiles, stack_graphs
-from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+from molecules.flow import MoleculeFlow
+from molecules.matching import MoleculeFlowMatching
 assert len(jax.devices()) == 4, jax.devices()
 vocab = Vocabulary(("H", "C", "N", "O"))
 graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=9, seed=k)
@@ -257,7 +260,8 @@ def test_permuted_molecule_loss_prepares_its_assignment_and_trains_on_four_devic
     import jax.numpy as jnp
 
     from molecules import stack_graphs
-    from molecules.flow import MoleculeFlow, MoleculeFlowMatching, pack_graphs
+    from molecules.flow import MoleculeFlow
+    from molecules.matching import MoleculeFlowMatching, pack_graphs
 
     vocab = Vocabulary(("H", "C", "N", "O"))
     graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=9, seed=k) for k, s in enumerate(["CCO", "OC=O", "CC", "N"])])
@@ -306,8 +310,10 @@ def test_fake_atoms_fill_padding_in_training_and_leave_the_samples():
     import jax.numpy as jnp
 
     from molecules import stack_graphs
-    from molecules.flow import (FAKE_ATOM_SPREAD, MoleculeFlow, MoleculeFlowMatching, add_fake_atoms, centre,
-                                pack_graphs, slot_counts, without_fake_atoms)
+    from molecules.fake_atoms import FAKE_ATOM_SPREAD, add_fake_atoms, slot_counts, without_fake_atoms
+    from molecules.flow import MoleculeFlow
+    from molecules.geometry import centre
+    from molecules.matching import MoleculeFlowMatching, pack_graphs
 
     vocab = Vocabulary(("H", "C", "N", "O"))
     graphs = stack_graphs([graph_from_smiles(s, vocab, max_atoms=12, seed=k) for k, s in enumerate(["CCO", "OC=O", "N"])])
@@ -456,7 +462,8 @@ def test_molecule_flow_memorises_sixteen_molecules():
 
     import geoflow as gf
     from molecules import stack_graphs, unstack_graphs
-    from molecules.flow import MoleculeFlow, MoleculeFlowMatching
+    from molecules.flow import MoleculeFlow
+    from molecules.matching import MoleculeFlowMatching
 
     data = load_qm9(QM9_SAMPLE, hydrogens="implicit")
     every = unstack_graphs(data.graphs)

@@ -110,7 +110,7 @@ def nearest_rmsd(samples, references) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    from ..flow import kabsch_rotation
+    from ..geometry import kabsch_rotation
 
     def atoms(b):
         x = jnp.asarray(_check(b)[:, :, :3].reshape(len(b), -1, 3), jnp.float32)
