@@ -65,8 +65,9 @@ def _finish(shape, bijection: Bijection, levels_of_data: int, alpha: float) -> T
 def glow(key, shape, *, levels: int | None = None, depth: int = 8, width: int = 128,
          pixel_levels: int = 256, alpha: float = 0.05) -> Transformed:
     """Glow (Kingma & Dhariwal 2018): ``levels`` scales of ``depth`` steps of
-    ActNorm → invertible 1×1 convolution (LU) → affine channel coupling, with a learned
-    conditional prior at each factor-out.
+    ActNorm → invertible 1×1 convolution (LU) → affine channel coupling with Glow's contracting
+    scale (:class:`ImageCoupling`'s ``scale="contracting"``), with a learned conditional prior at
+    each factor-out.
 
     **Arguments:**
     - `shape`: ``(c, h, w)``; `levels`: squeeze levels (default: as many as fit, at most 3).
@@ -80,7 +81,7 @@ def glow(key, shape, *, levels: int | None = None, depth: int = 8, width: int = 
     def make_steps(k, s):
         def step(k_step):
             k_coupling, k_conv = jax.random.split(k_step)
-            return Chain([ImageCoupling(s, mask="channel", width=width, key=k_coupling),
+            return Chain([ImageCoupling(s, mask="channel", width=width, scale="contracting", key=k_coupling),
                           InvertibleConv1x1(s, key=k_conv), ActNorm(s)])
 
         return Stack.from_init(step, jax.random.split(k, depth))

@@ -69,10 +69,41 @@ def test_image_layers_log_det_and_inverse(shape):
         InvertibleConv1x1(shape, key=keys[2]),
         perturb(ImageCoupling(shape, mask="channel", parity=1, width=8, blocks=1, key=keys[3]), keys[4]),
         perturb(ImageCoupling(shape, mask="checkerboard", parity=0, width=8, key=keys[5]), keys[6]),
+        perturb(ImageCoupling(shape, mask="channel", width=8, scale="contracting", key=keys[3]), keys[4]),
+        perturb(ImageCoupling(shape, mask="checkerboard", width=8, scale="contracting", key=keys[5]), keys[6]),
         ResidualBlock(shape, width=8, log_det="exact", key=keys[7]),
     ]
     for layer in layers:
         check_bijection(layer, x)
+
+
+@pytest.mark.parametrize("mask", ["channel", "checkerboard"])
+def test_a_contracting_coupling_never_expands_the_data_to_latent_pass(mask):
+    """Glow's scale: on inputs far outside anything trained on (values of ±1000, where a
+    network's output is huge), the data → latent pass shrinks every moved value's sensitivity
+    (∂ out / ∂ in ≤ 1, read by a JVP), while the bounded scale of the same network expands some
+    by up to exp(3)."""
+    k_net, k_perturb, k_x = jax.random.split(jax.random.key(7), 3)
+    x = 1000.0 * jax.random.normal(k_x, (4, 4, 4))
+
+    def sensitivity(scale):
+        layer = perturb(ImageCoupling((4, 4, 4), mask=mask, width=8, scale=scale, key=k_net), k_perturb)
+        out, ld = layer.inverse_and_log_det(x)
+        moved = (out != x) & jnp.isfinite(out)  # the fixed half passes through unchanged
+        # the moved half's derivative is exp(−s) elementwise: its JVP along the moved inputs
+        tangent = jax.jvp(lambda v: layer.inverse(v), (x,), (moved.astype(x.dtype),))[1]
+        return np.asarray(tangent)[np.asarray(moved)], float(ld)
+
+    contracting, ld = sensitivity("contracting")
+    assert contracting.size > 0 and np.all(contracting <= 1.0) and ld <= 0.0
+    bounded, _ = sensitivity("bounded")
+    assert np.max(bounded) > 1.5  # the test can fail: the same network under the ±3 bound expands
+    assert np.max(bounded) <= math.exp(3.0) * (1 + 1e-5)
+
+
+def test_image_coupling_refuses_an_unknown_scale():
+    with pytest.raises(ValueError, match="unknown coupling scale 'sigmoid'; expected one of"):
+        ImageCoupling((2, 4, 4), scale="sigmoid", key=jax.random.key(0))
 
 
 def test_split_prior_and_multiscale_log_det_on_a_tiny_image():

@@ -20,7 +20,7 @@ from geoflow.serialization import SerializationError
 def _models():
     from discrete import dfm
     from geoflow.continuous import cnf, flow_matching
-    from geoflow.image_flows import glow, residual_image_flow
+    from geoflow.image_flows import glow, realnvp_multiscale, residual_image_flow
     from manifolds import SO3, Sphere, Torus, rfm
     from molecules.proteins import frameflow
 
@@ -30,6 +30,7 @@ def _models():
         "maf-conditional": gf.maf(key, 3, cond_dim=2, layers=2, width=8, order="random"),
         "residual": gf.make_flow("residual", key, 2, layers=2, width=8),
         "glow": glow(key, (1, 8, 8), levels=1, depth=2, width=8),
+        "realnvp-ms": realnvp_multiscale(key, (1, 8, 8), levels=1, couplings=1, width=8, blocks=1),
         "residual-image": residual_image_flow(key, (1, 4, 4), depth=1, width=8),
         "cnf": cnf(key, 2, width=8),
         "flow-matching": flow_matching(key, 2, width=8),
@@ -136,6 +137,7 @@ def test_a_renamed_field_loads_through_a_declared_migration(tmp_path, monkeypatc
     ("rfm-sphere", "manifolds.fields.ManifoldMLP", "frequencies"),
     ("molecule-flow-vector", "molecules.vector_network.VectorNetwork", "length_head"),
     ("molecule-flow-vector", "molecules.flow.MoleculeFlow", "_fake_atoms"),
+    ("realnvp-ms", "geoflow.bijections.image_coupling.ImageCoupling", "scale"),
 ])
 def test_files_from_before_a_field_was_added_load_through_the_registered_migration(name, class_path, added, tmp_path):
     """The library's own migrations: a file written before ``added`` existed (simulated by
