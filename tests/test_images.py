@@ -104,6 +104,17 @@ def test_a_contracting_coupling_never_expands_the_data_to_latent_pass(mask):
 def test_image_coupling_refuses_an_unknown_scale():
     with pytest.raises(ValueError, match="unknown coupling scale 'sigmoid'; expected one of"):
         ImageCoupling((2, 4, 4), scale="sigmoid", key=jax.random.key(0))
+    with pytest.raises(ValueError, match="unknown coupling scale 'sigmoid'; expected one of"):
+        glow(jax.random.key(0), (1, 4, 4), depth=1, width=8, coupling_scale="sigmoid")
+
+
+def test_glow_builds_the_coupling_scale_it_is_given():
+    couplings = lambda model: [leaf for leaf in jax.tree.leaves(model, is_leaf=lambda x: isinstance(x, ImageCoupling))
+                               if isinstance(leaf, ImageCoupling)]
+    for scale in ("contracting", "bounded"):
+        found = couplings(glow(jax.random.key(0), (1, 4, 4), depth=1, width=8, coupling_scale=scale))
+        assert found and {c.scale for c in found} == {scale}
+    assert {c.scale for c in couplings(glow(jax.random.key(0), (1, 4, 4), depth=1, width=8))} == {"contracting"}
 
 
 def test_split_prior_and_multiscale_log_det_on_a_tiny_image():
