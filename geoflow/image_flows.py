@@ -72,10 +72,11 @@ def glow(key, shape, *, levels: int | None = None, depth: int = 8, width: int = 
     - `shape`: ``(c, h, w)``; `levels`: squeeze levels (default: as many as fit, at most 3).
     - `depth`: steps per level (K); `width`: channels of the coupling networks.
     - `coupling_scale`: :class:`ImageCoupling`'s ``scale``: ``"contracting"`` (Glow's: the data →
-      latent pass never expands an image through a coupling, so no image can be sent to
-      enormous latents) or ``"bounded"`` (log-scales within ±3: learns faster at first, e.g.
-      2.30 against 2.98 bits/dim after 1,000 steps of notebook 02, but one MNIST test image
-      reached 10¹⁴ bits/dim after 65 epochs).
+      latent pass never expands an image through a coupling) or ``"bounded"`` (log-scales within
+      ±3: learns faster at first, e.g. 2.30 against 2.98 bits/dim after 1,000 steps of notebook
+      02, but its couplings sent one MNIST test image to 10¹⁴ bits/dim after 65 epochs). The
+      split priors' learned σ is not bounded below and can still expand an image the model has
+      not seen.
     - `pixel_levels`: the data range ``[0, pixel_levels)``; `alpha`: the logit margin.
     """
     shape = check_image_shape(shape, "glow")
