@@ -158,9 +158,9 @@ def main():
                              checkpoint=None if args.checkpoint is None else args.checkpoint / f"{name}.eqx")
         flow = model.flow if isinstance(model, VariationallyDequantized) else model
         bound = bound_batched(model, test, jax.random.key(2))
-        per_image = -bound / (784 * np.log(2))
+        per_image = bits_per_dim(-bound, 784)
         worst = np.argsort(per_image)[::-1][:5]
-        row = {"parameters": int(params), "test_bits_per_dim": bits_per_dim(float(-bound.mean()), 784),
+        row = {"parameters": int(params), "test_bits_per_dim": float(per_image.mean()),
                # the mean is one image's when a flow sends an image far out: its median and worst say so
                "test_bits_per_dim_median": float(np.median(per_image)),
                "test_worst_images": [[int(i), float(per_image[i])] for i in worst],
