@@ -41,7 +41,8 @@ def _multiscale(key, shape, levels: int, make_steps, prior_width: int, make_befo
     """Nest ``levels`` :class:`MultiScale` levels. ``make_steps(key, squeezed_shape)`` builds each
     level's layers after the squeeze; ``make_before(key, shape)`` those before it (or ``None``);
     ``make_final(key, shape)`` the layers on the last kept half (or ``None``: the last level
-    factors nothing out, as in Glow). Every factor-out gets a learned prior of ``prior_width``."""
+    factors nothing out, as in Glow). Every factor-out gets a learned prior of ``prior_width``
+    with :class:`SplitPrior`'s default floor on log σ."""
     c, h, w = shape
     k_steps, k_before, k_prior, k_inner = jax.random.split(key, 4)
     squeezed = (4 * c, h // 2, w // 2)
@@ -75,8 +76,8 @@ def glow(key, shape, *, levels: int | None = None, depth: int = 8, width: int = 
       latent pass never expands an image through a coupling) or ``"bounded"`` (log-scales within
       ±3: learns faster at first, e.g. 2.30 against 2.98 bits/dim after 1,000 steps of notebook
       02, but its couplings sent one MNIST test image to 10¹⁴ bits/dim after 65 epochs). The
-      split priors' learned σ is not bounded below and can still expand an image the model has
-      not seen.
+      split priors' log σ is floored softly at −4 (:class:`SplitPrior`), so neither part can
+      send an image the model has not seen to an unbounded figure.
     - `pixel_levels`: the data range ``[0, pixel_levels)``; `alpha`: the logit margin.
     """
     shape = check_image_shape(shape, "glow")

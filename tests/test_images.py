@@ -127,6 +127,36 @@ def test_split_prior_and_multiscale_log_det_on_a_tiny_image():
     check_bijection(MultiScale(shape, steps, inner, prior, before), jax.random.normal(k1, shape))
 
 
+def test_a_floored_split_prior_expands_the_latent_pass_by_at_most_exp_of_the_floor():
+    """On a kept half far outside anything trained on (values of ±1000), the prior network's raw
+    log σ reaches −100s; the floored prior's ε = (z − μ)/σ still grows by at most exp(4) per
+    value, by a JVP and by its log-determinant, while the unbounded prior of the same network
+    expands far beyond it (so the test can fail)."""
+    k_net, k_perturb, k_kept, k_z = jax.random.split(jax.random.key(3), 4)
+    kept = 1000.0 * jax.random.normal(k_kept, (2, 4, 4))
+    z = jax.random.normal(k_z, (2, 4, 4))
+
+    def sensitivity(min_log_std):
+        prior = perturb(SplitPrior(2, 2, 8, min_log_std=min_log_std, key=k_net), k_perturb)
+        _, log_det = prior.inverse(z, kept)
+        # ε is elementwise in z, so a JVP along ones reads every ∂ε/∂z = 1/σ
+        tangent = jax.jvp(lambda v: prior.inverse(v, kept)[0], (z,), (jnp.ones_like(z),))[1]
+        return np.asarray(tangent), float(log_det)
+
+    floored, log_det = sensitivity(-4.0)
+    assert np.max(floored) <= math.exp(4.0) * (1 + 1e-5)
+    assert np.max(floored) > math.exp(3.5)  # the floor is reached, not only respected
+    assert log_det <= 4.0 * z.size
+    unbounded, _ = sensitivity(None)
+    assert np.max(unbounded) > 1e3 * math.exp(4.0)
+
+
+def test_split_prior_refuses_a_floor_that_is_not_negative():
+    for floor in (0.0, 2.0):
+        with pytest.raises(ValueError, match="min_log_std must be negative"):
+            SplitPrior(2, 2, 8, min_log_std=floor, key=jax.random.key(0))
+
+
 @pytest.mark.parametrize("make", [
     lambda k: glow(k, (1, 4, 4), depth=1, width=8),
     lambda k: realnvp_multiscale(k, (1, 4, 4), couplings=2, width=8, blocks=1),

@@ -148,6 +148,27 @@ def test_files_from_before_a_field_was_added_load_through_the_registered_migrati
     assert bool(eqx.tree_equal(gf.load(path), model))
 
 
+def test_split_priors_from_before_the_floor_load_unbounded_as_they_were_trained(tmp_path):
+    """A Glow file written before ``SplitPrior.min_log_std`` existed holds a prior trained without
+    the floor: it loads with ``min_log_std=None``, the same parameters, and its own density."""
+    from geoflow.bijections import SplitPrior
+    from geoflow.image_flows import glow
+    from helpers import perturb
+
+    model = perturb(glow(jax.random.key(0), (1, 8, 8), levels=2, depth=1, width=8), jax.random.key(1), scale=1.0)
+    path = gf.save(tmp_path / "old.eqx", model)
+    _rewrite(path, lambda tree: _find_class(tree, "geoflow.bijections.multiscale.SplitPrior")["fields"].pop("min_log_std"))
+    loaded = gf.load(path)
+
+    is_prior = lambda leaf: isinstance(leaf, SplitPrior)
+    priors = [leaf for leaf in jax.tree.leaves(loaded, is_leaf=is_prior) if is_prior(leaf)]
+    assert [p.min_log_std for p in priors] == [None]
+    for a, b in zip(jax.tree.leaves(eqx.filter(loaded, eqx.is_array)), jax.tree.leaves(eqx.filter(model, eqx.is_array)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = 255.0 * jax.random.uniform(jax.random.key(2), (1, 8, 8))
+    assert not np.isclose(float(loaded.log_prob(x)), float(model.log_prob(x)))  # the floor was in use
+
+
 class _Payload:
     def __reduce__(self):
         return (open, ("/tmp/geoflow-pwned", "w"))

@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..serialization import register_migration
 from .base import Bijection, call_with_key
 from .glow import check_image_shape, squeeze, unsqueeze
 from .image_coupling import ConvNet
@@ -23,17 +24,33 @@ from .image_coupling import ConvNet
 
 class SplitPrior(eqx.Module):
     """``z = μ(h) + exp(log σ(h)) · ε``: the learned conditional prior of factored channels.
-    A zero-initialized network, so it starts as a standard normal."""
+    A zero-initialized network, so it starts as a standard normal.
+
+    `min_log_std` softly floors ``log σ`` (identity above 0, ``b·tanh(raw/b)`` below, with
+    ``b = −min_log_std``), so the latent pass ``ε = (z − μ)/σ`` expands by at most
+    ``exp(b)``. Unbounded, a prior that learns the near-constant background of MNIST drives
+    ``log σ`` to −28 for an image with ink there, and that one image to 10²¹ bits/dim; ordinary
+    values lie above −5. ``None`` leaves ``log σ`` unbounded (files written before the floor).
+    """
 
     net: ConvNet
+    min_log_std: float | None = eqx.field(static=True)
 
-    def __init__(self, kept_channels: int, factored_channels: int, width: int, *, key):
+    def __init__(self, kept_channels: int, factored_channels: int, width: int, *,
+                 min_log_std: float | None = -4.0, key):
+        if min_log_std is not None and not min_log_std < 0:
+            raise ValueError(f"min_log_std must be negative (the floor of log σ) or None, got {min_log_std}")
         self.net = ConvNet(kept_channels, 2 * factored_channels, width, key=key)
+        self.min_log_std = min_log_std
 
     def _params(self, kept):
         raw = self.net(kept)
         half = raw.shape[0] // 2
-        return raw[:half], raw[half:]
+        mean, log_std = raw[:half], raw[half:]
+        if self.min_log_std is not None:
+            b = -self.min_log_std
+            log_std = jnp.where(log_std >= 0, log_std, b * jnp.tanh(log_std / b))
+        return mean, log_std
 
     def forward(self, eps, kept):
         mean, log_std = self._params(kept)
@@ -42,6 +59,10 @@ class SplitPrior(eqx.Module):
     def inverse(self, z, kept):
         mean, log_std = self._params(kept)
         return (z - mean) * jnp.exp(-log_std), -jnp.sum(log_std)
+
+
+# files written before the floor existed hold unbounded priors
+register_migration("geoflow.bijections.multiscale.SplitPrior", lambda fields: {"min_log_std": None, **fields})
 
 
 def _keys(key, n):
