@@ -16,6 +16,8 @@ from molecules.proteins import (FrameFlowMatching, FrameNetwork, backbone_dihedr
                                 ramachandran_js, read_pdb, rotation_path, sample_backbones, secondary_structure,
                                 write_pdb)
 
+from helpers import perturb
+
 HELIX = np.radians([-57.0, -47.0])
 STRAND = np.radians([-139.0, 135.0])
 
@@ -116,6 +118,26 @@ def test_frame_network_is_se3_equivariant():
             dr2, dt2 = f(q @ r, t @ q.T + shift)
             np.testing.assert_allclose(dr2, q @ dr, atol=1e-9)
             np.testing.assert_allclose(dt2, dt @ q.T, atol=1e-9)
+
+
+def test_point_attention_weights_are_those_of_the_squared_point_distances():
+    """The attention computes its point term as one contraction with the query's own norm
+    dropped; the weights are the softmax of the defining form, built here from the differences."""
+    with jax.enable_x64(True):
+        net = perturb(FrameNetwork(key=jax.random.key(0), width=32, pair=8, layers=2, heads=2, head_dim=8, num_points=3),
+                      jax.random.key(1))
+        net = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx_is_float(a) else a, net)
+        layer = jax.tree.map(lambda a: a[1] if eqx_is_float(a) else a, net.layers)  # the second layer
+        r, t = random_frames(jax.random.key(2), 7)
+        h = jax.random.normal(jax.random.key(3), (7, 32), jnp.float64)
+        pair = jax.random.normal(jax.random.key(4), (7, 7, 8), jnp.float64)
+        q, k, _, qp, kp, _ = layer.queries(h, r, t)
+        gamma = layer.point_weight()
+        assert float(jnp.min(gamma)) > 0.05  # the point term is in play
+        distance = jnp.sum((qp[:, None] - kp[None]) ** 2, axis=(-1, -2))  # (L, L, H)
+        logits = (jnp.einsum("ihc,jhc->ijh", q, k) / np.sqrt(8) + jax.vmap(jax.vmap(layer.pair_bias))(pair)
+                  - 0.5 * gamma * distance)
+        np.testing.assert_allclose(layer.attention(q, k, qp, kp, pair), jax.nn.softmax(logits, axis=1), atol=1e-12)
 
 
 def test_self_conditioning_adds_its_reading_without_changing_the_rest_of_the_initialisation():
