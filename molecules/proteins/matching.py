@@ -134,6 +134,7 @@ class FrameFlowMatching(eqx.Module):
             return rt, dr, (1 - ti) * c0 + ti * c1, c1 - c0
 
         rt, dr, ct, dc = jax.vmap(path)(t, x0, x1)
+        previous = _self_conditioning_input(flow.field, t, rt, ct, k_sc)
 
         def one(ti, rt, dr, ct, dc, b, previous):
             r1, c1 = manifold.split(b)
@@ -158,25 +159,25 @@ class FrameFlowMatching(eqx.Module):
                 value = value + self.clash_weight * late * clash_loss(c_hat)
             return value
 
-        def batch_loss(previous):
-            """The mean loss given the batch's self-conditioning input (``None``: none)."""
-            return jnp.mean(jax.vmap(one, in_axes=(0,) * 6 + (None if previous is None else 0,))(
-                t, rt, dr, ct, dc, x1, previous))
-
-        if not flow.field.network.self_conditioning:
-            return batch_loss(None)
-        # for half the batches the features of the network's own first pass, without gradient, for
-        # the others none, one draw per batch as FrameFlow does, so the first pass runs only when used
-        return jax.lax.cond(jax.random.bernoulli(k_sc, 0.5),
-                            lambda: batch_loss(_first_pass(flow.field, t, rt, ct)), lambda: batch_loss(None))
+        return jnp.mean(jax.vmap(one)(t, rt, dr, ct, dc, x1, previous))
 
 
-def _first_pass(field: FrameField, t, rotations, translations):
-    """:meth:`FrameNetwork.previous_features` of a self-conditioning network's own prediction
-    on a batch (``t`` ``(n,)``, frames ``(n, L, 3, 3)`` and ``(n, L, 3)``), without gradient."""
+def _self_conditioning_input(field: FrameField, t, rotations, translations, key):
+    """The input a self-conditioning network trains with on a batch (``t`` ``(n,)``, frames
+    ``(n, L, 3, 3)`` and ``(n, L, 3)``): for half the batches the features of its own first pass,
+    without gradient, for the others none (zeros), one draw per batch as FrameFlow does, so the
+    first pass runs only when it is used. ``None`` for a network without self-conditioning."""
     network = field.network
+    if not network.self_conditioning:
+        return None
 
-    def one(ti, r, c):
-        return network.previous_features(r, c, *network.outputs(ti, r, c))
+    def first_pass():
+        def one(ti, r, c):
+            return network.previous_features(r, c, *network.outputs(ti, r, c))
+        return jax.lax.stop_gradient(jax.vmap(one)(t, rotations, translations))
 
-    return jax.lax.stop_gradient(jax.vmap(one)(t, rotations, translations))
+    def nothing():
+        n, length = rotations.shape[:2]
+        return network.no_previous(length, rotations.dtype, (n,))
+
+    return jax.lax.cond(jax.random.bernoulli(key, 0.5), first_pass, nothing)

@@ -187,6 +187,10 @@ class FrameNetwork(eqx.Module):
         clean_rotations = rotations @ jax.vmap(rotvec_to_matrix)(omega)
         return node, frame_pair_features(clean_rotations, translations + displacement, self.radial, self.distance_top)
 
+    def no_previous(self, length: int, dtype, batch: tuple[int, ...] = ()):
+        """The :meth:`previous_features` read when there is no earlier prediction: zeros
+        ``(node (*batch, L, 6), pair (*batch, L, L, 12 + radial))``."""
+        return (jnp.zeros((*batch, length, 6), dtype), jnp.zeros((*batch, length, length, 12 + self.radial), dtype))
 
     def outputs(self, t, rotations, translations, previous=None):
         """``(ω (L, 3), d (L, 3))``: per residue a rotation vector in its own frame and a global
@@ -202,7 +206,7 @@ class FrameNetwork(eqx.Module):
         h = jax.vmap(self.node_in)(jnp.concatenate([tf, position], -1))
         if self.self_conditioning and previous is None:
             # no earlier prediction: the readings of zero features, one row broadcast to every
-            # residue and pair (an L² pass over zeros costs a tenth of the network at L = 64)
+            # residue and pair (sampling reads none in the first pass of every step)
             h = h + self.previous_node(jnp.zeros(6, h.dtype))
             pair = pair + self.previous_pair(jnp.zeros(12 + self.radial, pair.dtype))
         elif self.self_conditioning:
