@@ -101,7 +101,7 @@ class _PointAttention(eqx.Module):
 
         Computed as one contraction of ``[q/√d, γ·qp]`` with ``[k, kp]`` less ``½γ|kp_j|²``:
         ``|qp_i|²`` is the same for every ``j`` and drops out of the softmax, and no
-        ``(L, L, H, P, 3)`` array of differences is formed (a quarter of the network's time at L = 64).
+        ``(L, L, H, P, 3)`` array of differences is formed (a sixth of the network's time at L = 64).
         """
         n, hd = q.shape[:2]
         gamma = self.point_weight()
