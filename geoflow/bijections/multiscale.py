@@ -20,6 +20,7 @@ from ..serialization import register_migration
 from .base import Bijection, call_with_key
 from .glow import check_image_shape, squeeze, unsqueeze
 from .image_coupling import ConvNet
+from .transformers import bounded_log_scale
 
 
 class SplitPrior(eqx.Module):
@@ -48,8 +49,7 @@ class SplitPrior(eqx.Module):
         half = raw.shape[0] // 2
         mean, log_std = raw[:half], raw[half:]
         if self.min_log_std is not None:
-            b = -self.min_log_std
-            log_std = jnp.where(log_std >= 0, log_std, b * jnp.tanh(log_std / b))
+            log_std = jnp.where(log_std >= 0, log_std, bounded_log_scale(log_std, -self.min_log_std))
         return mean, log_std
 
     def forward(self, eps, kept):
