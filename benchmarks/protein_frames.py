@@ -10,6 +10,7 @@ behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
        [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--draws K] [--nll K] [--save DIR] [--tag NAME]
+       [--devices N]   (training data-parallel over the CPU split into N devices)
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
        [--load DIR]   (models written by --save, sampled and scored without training)
 """
@@ -94,11 +95,17 @@ def main():
     ap.add_argument("--tag", default="", help="suffix of the results file (a variant keeps the default run's)")
     ap.add_argument("--checkpoint", type=Path, help="folder for each length's checkpoint and curve (a long run)")
     ap.add_argument("--resume", action="store_true", help="continue the runs checkpointed in --checkpoint")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="train over the CPU split into this many devices (the steps are those of one device)")
     args = ap.parse_args()
     if args.draws < 1:
         ap.error(f"--draws must be at least 1, got {args.draws}")
     if args.load is not None and (args.checkpoint is not None or args.save is not None):
         ap.error("--load samples saved models without training: it takes neither --checkpoint nor --save")
+    if args.devices > 1:
+        from geoflow.train_devices import split_cpu
+
+        split_cpu(args.devices)  # before JAX's first operation
     if args.quick:
         args.lengths, args.steps, args.samples, args.sampling_steps, args.nll, args.curve = [16], 40, 16, 20, 0, 2
         args.width, args.layers = 32, 1
@@ -148,6 +155,7 @@ def main():
             model, hist = gf.fit(model, train, key=jax.random.key(1), loss=loss, steps=args.steps,
                                  batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema or None,
                                  eval_every=min(every, 500), progress=False, callback=evaluate, resume=args.resume,
+                                 devices=None if args.devices == 1 else args.devices,
                                  checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
         else:  # the saved model with this run's sampling schedule
             saved = load(args.load / f"model_L{length}.eqx", trust=classes_in(model))
