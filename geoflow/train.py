@@ -374,6 +374,8 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
       and several processes are refused with data on disk.
     - `callback`: ``callback(step, model, history)`` after every chunk (after the checkpoint
       is written); returning ``True`` stops training (``history.stop_reason == "callback"``).
+      With `devices`, ``model`` is this process's copy on one device, so what the callback
+      computes (samples, metrics) runs once, not on every device of the mesh.
     - `ema_decay`: keep an exponential moving average of the parameters with this decay (e.g.
       0.999; the first steps use ``min(ema_decay, (1 + step) / (10 + step))``). The average is
       the model that is validated, passed to `callback`, kept as the best and returned; the
@@ -485,7 +487,10 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         if patience is not None and state.stale >= patience:
             state.history.stop_reason = "early_stopping"
             break
-        if callback is not None and callback(state.step, model_now, state.history):
+        # on a mesh the callback gets this process's copy on one device: a program of replicated
+        # inputs would run whole on every device, and two device programs side by side on a split
+        # CPU share one thread pool (a long protein run's sampling callback hung there once)
+        if callback is not None and callback(state.step, on_one_device(model_now, mesh), state.history):
             state.history.stop_reason = "callback"
             break
     if bar is not None:

@@ -255,7 +255,11 @@ ONE_COMPILE_ON_A_MESH = textwrap.dedent("""
         if "backend_compile" in event:
             compiles.append(event)
 
+    callback_devices = set()
+
     def after(step, model, history):  # from the second chunk on, every compile is counted
+        callback_devices.update(d for leaf in jax.tree.leaves(model) if isinstance(leaf, jax.Array)
+                                for d in leaf.devices())
         if step == 100:
             jax.monitoring.register_event_duration_secs_listener(listener)
 
@@ -263,6 +267,7 @@ ONE_COMPILE_ON_A_MESH = textwrap.dedent("""
     _, history = gf.fit(model, sample_toy("moons", 2000, seed=0), key=jax.random.key(1), steps=400, batch_size=64,
                         eval_every=100, val_fraction=0.0, progress=False, devices=2, callback=after)
     assert history.steps == [100, 200, 300, 400]
+    assert len(callback_devices) == 1, callback_devices  # the callback's model on one device
     print(len(compiles))
 """)
 
@@ -270,7 +275,8 @@ ONE_COMPILE_ON_A_MESH = textwrap.dedent("""
 def test_a_chunk_on_a_device_mesh_compiles_once():
     """Everything a chunk carries starts replicated over the mesh, as the chunk returns it: a
     step counter left on the default device made the second chunk compile again (7 s for the
-    light protein network, 80 s for a multi-scale image flow)."""
+    light protein network, 80 s for a multi-scale image flow). The callback gets the model on
+    one device, so what it computes runs once."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", ONE_COMPILE_ON_A_MESH], env=env, capture_output=True, text=True,
