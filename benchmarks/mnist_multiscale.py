@@ -77,8 +77,8 @@ def sampling_rate(model, n: int = 64, reps: int = 3) -> float:
 
 class Curve:
     """Validation bits/dim against epochs and training CPU seconds, one point per ``fit`` chunk,
-    persisted beside the checkpoint (:class:`PersistedCurve`). The clock is the process's CPU
-    time, so it includes compilation and the validation passes (2,000 images at each point)."""
+    persisted beside the checkpoint (:class:`PersistedCurve`). The clock is ``fit``'s training
+    CPU time, which includes compilation and the validation passes (2,000 images at each point)."""
 
     def __init__(self, path: Path | None, batch: int, train_size: int, resume: bool):
         self.batch, self.train_size = batch, train_size
@@ -91,7 +91,7 @@ class Curve:
     def __call__(self, step, model, history):
         if self.curve.recorded(step):
             return
-        point = self.curve.add(step, epoch=step * self.batch / self.train_size,
+        point = self.curve.add(step, history, epoch=step * self.batch / self.train_size,
                                val_bits_per_dim=history.val_loss[-1] / (784 * np.log(2)))
         print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in point.items()),
               flush=True)

@@ -138,13 +138,11 @@ def main():
                 return mean
             return {**mean, "draws": args.draws, "std": {key: float(np.std([r[key] for r in rows])) for key in rows[0]}}
 
-        def evaluate(step, model, history):  # the training clock leaves the evaluations out
+        def evaluate(step, model, history):  # fit's training clock leaves the callback out
             if (step % every and step < args.steps) or curve.recorded(step):
                 return False
-            t0 = time.process_time()
             metrics = brief(backbone_metrics(draw(model, jax.random.key(2)), data.test))
-            curve.exclude(time.process_time() - t0)
-            point = curve.add(step, **metrics)
+            point = curve.add(step, history, **metrics)
             print(f"  L={length} step {step:6d} cpu {point['train_cpu_s']:7.0f} s  CA-CA within 0.1 Å "
                   f"{point['ca_ca_within_0.1']:.2f}  clash-free {point['clash_free']:.2f}  helix {point['helix']:.2f} "
                   f"strand {point['strand']:.2f}  Rama JS {point['ramachandran_js']:.3f}  Rg {point['rg']:.1f}",
@@ -171,7 +169,7 @@ def main():
                "sample_fragments_per_s": args.samples / sample_s, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
         if hist is not None:
-            row.update(fit_s=hist.wall_time, train_fragments_per_s=hist.steps_per_second * args.batch_size,
+            row.update(fit_s=hist.wall_time, train_cpu_s=hist.cpu_time, train_fragments_per_s=hist.steps_per_second * args.batch_size,
                        final_train_loss=hist.train_loss[-1], curve=curve.points)
         relaxed = relax_backbones(samples)  # the same samples after the steric relaxation
         row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)), **relaxation_moves(samples, relaxed)}

@@ -442,7 +442,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     ema_decay = None if ema_decay is None else float(ema_decay)
     while state.step < steps:
         n = min(chunk, steps - state.step)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         step0, active = jnp.asarray(state.step, jnp.int32), jnp.asarray(n, jnp.int32)
         prepared = None
         if placed.host_solver:  # a program of its own, on one device
@@ -482,6 +482,7 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
         if bar is not None:
             bar.set_postfix(postfix, refresh=False)
             bar.update(n)
+        state.history.cpu_time += time.process_time() - cpu0
         if checkpoint is not None:
             save_checkpoint(state, checkpoint, static, model_now, clock)
         if patience is not None and state.stale >= patience:

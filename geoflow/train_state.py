@@ -24,7 +24,11 @@ class History:
     """What happened during :func:`fit`. Losses are recorded once per chunk of steps:
     ``train_loss[i]`` is the mean training loss over the applied steps of the chunk ending at
     ``steps[i]``. ``skipped_steps``: the steps not applied because their loss or gradient was
-    not finite (only with ``fit(skip_nonfinite=...)``)."""
+    not finite (only with ``fit(skip_nonfinite=...)``). ``cpu_time``: the process's CPU seconds
+    in the training loop (the steps with their compilation, and validation), summed over a run
+    and the runs that resumed it; the callback's and the checkpoint writes' are left out, so it
+    is the clock a curve of a metric against training CPU time reads. NaN when the run resumed a
+    checkpoint written before this clock was kept."""
 
     steps: list[int] = dataclasses.field(default_factory=list)
     train_loss: list[float] = dataclasses.field(default_factory=list)
@@ -35,6 +39,7 @@ class History:
     wall_time: float = 0.0
     steps_per_second: float = float("nan")
     skipped_steps: list[int] = dataclasses.field(default_factory=list)
+    cpu_time: float = 0.0
 
 
 @dataclasses.dataclass
@@ -137,6 +142,8 @@ def _trailing_run(skipped_steps: list[int], step: int) -> int:
 # checkpoints name the class where it was first defined, and predate the skipped steps
 register_migration("geoflow.train_state.History", lambda fields: {"skipped_steps": [], **fields},
                    renamed_from="geoflow.train.History")
+# their CPU time is unknown, and stays so: NaN plus what the resumed run adds
+register_migration("geoflow.train_state.History", lambda fields: {"cpu_time": float("nan"), **fields})
 
 
 class StepClock:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import equinox as eqx
 import jax
@@ -140,7 +141,8 @@ def test_a_run_of_skipped_steps_is_carried_across_a_resume(tmp_path, moons):
 
 def test_a_checkpoint_of_the_older_layout_resumes(tmp_path, moons):
     """Checkpoints written before ``History`` moved to ``geoflow.train_state`` and gained
-    ``skipped_steps`` name ``geoflow.train.History`` without that field: they still resume."""
+    ``skipped_steps`` and ``cpu_time`` name ``geoflow.train.History`` without those fields: they
+    still resume."""
     kw = dict(key=jax.random.key(5), steps=200, val_fraction=0.0, progress=False, eval_every=100)
     ckpt = tmp_path / "ckpt.eqx"
     gf.fit(_small(), moons.train, checkpoint=ckpt, callback=lambda step, m, h: step >= 100, **kw)
@@ -150,7 +152,7 @@ def test_a_checkpoint_of_the_older_layout_resumes(tmp_path, moons):
     history = structure["tree"]["dict"]["history"]
     assert history["class"] == "geoflow.train_state.History"
     history["class"] = "geoflow.train.History"
-    del history["fields"]["skipped_steps"]
+    del history["fields"]["skipped_steps"], history["fields"]["cpu_time"]
     arrays["structure"] = np.frombuffer(json.dumps(structure).encode(), np.uint8)
     with open(ckpt, "wb") as f:
         np.savez(f, **arrays)
@@ -158,6 +160,7 @@ def test_a_checkpoint_of_the_older_layout_resumes(tmp_path, moons):
     full, _ = gf.fit(_small(), moons.train, **kw)
     assert hist.steps == [100, 200] and hist.skipped_steps == []
     assert eqx.tree_equal(resumed, full)
+    assert np.isnan(hist.cpu_time)  # the first 100 steps' CPU time was not kept: unknown, not zero
 
 
 def test_save_load_round_trip_exactly(tmp_path):
@@ -189,6 +192,27 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, moons):
     assert eqx.tree_equal(again, full) and finished.steps == full_hist.steps
     assert hist.wall_time > part.wall_time > 0 and finished.wall_time == pytest.approx(hist.wall_time, rel=0.5)
     assert finished.steps_per_second == pytest.approx(hist.steps_per_second, rel=0.5)
+    # so does the CPU clock: the resumed run adds its own steps' to the checkpoint's, and a finished
+    # run adds nothing
+    assert hist.cpu_time > part.cpu_time > 0 and finished.cpu_time == hist.cpu_time
+
+
+def test_the_cpu_clock_leaves_the_callback_out(moons):
+    """A callback that spends CPU time (a long run's sampling, say) does not count as training."""
+    def busy(step, model, history):
+        start = time.process_time()
+        while time.process_time() - start < 0.25:
+            pass
+
+    kw = dict(key=jax.random.key(5), steps=400, val_fraction=0.0, progress=False, eval_every=100)
+    gf.fit(_small(), moons.train, **kw)  # compiled, so the timed runs differ only in the callback
+    start = time.process_time()
+    _, quiet = gf.fit(_small(), moons.train, **kw)
+    between = time.process_time() - start
+    start = time.process_time()
+    _, hist = gf.fit(_small(), moons.train, callback=busy, **kw)
+    busy_total = time.process_time() - start
+    assert 0 < quiet.cpu_time <= between and busy_total - hist.cpu_time >= 4 * 0.25
 
 
 def test_bad_training_data_is_rejected():
