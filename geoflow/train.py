@@ -503,7 +503,9 @@ def fit(model, data, *, key, loss=None, steps: int = 2_000, batch_size: int = 25
     final = state.evaluated
     if restore_best and state.best_params is not None and history.stop_reason != "nan":
         final = state.best_params
-    return eqx.combine(final, static), history
+    # the model on one device, for the reason the callback gets it so: sampling a replicated
+    # model on a split CPU ran on both devices at once and hung a long protein run's final draw
+    return eqx.combine(on_one_device(final, mesh), static), history
 
 
 def _check_data_on_disk(loss, checks, shard_data, val_data, val_fraction) -> None:

@@ -288,10 +288,13 @@ ONE_COMPILE_ON_A_MESH = textwrap.dedent("""
             jax.monitoring.register_event_duration_secs_listener(listener)
 
     model = gf.maf(jax.random.key(0), 2, layers=2, width=16)
-    _, history = gf.fit(model, sample_toy("moons", 2000, seed=0), key=jax.random.key(1), steps=400, batch_size=64,
-                        eval_every=100, val_fraction=0.0, progress=False, devices=2, callback=after)
+    trained, history = gf.fit(model, sample_toy("moons", 2000, seed=0), key=jax.random.key(1), steps=400,
+                              batch_size=64, eval_every=100, val_fraction=0.0, progress=False, devices=2,
+                              callback=after)
     assert history.steps == [100, 200, 300, 400]
     assert len(callback_devices) == 1, callback_devices  # the callback's model on one device
+    returned = {d for leaf in jax.tree.leaves(trained) if isinstance(leaf, jax.Array) for d in leaf.devices()}
+    assert len(returned) == 1, returned  # and so is the model fit returns
     print(len(compiles))
 """)
 
@@ -299,8 +302,8 @@ ONE_COMPILE_ON_A_MESH = textwrap.dedent("""
 def test_a_chunk_on_a_device_mesh_compiles_once():
     """Everything a chunk carries starts replicated over the mesh, as the chunk returns it: a
     step counter left on the default device made the second chunk compile again (7 s for the
-    light protein network, 80 s for a multi-scale image flow). The callback gets the model on
-    one device, so what it computes runs once."""
+    light protein network, 80 s for a multi-scale image flow). The callback and the caller get
+    the model on one device, so what they compute with it runs once."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", ONE_COMPILE_ON_A_MESH], env=env, capture_output=True, text=True,
