@@ -169,7 +169,8 @@ def main():
                "sample_fragments_per_s": args.samples / sample_s, "model": backbone_metrics(samples, data.test),
                "training_data": backbone_metrics(data.train, data.test)}
         if hist is not None:
-            row.update(fit_s=hist.wall_time, train_cpu_s=hist.cpu_time, train_fragments_per_s=hist.steps_per_second * args.batch_size,
+            row.update(fit_s=hist.wall_time, train_cpu_s=hist.cpu_time,
+                       train_fragments_per_s=hist.steps_per_second * args.batch_size,
                        final_train_loss=hist.train_loss[-1], curve=curve.points)
         relaxed = relax_backbones(samples)  # the same samples after the steric relaxation
         row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)), **relaxation_moves(samples, relaxed)}
