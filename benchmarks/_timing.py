@@ -63,6 +63,34 @@ def fit_rate(model, data, loss, optimizer, steps: int, batch_size: int, devices=
     return steps / wall, trained, (time.process_time() - c0) / wall
 
 
+def fit_with_own_trainer(lib: str, model, x, epochs: int, *, batch_size: int, learning_rate: float, seed: int = 1,
+                         warm_up: bool = True):
+    """``(trained model, steps, seconds)`` of ``lib``'s own training function (``"geoflow"``:
+    ``geoflow.fit``; ``"flowjax"``: ``flowjax.train.fit_to_data``) on ``x`` for ``epochs`` passes,
+    both with 10% held out for validation, plain Adam at a constant ``learning_rate`` and no early
+    stop, so each takes the same steps. The seconds are those of a second call, after a first,
+    compiling one (``warm_up=False`` skips it, for a call that only needs the model)."""
+    import jax
+
+    import geoflow as gf
+
+    steps = epochs * ((len(x) - int(round(0.1 * len(x)))) // batch_size)
+    if lib == "geoflow":
+        run = lambda: gf.fit(model, x, key=jax.random.key(seed), steps=steps, batch_size=batch_size,
+                             learning_rate=learning_rate, schedule="constant", warmup_steps=0, clip_norm=None,
+                             val_fraction=0.1, progress=False)[0]
+    else:
+        from flowjax.train import fit_to_data
+
+        run = lambda: fit_to_data(jax.random.key(seed), model, x, learning_rate=learning_rate, max_epochs=epochs,
+                                  max_patience=epochs, batch_size=batch_size, val_prop=0.1, show_progress=False)[0]
+    if warm_up:
+        run()
+    t0 = time.perf_counter()
+    trained = run()
+    return trained, steps, time.perf_counter() - t0
+
+
 def adam_step_timing(model, loss, batch, reps: int, learning_rate: float = 1e-3, blocks: int = 5):
     """``(compile seconds, microseconds per step)`` of one jitted Adam step of
     ``loss(model, batch)`` — the same optimiser and loop for every library, so the figure is

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import equinox as eqx
@@ -32,9 +31,8 @@ from geoflow.metrics import nll
 
 from flowjax.distributions import Normal
 from flowjax.flows import block_neural_autoregressive_flow
-from flowjax.train import fit_to_data
 
-from _timing import adam_step_timing, fastest
+from _timing import adam_step_timing, fastest, fit_with_own_trainer
 
 LAYERS, DEPTH, BLOCK, BATCH, LR = 2, 1, 16, 256, 1e-2
 SEEDS = 3
@@ -45,22 +43,6 @@ def build(lib, key):
         return gf.bnaf(key, 2, layers=LAYERS, width=BLOCK, depth=DEPTH)
     return block_neural_autoregressive_flow(key, base_dist=Normal(jnp.zeros(2)), nn_depth=DEPTH, nn_block_dim=BLOCK,
                                             flow_layers=LAYERS)
-
-
-def fit(lib, model, x, epochs, seed):
-    """(trained model, steps, seconds) of each library's own fit, timed on a second call."""
-    n_train = len(x) - int(round(0.1 * len(x)))
-    steps = epochs * (n_train // BATCH)
-    if lib == "geoflow":
-        run = lambda: gf.fit(model, x, key=jax.random.key(seed), steps=steps, batch_size=BATCH, learning_rate=LR,
-                             schedule="constant", warmup_steps=0, clip_norm=None, val_fraction=0.1, progress=False)[0]
-    else:
-        run = lambda: fit_to_data(jax.random.key(seed), model, x, learning_rate=LR, max_epochs=epochs,
-                                  max_patience=epochs, batch_size=BATCH, val_prop=0.1, show_progress=False)[0]
-    run()
-    t0 = time.perf_counter()
-    trained = run()
-    return trained, steps, time.perf_counter() - t0
 
 
 def main():
@@ -80,7 +62,8 @@ def main():
         sample = eqx.filter_jit(lambda m, k: m.sample(k, (points,)))
         nlls, rates = [], []
         for seed in range(seeds):
-            trained, steps, seconds = fit(lib, build(lib, jax.random.key(seed)), x, epochs, seed + 1)
+            trained, steps, seconds = fit_with_own_trainer(lib, build(lib, jax.random.key(seed)), x, epochs,
+                                                           batch_size=BATCH, learning_rate=LR, seed=seed + 1)
             nlls.append(nll(trained, test))
             rates.append(steps / seconds)
         out["libraries"][lib] = {
