@@ -272,13 +272,16 @@ def main():
     ap.add_argument("--published-cost", action="store_true",
                     help="only the seconds of one bare training step of each of --sets' released RFM configurations")
     ap.add_argument("--no-speed", action="store_true", help="skip the side-by-side speed comparison")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write (a subset run can go to its own file)")
+    ap.add_argument("--out", type=Path, help="where to write (default: results/earth_rfm.json; a subset run can go to "
+                                             "its own file)")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="FILE",
                     help="write the table of these runs' files to --out (keeping its speed figures) and stop")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.seeds, args.select_every = 300, 1, 150
     args.ema = args.ema or None
+    if args.out is None and (args.merge or not args.quick):  # a smoke run never replaces the recorded one
+        args.out = RESULTS
     if args.published_cost:
         published_cost(args.sets)
         return
@@ -309,20 +312,23 @@ def main():
         args.out.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.out}")
         return
-    out = {"args": {**vars(args), "out": str(args.out)}, "published_rfm": PUBLISHED_RFM, "runs": {}, "results": {}}
+    out = {"args": {**vars(args), "out": None if args.out is None else str(args.out)}, "published_rfm": PUBLISHED_RFM,
+           "runs": {}, "results": {}}
     for name in ([] if args.speed_only else args.sets):
         out["runs"][name] = [run(name, s, args) for s in range(args.seed_start, args.seed_start + args.seeds)]
         out["results"].update(summarise({name: out["runs"][name]}))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2))  # after every set: a long run keeps what it finished
+        if args.out is not None:  # after every set: a long run keeps what it finished
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(out, indent=2))
     if not args.no_speed:
         speed = speed_comparison(args.width, args.depth, 50 if args.quick else 300, 1000 if args.quick else 10_000)
         print("speed against flow_matching:", json.dumps({k: round(v, 2) for k, v in speed.items()}))
-        if args.speed_only and args.out.exists():  # keep the NLL figures of the last full run
+        if args.speed_only and args.out is not None and args.out.exists():  # keep the NLL figures of the last full run
             out = json.loads(args.out.read_text())
         out["speed_vs_flow_matching"] = speed
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
