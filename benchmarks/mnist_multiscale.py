@@ -11,8 +11,9 @@ networks of ``width`` channels; RealNVP with 3 checkerboard + 3 channel coupling
 ResNet couplings of ``width`` channels and ``blocks`` residual blocks. The defaults (K = 8,
 width 32, 1,000 steps of batch 64, about 1.3 epochs) fit a CPU budget of minutes; the published
 models use K = 32 and 512 channels for hundreds of epochs. Trained on the uniform-dequantisation bound with fresh
-noise every step, pixels in [0, 256) through ``Logit(alpha=0.05, levels=256)``; test bits/dim
-are ``−log p(x + u) / (784 · log 2)`` in pixel space (one noise draw per test image).
+noise every step, pixels in [0, 256) through ``Logit(alpha=0.05, levels=256)``, a standard-normal
+latent with heavy tails beyond 4 (``--tails``, :class:`~geoflow.bijections.HeavyTails`); test
+bits/dim are ``−log p(x + u) / (784 · log 2)`` in pixel space (one noise draw per test image).
 
 Memory: XLA's own account of the compiled training step for batch 64 (arguments, outputs and
 temporaries), and the process's peak resident set size at the end.
@@ -103,10 +104,23 @@ def build(name: str, key, args):
     k_flow, k_deq = jax.random.split(key)
     shape = (1, 28, 28)
     size = {"blocks": args.blocks} if name == "realnvp-ms" else {"depth": args.depth}
-    flow = make_image_flow(name, k_flow, shape, levels=2, width=args.width, **size)
+    flow = make_image_flow(name, k_flow, shape, levels=2, width=args.width, tails=args.tails, **size)
     if args.dequantization == "uniform":
         return flow
     return VariationallyDequantized(flow, VariationalDequantizer(shape, width=args.dequantizer_width, key=k_deq))
+
+
+def tails_threshold(text: str) -> float | None:
+    """``--tails``: a positive threshold, or ``none`` for a Gaussian latent."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive threshold or 'none', got {text!r}")
+    return value
 
 
 def main():
@@ -119,6 +133,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, with warm-up and cosine decay")
     ap.add_argument("--models", default="glow,realnvp-ms", help="comma-separated: glow, realnvp-ms, residual")
+    ap.add_argument("--tails", type=tails_threshold, default=4.0, metavar="A",
+                    help="threshold of the HeavyTails layer next to the base (default 4), or 'none'")
     ap.add_argument("--dequantization", choices=("uniform", "variational"), default="uniform",
                     help="variational: a learned noise flow (Flow++) trained with the model; the figure is its bound")
     ap.add_argument("--dequantizer-width", type=int, default=32, help="channels of the variational dequantizer")
@@ -139,7 +155,8 @@ def main():
     if args.quick:
         train, val, test = train[:5_000], val[:200], test[:200]
     out = {"quick": args.quick, "steps": steps, "batch": args.batch, "depth": args.depth, "width": args.width,
-           "realnvp_blocks": args.blocks, "learning_rate": args.learning_rate, "dequantization": args.dequantization,
+           "realnvp_blocks": args.blocks, "tails": args.tails, "learning_rate": args.learning_rate,
+           "dequantization": args.dequantization,
            "published_bits_per_dim": PUBLISHED, "test_images": len(test), "models": {}}
     loss = UniformDequantization() if args.dequantization == "uniform" else VariationalDequantization()
     figures = Path(__file__).parent / "results"

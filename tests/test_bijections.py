@@ -9,7 +9,7 @@ import geoflow as gf
 from geoflow.bijections import (
     BlockAutoregressive, Additive, Affine, Chain, Coupling, Elementwise, Invert, Logit, MaskedAutoregressive, Permute,
     RationalQuadraticSpline, Reverse, Stack, Standardize, Exp, Householder, LULinear, LeakyTanh, LocScale,
-    MonotoneInverse, Power, Sigmoid, SoftPlus, Tanh,
+    MonotoneInverse, Power, Sigmoid, SoftPlus, Tanh, HeavyTails,
 )
 
 from helpers import perturb, to_f64
@@ -43,6 +43,7 @@ BIJECTIONS = {
     "chain": lambda k: Chain([Coupling(transformer=SPLINE, dim=DIM, width=8, key=k), Permute(jnp.array([2, 0, 3, 1]))]),
     "standardize": lambda k: Standardize(jnp.arange(DIM) * 0.3, 1.0 + jnp.arange(DIM) * 0.5),
     "leaky-tanh": lambda k: LeakyTanh(DIM, max_val=0.8),  # N(0, 1) inputs fall on both sides of ±0.8
+    "heavy-tails": lambda k: HeavyTails(DIM, threshold=0.8),  # likewise
     "loc-scale": lambda k: LocScale(jnp.arange(DIM) * 0.5, 1.0 + jnp.arange(DIM) * 0.3),
     "lu-linear": lambda k: LULinear(DIM, key=k),
     "householder": lambda k: Householder(DIM, 3, key=k),
@@ -99,6 +100,36 @@ def test_logit_log_det_and_inverse():
         _, ld_f = bij.forward_and_log_det(x)
         np.testing.assert_allclose(ld_f, jnp.linalg.slogdet(jax.jacfwd(bij.forward)(x))[1], atol=1e-8)
         np.testing.assert_allclose(bij.forward(x), y, atol=1e-10)
+
+
+def test_heavy_tails_give_a_normalised_density_that_prices_far_values_logarithmically():
+    with jax.enable_x64(True):
+        a = 1.5
+        heavy = gf.Transformed(gf.StandardNormal((1,)), HeavyTails(1, threshold=a))
+        # quadrature in t with z = sinh(t): the tails reach far, and the grid must follow them
+        t = jnp.linspace(-14.0, 14.0, 400_001)
+        density = jnp.exp(heavy.log_prob(jnp.sinh(t)[:, None])) * jnp.cosh(t)
+        np.testing.assert_allclose(jnp.trapezoid(density, t), 1.0, atol=1e-6)
+        inside = jnp.linspace(-a, a, 7)[:, None]
+        np.testing.assert_allclose(heavy.log_prob(inside), gf.StandardNormal((1,)).log_prob(inside), atol=1e-12)
+        far = jnp.array([[1e3], [-1e6]])
+        cost = -heavy.log_prob(far)
+        excess = jnp.log1p(jnp.abs(far[:, 0]) - a)
+        expected = 0.5 * (a + excess) ** 2 + excess + 0.5 * jnp.log(2 * jnp.pi)
+        np.testing.assert_allclose(cost, expected, rtol=1e-10)
+        assert float(cost[1]) < 140.0  # a standard normal: 5·10¹¹ nats
+
+
+def test_heavy_tails_act_on_any_array_shape_and_refuse_bad_settings():
+    tails = HeavyTails((2, 3, 3), threshold=2.0)
+    x = 3.0 * jax.random.normal(jax.random.key(0), (2, 3, 3))
+    y, log_det = tails.forward_and_log_det(x)
+    np.testing.assert_allclose(log_det, jnp.sum(jnp.maximum(jnp.abs(x) - 2.0, 0.0)), rtol=1e-6)
+    np.testing.assert_allclose(tails.inverse(y), x, atol=1e-5)
+    with pytest.raises(ValueError, match="threshold > 0"):
+        HeavyTails(3, threshold=0.0)
+    with pytest.raises(ValueError, match="positive sizes"):
+        HeavyTails((2, 0))
 
 
 def test_made_is_autoregressive():

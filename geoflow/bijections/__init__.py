@@ -11,7 +11,7 @@ from .linear import Householder, LULinear, TriangularAffine
 from .multiscale import MultiScale, SplitPrior
 from .residual import ResidualBlock, SpectralNorm
 from .preprocessing import Logit, Standardize, uniform_dequantize
-from .scalar import Exp, LeakyTanh, LocScale, MonotoneInverse, Power, Sigmoid, SoftPlus, Tanh
+from .scalar import Exp, HeavyTails, LeakyTanh, LocScale, MonotoneInverse, Power, Sigmoid, SoftPlus, Tanh
 from .splines import RationalQuadraticSpline
 from .transformers import Additive, Affine, Transformer
 
@@ -20,5 +20,5 @@ __all__ = [
     "SplitPrior", "TriangularAffine", "squeeze", "unsqueeze", "Additive", "Affine", "Bijection", "Chain", "Coupling", "Elementwise", "Identity", "Invert",
     "Logit", "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "Reverse", "Stack",
     "Standardize", "Transformer", "uniform_dequantize", "Exp", "Householder", "LULinear", "LeakyTanh", "LocScale",
-    "MonotoneInverse", "Power", "Sigmoid", "SoftPlus", "Tanh",
+    "MonotoneInverse", "Power", "Sigmoid", "SoftPlus", "Tanh", "HeavyTails",
 ]
