@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -33,6 +32,7 @@ from flowjax.distributions import Normal
 from flowjax.flows import block_neural_autoregressive_flow
 
 from _timing import adam_step_timing, fastest, fit_with_own_trainer
+from _results import RESULTS, write_results
 
 LAYERS, DEPTH, BLOCK, BATCH, LR = 2, 1, 16, 256, 1e-2
 SEEDS = 3
@@ -78,10 +78,7 @@ def main():
         "log_prob_speed": g["log_prob_per_s"] / f["log_prob_per_s"], "sample_speed": g["sample_per_s"] / f["sample_per_s"],
         "nll_difference": g["test_nll"] - f["test_nll"]}
     print("geoflow over flowjax:", json.dumps({k: round(v, 3) for k, v in out["ratios_geoflow_over_flowjax"].items()}))
-    if not args.quick:
-        path = Path(__file__).parent / "results" / "bnaf_vs_flowjax.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "bnaf_vs_flowjax.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -42,6 +41,7 @@ from flowjax.distributions import Normal
 from flowjax.flows import coupling_flow as fj_coupling, masked_autoregressive_flow as fj_maf
 
 from _timing import adam_step_timing, fastest, fit_with_own_trainer
+from _results import RESULTS, write_results
 
 LAYERS, WIDTH, DEPTH, BATCH, LR = 8, 50, 1, 256, 1e-3
 SEEDS = 5
@@ -148,10 +148,7 @@ def main():
         depth[lib] = {"compile_8_s": c8, "compile_32_s": c32, "compile_32_over_8": c32 / c8}
     out["depth"] = depth
     print("compile time 32 vs 8 layers:", json.dumps(depth), flush=True)
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / "classic_vs_flowjax.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "classic_vs_flowjax.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ Usage: python benchmarks/continuous_2d_kl.py [--quick] [--cnf-steps N] [--fm-ste
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
-from pathlib import Path
 
 import jax
 
@@ -24,6 +22,7 @@ import geoflow as gf
 from geoflow.continuous import ODESolver, cfm, cnf, flow_matching, with_solver
 from geoflow.datasets import load_dataset
 from geoflow.metrics import nll
+from _results import RESULTS, write_results
 
 
 def cpu_seconds():
@@ -59,10 +58,7 @@ def main():
             out["results"][f"{data_name} {name}"] = row
             print(f"{data_name:12s} {name:6s} KL {row['kl']:.4f}  NLL {test_nll:.4f}  "
                   f"train {wall:.0f} s wall / {cpu:.0f} s CPU", flush=True)
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / "continuous_2d_kl.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "continuous_2d_kl.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

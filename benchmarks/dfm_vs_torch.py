@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -38,6 +37,7 @@ from _timing import fit_rate, loop_rate, scan_step_rate, timed
 
 from discrete import DiscreteFlowMatching, dfm
 from discrete.datasets import checkerboard_tokens, checkerboard_tokens_log_prob
+from _results import RESULTS, write_results
 
 V, L, WIDTH, DEPTH, BATCH, EULER_STEPS = 128, 2, 128, 4, 2048, 100
 torch.set_num_threads(2)
@@ -159,10 +159,7 @@ def main():
     on = lambda x: float(np.mean(np.isfinite(checkerboard_tokens_log_prob(np.minimum(x, V - 1))) & (x < V).all(1)))
     out["on_support_after_training"] = {"geoflow": on(np.asarray(sample(jax.random.key(1)))), "flow_matching": on(torch_samples)}
     print("on support", out["on_support_after_training"])
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path_out = Path(__file__).parent / "results" / "dfm_vs_torch.json"
-        path_out.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path_out}")
+    write_results(RESULTS / "dfm_vs_torch.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,6 +29,7 @@ from scipy import stats
 import geoflow as gf
 from discrete import DiscreteFlow, DiscreteFlowMatching, ExactDenoiser, MixturePath, dfm
 from discrete.datasets import checkerboard_tokens_log_prob, load_token_data, sorted_ones_counts
+from _results import RESULTS, write_results
 
 
 def exact_posterior_bound(name, source, n_test, samples):
@@ -74,15 +74,14 @@ def main():
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--exact-only", action="store_true", help="only add the exact-posterior bounds to the saved results")
     args = ap.parse_args()
-    path = Path(__file__).parent / "results" / "discrete_toys.json"
+    path = RESULTS / "discrete_toys.json"
     exact_n = 100 if args.quick else 300
     if args.exact_only:
         out = json.loads(path.read_text())
         for key, row in out["results"].items():
             row["exact_posterior_nll_bound"], row["exact_posterior_stderr"] = exact_posterior_bound(*key.split("/"), exact_n, 128)
             print(key, row["exact_posterior_nll_bound"], row["exact_posterior_stderr"], flush=True)
-        if not args.quick:
-            path.write_text(json.dumps(out, indent=2))
+        write_results(path, out, quick=args.quick)
         return
     n_test, n_samples = (1_000, 2_000) if args.quick else (10_000, 10_000)
     steps = 300 if args.quick else args.steps
@@ -94,9 +93,7 @@ def main():
             out["results"][f"{name}/{source}"] = row
             print(name, source, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                   flush=True)
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(path, out, quick=args.quick)
 
 
 if __name__ == "__main__":

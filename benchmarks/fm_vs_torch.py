@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +43,7 @@ from _timing import bare_mlp, bare_mlp_rate, fit_rate, loop_rate, scan_step_rate
 
 from geoflow.continuous import cfm, fixed, flow_matching, with_solver
 from geoflow.datasets import sample_toy
+from _results import RESULTS, write_results
 
 BATCH, STEPS_EULER = 512, 100
 DEVICE = torch.device("cpu")  # set from --device
@@ -201,10 +201,7 @@ def main():
                                  "bare_jax_euler": bare_lik, "geoflow_of_bare": bare_lik / g_lik,
                                  "points": n_lik, "euler_steps": STEPS_EULER}
     print("likelihood", json.dumps({k: round(v, 4) for k, v in out["likelihood_seconds"].items()}), flush=True)
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / ("fm_vs_torch.json" if args.device == "cpu" else "fm_vs_torch_cuda.json")
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / ("fm_vs_torch.json" if args.device == "cpu" else "fm_vs_torch_cuda.json"), out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Usage: python benchmarks/mnist_maf.py [--quick] [--steps N] [--data-path mnist.n
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from geoflow.distributions import StandardNormal, Transformed
 from geoflow.metrics import log_prob_batched
 
 from _timing import adam_step_timing
+from _results import RESULTS, write_results
 
 PUBLISHED = {"gaussian": -1366.9, "maf-5": -1300.5, "realnvp-5": -1323.2}
 LAMBDA, WIDTH, LAYERS, BATCH = 1e-6, 1024, 5, 100
@@ -120,10 +120,7 @@ def main():
                        "geoflow_compile_s": c_ours, "flowjax_compile_s": c_theirs}
         print(name, "step", {k: round(v, 3) for k, v in peers[name].items()}, flush=True)
     out["step_vs_flowjax"] = peers
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / "mnist_maf.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "mnist_maf.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

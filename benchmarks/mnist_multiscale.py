@@ -24,7 +24,6 @@ Usage: python benchmarks/mnist_multiscale.py [--quick] [--steps N] [--depth K] [
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from geoflow.nn import trainable
 from geoflow.plots import plot_images
 
 from _curve import PersistedCurve
+from _results import RESULTS, write_results
 
 PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "ffjord": 0.99}
 SHARED = shared_data("mnist.npz")
@@ -159,8 +159,7 @@ def main():
            "dequantization": args.dequantization,
            "published_bits_per_dim": PUBLISHED, "test_images": len(test), "models": {}}
     loss = UniformDequantization() if args.dequantization == "uniform" else VariationalDequantization()
-    figures = Path(__file__).parent / "results"
-    path = args.out or figures / f"mnist_multiscale_{args.models.replace(',', '_')}.json"
+    path = args.out or RESULTS / f"mnist_multiscale_{args.models.replace(',', '_')}.json"
     if args.checkpoint is not None:
         args.checkpoint.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
@@ -194,9 +193,8 @@ def main():
         print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"},
               flush=True)
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if not args.quick or args.out is not None:  # a smoke run never replaces a recorded one
-            path.write_text(json.dumps(out, indent=2))  # after every model: a long run keeps what it finished
-            print(f"wrote {path}", flush=True)
+        # after every model: a long run keeps what it finished; a smoke run writes only to --out
+        write_results(path, out, quick=args.quick and args.out is None)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ Usage: python benchmarks/molecule_networks.py [--quick] [--seconds S]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import date
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -28,6 +26,7 @@ from molecules import load_qm9
 from molecules.flow import MoleculeFlow
 from molecules.matching import MoleculeFlowMatching
 from molecules.qm9 import QM9_MAX_ATOMS
+from _results import RESULTS, write_results
 
 BATCH = 32
 CHUNK = 8
@@ -80,10 +79,7 @@ def main():
     print(f"vector / e3nn: training {ratios['train_speed']:.1f}x, sampling {ratios['sample_speed']:.1f}x")
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {jax.device_count()} CPU device(s)",
            "args": vars(args), "networks": rows, "ratios": ratios}
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / "molecule_networks.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "molecule_networks.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

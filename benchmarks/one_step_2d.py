@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -25,6 +24,7 @@ import geoflow as gf
 from geoflow.continuous import MeanFlow, MeanFlowLoss, cfm, distill, fixed, flow_matching, reflow, with_solver
 from geoflow.datasets import sample_toy
 from geoflow.metrics import wasserstein
+from _results import RESULTS, write_results
 
 TASKS = ("8gaussians", "moons")
 EVAL = 2000
@@ -69,10 +69,7 @@ def main():
     for task in TASKS:
         rows[task] = run(task, steps, jax.random.key(0))
         print(task, json.dumps({k: round(v, 3) for k, v in rows[task].items()}), flush=True)
-    if not args.quick:
-        path = Path(__file__).parent / "results" / "one_step_2d.json"
-        path.write_text(json.dumps({"steps_per_stage": steps, "eval": EVAL, "rows": rows}, indent=1))
-        print(f"wrote {path}")
+    write_results(RESULTS / "one_step_2d.json", {"steps_per_stage": steps, "eval": EVAL, "rows": rows}, quick=args.quick, indent=1)
 
 
 if __name__ == "__main__":

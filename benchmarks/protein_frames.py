@@ -37,6 +37,7 @@ from molecules.proteins.model import PREDICTIONS, rotation_schedule, sampled_at_
 from molecules.proteins.relax import relaxation_moves
 
 from _curve import PersistedCurve
+from _results import RESULTS, write_results
 
 
 def brief(metrics: dict) -> dict:
@@ -211,10 +212,7 @@ def main():
         print(f"L={length}", json.dumps(summary))
         for name in ("model", "training_data"):
             print(f"  {name:14s}", json.dumps({k: round(v, 3) for k, v in brief(row[name]).items()}))
-    if not args.quick:  # a smoke run never replaces a recorded one
-        path = Path(__file__).parent / "results" / f"protein_frames{'_' + args.tag if args.tag else ''}.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / f"protein_frames{'_' + args.tag if args.tag else ''}.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from geoflow.serialization import classes_in, load
 from molecules import load_qm9, molecule_metrics, qm9_vocabulary
 from molecules.flow import MoleculeFlow
 from molecules.matching import MoleculeFlowMatching
+from _results import RESULTS, write_results
 
 PUBLISHED = {"EDM": {"atom_stability": 98.7, "molecule_stability": 82.0, "validity": 91.9, "validity_x_uniqueness": 90.7},
              "EquiFM": {"atom_stability": 98.9, "molecule_stability": 88.3, "validity": 94.7, "validity_x_uniqueness": 93.5}}
@@ -142,11 +143,8 @@ def main():
            "final_train_loss": hist.train_loss[-1], "published": PUBLISHED, **final, "curve": curve}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()
                       if k not in ("published", "curve")}))
-    if not args.quick:  # a smoke run never replaces the recorded long run
-        suffix = ("" if args.network == "vector" else f"_{args.network}") + (f"_{args.tag}" if args.tag else "")
-        path = Path(__file__).parent / "results" / f"qm9_molecules_{args.hydrogens}{suffix}.json"
-        path.write_text(json.dumps(out, indent=1))
-        print(f"wrote {path}")
+    suffix = ("" if args.network == "vector" else f"_{args.network}") + (f"_{args.tag}" if args.tag else "")
+    write_results(RESULTS / f"qm9_molecules_{args.hydrogens}{suffix}.json", out, quick=args.quick, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 import geoflow as gf
 from discrete import DiscreteFlowMatching, dfm
 from discrete.datasets import load_qm9_smiles, smiles_metrics
+from _results import RESULTS, write_results
 
 
 def main():
@@ -53,10 +53,7 @@ def main():
            "test_bits_per_token_bound": float(-elbo.mean() / (data.length * np.log(2))), **scores,
            "examples": strings[:20]}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}, indent=1))
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / "qm9_smiles.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "qm9_smiles.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import geoflow as gf
 from molecules import MolecularGraph, load_qm9, molecule_metrics, qm9_vocabulary
 from molecules.flow import MoleculeFlow
 from molecules.matching import MoleculeFlowMatching
+from _results import write_results
 
 VARIANTS = ("time_weight", "fake_atoms", "distortion", "both")
 GRAPH_FIELDS = ("positions", "atom_types", "charges", "bonds", "mask")
@@ -113,9 +114,7 @@ def main():
            "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
            "train_molecules": len(smiles), "perception_failures": failures, "load_s": load_s,
            "data_atoms_per_molecule": float(np.asarray(graphs.mask).sum(1).mean()), "variants": rows}
-    if not args.quick:
-        args.out.write_text(json.dumps(out, indent=1))
-        print(f"wrote {args.out}")
+    write_results(args.out, out, quick=args.quick, indent=1)
 
 
 if __name__ == "__main__":

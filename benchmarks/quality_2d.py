@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import geoflow as gf
 from geoflow.datasets import load_dataset
 from geoflow.metrics import kl_from_truth, nll
+from _results import RESULTS, write_results
 
 LAYERS, WIDTH, DEPTH, KNOTS, BOUND, BATCH = 8, 64, 2, 8, 5.0, 512
 
@@ -69,10 +69,7 @@ def main():
                         "wall_s": wall, "cpu_s": cpu}
             print(name, lib, json.dumps(row[lib]), flush=True)
         out["results"][name] = row
-    if not args.quick:  # a smoke run never replaces the recorded one
-        path = Path(__file__).parent / "results" / "quality_2d.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_results(RESULTS / "quality_2d.json", out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -23,6 +22,7 @@ import geoflow as gf
 from geoflow.continuous import ODEFlow
 from manifolds import SO3, Sphere, UniformOn, hat, riemannian_sample, rotvec_to_matrix
 from manifolds.matching import RIEMANNIAN_METHODS
+from _results import RESULTS, write_results
 
 OMEGA = jnp.array([0.3, -1.2, 2.0])
 
@@ -87,10 +87,7 @@ def main():
                        "riemannian_drift": off(riem), "ambient_error": error(projected), "ambient_drift": off(end)}
                 rows.append(row)
                 print(json.dumps({k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    if not args.quick:
-        path = Path(__file__).parent / "results" / "riemannian_solvers.json"
-        path.write_text(json.dumps({"omega": OMEGA.tolist(), "points": 256, "rows": rows}, indent=1))
-        print(f"wrote {path}")
+    write_results(RESULTS / "riemannian_solvers.json", {"omega": OMEGA.tolist(), "points": 256, "rows": rows}, quick=args.quick, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -34,6 +33,7 @@ from flowjax.distributions import Normal
 from flowjax.flows import coupling_flow as fj_coupling
 from flowjax.train import fit_to_key_based_loss
 from flowjax.train.losses import ElboLoss as FjElboLoss
+from _results import RESULTS, write_results
 
 ANGLES = 2 * math.pi * np.arange(8) / 8
 CENTRES = 4.0 * np.stack([np.cos(ANGLES), np.sin(ANGLES)], 1)
@@ -93,10 +93,7 @@ def main():
     print(f"training speed geoflow / flowjax: {ratio:.2f}×")
     out = {"steps": steps, "draws_per_step": DRAWS, "layers": LAYERS, "width": WIDTH, "rows": rows,
            "speed_ratio": ratio, "jax": jax.__version__}
-    if not args.quick:
-        path = Path(__file__).parent / "results" / "vi_vs_flowjax.json"
-        path.write_text(json.dumps(out, indent=1))
-        print(f"wrote {path}")
+    write_results(RESULTS / "vi_vs_flowjax.json", out, quick=args.quick, indent=1)
 
 
 if __name__ == "__main__":
