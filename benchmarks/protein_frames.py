@@ -9,10 +9,12 @@ No peer library runs here (FrameFlow is a PyTorch code base with a structure-pre
 behind it); the CPU budget is part of the result.
 
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
-       [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--clash-weight W] [--denoise-from S] [--curve K] [--samples K] [--draws K] [--nll K] [--save DIR] [--tag NAME]
+       [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--bond-weight W] [--clash-weight W]
+       [--denoise-from S] [--curve K] [--samples K] [--draws K] [--nll K] [--save DIR] [--tag NAME]
        [--devices N]   (training data-parallel over the CPU split into N devices)
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
        [--load DIR]   (models written by --save, sampled and scored without training)
+       [--init DIR]   (fine-tuning: train a model written by --save or --checkpoint on this run's schedule)
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ def brief(metrics: dict) -> dict:
             "rg_reference": r["radius_of_gyration_mean"], "rg_reference_std": r["radius_of_gyration_std"]}
 
 
+def initial_model(folder: Path, length: int, like):
+    """The trained model a fine-tuning starts from (see ``--init``), its network checked against
+    ``like``'s (this run's network options) by the fit that trains it."""
+    saved, checkpoint = folder / f"model_L{length}.eqx", folder / f"model_L{length}_fit.eqx"
+    if saved.is_file():
+        return load(saved, trust=classes_in(like))
+    if checkpoint.is_file():
+        return load(checkpoint, trust=classes_in(like))["model"]
+    raise SystemExit(f"--init {folder}: neither {saved.name} nor {checkpoint.name} is there")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -74,6 +87,8 @@ def main():
                     help="FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
     ap.add_argument("--distance-pairs", choices=DISTANCE_PAIRS, default="true",
                     help="the auxiliary distance loss's pairs: within 6 Å in the data (FrameFlow's) or in either structure")
+    ap.add_argument("--bond-weight", type=float, default=0.0,
+                    help="weight of the late-time loss on the four distances across each peptide bond (0: off)")
     ap.add_argument("--clash-weight", type=float, default=0.0,
                     help="weight of the late-time penalty on predicted non-local CA pairs closer than 3.5 Å")
     ap.add_argument("--compare-rates", type=float, nargs="+", default=[0.0, 3.0, 10.0],
@@ -88,6 +103,10 @@ def main():
     ap.add_argument("--load", type=Path,
                     help="directory of models written by --save: sample and score them (at --sample-rotation-rate), "
                          "no training")
+    ap.add_argument("--init", type=Path,
+                    help="directory of a trained model to train on (fine-tuning, with a fresh optimiser and this run's "
+                         "schedule): model_L<length>.eqx written by --save, else the last model of the fit "
+                         "checkpoint model_L<length>_fit.eqx written by --checkpoint")
     ap.add_argument("--curve", type=int, default=5, help="metric evaluations during training (the last at the end)")
     ap.add_argument("--nll", type=int, default=16,
                     help="held-out and training fragments for the exact NLL (shortest length; 0: none)")
@@ -103,6 +122,8 @@ def main():
         ap.error(f"--draws must be at least 1, got {args.draws}")
     if args.load is not None and (args.checkpoint is not None or args.save is not None):
         ap.error("--load samples saved models without training: it takes neither --checkpoint nor --save")
+    if args.init is not None and (args.load is not None or args.resume):
+        ap.error("--init starts a training from a trained model: it takes neither --load nor --resume")
     if args.devices > 1:
         from geoflow.train_devices import split_cpu
 
@@ -120,7 +141,9 @@ def main():
                           self_conditioning=args.self_conditioning, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
                                  auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs,
-                                 clash_weight=args.clash_weight)
+                                 bond_weight=args.bond_weight, clash_weight=args.clash_weight)
+        if args.init is not None:
+            model = initial_model(args.init, length, model)
         every = max(args.steps // args.curve, 1)
         curve = PersistedCurve(None if args.checkpoint is None else args.checkpoint / f"L{length}_curve.json",
                                args.resume)

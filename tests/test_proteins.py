@@ -351,6 +351,34 @@ def test_distance_loss_over_either_structures_pairs_sees_a_clash_the_data_mask_d
         FrameFlowMatching(distance_pairs="near")
 
 
+def test_peptide_bond_loss_sees_only_the_bonds_between_neighbours():
+    """Zero for the true frames moved rigidly; for a prediction that moves one residue, the mean
+    of the squared changes of the four distances to each of its two neighbours, computed here
+    atom by atom; a residue moved along with its neighbours' frames (a rigid end piece) costs
+    nothing; and its gradient restores the stretched CA–CA bond."""
+    from molecules.proteins.matching import peptide_bond_loss
+
+    with jax.enable_x64(True):
+        backbone = jnp.asarray(chain(HELIX, 10), jnp.float64)
+        r1, c1 = frames_from_backbone(backbone)
+        c1 = 0.1 * c1
+        turn = rotvec_to_matrix(jnp.array([0.3, -0.2, 0.5]))
+        assert float(peptide_bond_loss(turn @ r1, c1 @ turn.T + 0.7, r1, c1)) < 1e-18
+        moved = c1.at[4].add(jnp.array([0.02, -0.01, 0.015]))
+        atoms_hat, atoms = (np.asarray(backbone_from_frames(r1, c))[:, :3] for c in (moved, c1))
+        squared = [(np.linalg.norm(x[i, a] - x[i + 1, b]) - np.linalg.norm(atoms[i, a] - atoms[i + 1, b])) ** 2
+                   for x in [atoms_hat] for i in (3, 4) for a, b in ((1, 1), (2, 0), (1, 0), (2, 1))]
+        np.testing.assert_allclose(peptide_bond_loss(r1, moved, r1, c1), np.sum(squared) / (4 * 9), rtol=1e-8)
+        end = c1.at[6:].add(jnp.array([0.0, 0.0, 0.03]))  # breaks the bond 5–6 only
+        np.testing.assert_allclose(peptide_bond_loss(r1, end, r1, c1),
+                                   peptide_bond_loss(r1[5:7], end[5:7], r1[5:7], c1[5:7]) / 9, rtol=1e-8)
+        stretched = c1.at[9].add(0.02 * (c1[9] - c1[8]) / jnp.linalg.norm(c1[9] - c1[8]))
+        pull = jax.grad(lambda c: peptide_bond_loss(r1, c, r1, c1))(stretched)
+        assert float(jnp.dot(-pull[9], c1[9] - c1[8])) < 0  # descent shortens the stretched bond
+    with pytest.raises(ValueError, match="bond_weight must be non-negative"):
+        FrameFlowMatching(bond_weight=-1.0)
+
+
 def test_clash_loss_is_zero_on_data_and_pushes_a_clashing_pair_apart():
     """The clash penalty against a direct sum over pairs: nothing for every training and held-out
     fragment of 16 residues (their non-local CA pairs are all ≥ 3.6 Å apart); for a chain whose

@@ -59,6 +59,8 @@ def add_parser(sub):
                    help="minibatch OT pairing of prior and data translations (--no-ot: random pairs)")
     t.add_argument("--auxiliary-weight", type=float, default=1.0,
                    help="weight of FrameFlow's backbone-atom and distance losses for t > 0.75 (0: off)")
+    t.add_argument("--bond-weight", type=float, default=0.0,
+                   help="weight of a late-time loss on the four distances across each peptide bond (0: off)")
     t.add_argument("--nll", type=int, default=0, help="report the exact held-out NLL per residue on this many fragments")
     s = psub.add_parser("sample", help="sample backbones into PDB files")
     s.add_argument("--run", type=Path, required=True)
@@ -92,7 +94,7 @@ def _loss(args):
     from .model import rotation_schedule
 
     return FrameFlowMatching(rotation_scheduler=rotation_schedule(args.rotation_rate), ot=args.ot,
-                             auxiliary_weight=args.auxiliary_weight)
+                             auxiliary_weight=args.auxiliary_weight, bond_weight=args.bond_weight)
 
 
 def heldout_nll_per_residue(model, test_points, length: int) -> float:

@@ -65,6 +65,26 @@ def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6, pairs: str
     return position + jnp.sum((d_hat - d) ** 2 * near) / jnp.maximum(jnp.sum(near), 1)
 
 
+# atoms of residue i and of residue i + 1 (N = 0, CA = 1, C = 2) whose distances the peptide bond
+# between them fixes: CA–CA (3.80 Å), C–N (the bond, 1.33 Å), CA–N and C–CA
+PEPTIDE_PAIRS = ((1, 1), (2, 0), (1, 0), (2, 1))
+
+
+def peptide_bond_loss(r_hat, c_hat, r1, c1):
+    """The mean squared error (nm²) of the four distances across each peptide bond —
+    ``CAᵢ–CAᵢ₊₁``, ``Cᵢ–Nᵢ₊₁``, ``CAᵢ–Nᵢ₊₁`` and ``Cᵢ–CAᵢ₊₁`` of the ideal atoms on predicted
+    frames ``(L, 3, 3), (L, 3)`` against the true ones: the local geometry a chain needs exact,
+    weighted on its own (AlphaFold's bond-length violations play this part) rather than as
+    ``4(L − 1)`` of the ~30 L pairs of :func:`backbone_distance_loss`'s distance term."""
+    atoms_hat, atoms = backbone_from_frames(r_hat, c_hat)[:, :3], backbone_from_frames(r1, c1)[:, :3]
+
+    def across(x):
+        first, second = zip(*PEPTIDE_PAIRS)
+        return jnp.sqrt(jnp.sum((x[:-1, list(first)] - x[1:, list(second)]) ** 2, -1) + 1e-10)
+
+    return jnp.mean((across(atoms_hat) - across(atoms)) ** 2)
+
+
 def _translation_pairing(x0, x1, length: int):
     """Minibatch-OT indices pairing prior fragments ``x0`` with data ``x1`` (flat points
     ``(n, 12·length)``) by their CA translations, the last ``3·length`` coordinates."""
@@ -87,7 +107,8 @@ class FrameFlowMatching(eqx.Module):
     (:func:`predicted_end` of the velocity) and the data, weighted by the same ``w(t)`` (FrameFlow's
     backbone and distance losses on atoms scaled by ``1/(1 − t)``; the ideal atoms sit on the
     frames, so the frames alone determine everything). ``distance_pairs`` picks the pairs of its
-    distance term (:func:`backbone_distance_loss`'s ``pairs``). ``clash_weight > 0`` adds, over the
+    distance term (:func:`backbone_distance_loss`'s ``pairs``). ``bond_weight > 0`` adds, over the
+    same late times and with the same ``w(t)``, :func:`peptide_bond_loss`. ``clash_weight > 0`` adds, over the
     same late times and with the same ``w(t)``, :func:`clash_loss` of the predicted clean CA
     positions: a penalty on non-local pairs closer than 3.5 Å that no data fragment incurs."""
 
@@ -97,14 +118,16 @@ class FrameFlowMatching(eqx.Module):
     auxiliary_weight: float = eqx.field(static=True, default=0.0)
     auxiliary_after: float = eqx.field(static=True, default=0.75)
     distance_pairs: str = eqx.field(static=True, default="true")
+    bond_weight: float = eqx.field(static=True, default=0.0)
     clash_weight: float = eqx.field(static=True, default=0.0)
     clip: float = eqx.field(static=True, default=0.9)
 
     def __check_init__(self):
         if self.distance_pairs not in DISTANCE_PAIRS:
             raise ValueError(f"distance_pairs must be one of {DISTANCE_PAIRS}, got {self.distance_pairs!r}")
-        if not self.clash_weight >= 0:
-            raise ValueError(f"clash_weight must be non-negative, got {self.clash_weight!r}")
+        for name in ("bond_weight", "clash_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
 
     def prepare(self, model, x1, condition, key):
         """The OT pairing of prior and data translations for one step (``None`` without
@@ -155,6 +178,8 @@ class FrameFlowMatching(eqx.Module):
             if self.auxiliary_weight > 0:
                 value = value + self.auxiliary_weight * late * backbone_distance_loss(r_hat, c_hat, r1, c1,
                                                                                       pairs=self.distance_pairs)
+            if self.bond_weight > 0:
+                value = value + self.bond_weight * late * peptide_bond_loss(r_hat, c_hat, r1, c1)
             if self.clash_weight > 0:
                 value = value + self.clash_weight * late * clash_loss(c_hat)
             return value
