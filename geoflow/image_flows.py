@@ -68,8 +68,6 @@ def _multiscale(key, shape, levels: int, make_steps, prior_width: int, make_befo
 
 def _finish(shape, bijection: Bijection, levels_of_data: int, alpha: float, tails: float | None) -> Transformed:
     """Standard normal → [heavy tails] → the image bijection → logit preprocessing."""
-    if tails is not None and not tails > 0:
-        raise ValueError(f"tails is the threshold of HeavyTails (> 0) or None; got {tails}")
     layers = [bijection, Logit(shape, alpha=alpha, levels=levels_of_data)]
     return Transformed(StandardNormal(shape), Chain(layers if tails is None else [HeavyTails(shape, tails), *layers]))
 

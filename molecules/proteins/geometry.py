@@ -59,14 +59,19 @@ def dihedral(a, b, c, d):
     return jnp.arctan2(y, x)
 
 
+def ideal_nca_c(rotations, translations):
+    """Atoms N, CA, C ``(L, 3, 3)`` in ideal geometry on frames ``(L, 3, 3), (L, 3)`` (what the
+    frames alone fix; :func:`backbone_from_frames` adds O)."""
+    return jnp.einsum("lij,aj->lai", rotations, jnp.asarray(IDEAL_LOCAL, rotations.dtype)) + translations[:, None]
+
+
 def backbone_from_frames(rotations, translations, psi=None):
     """Atoms N, CA, C, O ``(L, 4, 3)`` in ideal geometry from frames ``(L, 3, 3), (L, 3)``.
 
     O lies in the peptide plane at the torsion ``N-CA-C-O = ψ + π``. ``psi`` (L,) gives ψ;
     without it, ψ of residue ``i`` is read from the next residue's N (the idealized oxygen), and
     the last residue, which has no next N, takes its neighbour's ψ."""
-    local = jnp.asarray(IDEAL_LOCAL, rotations.dtype)
-    nca_c = jnp.einsum("lij,aj->lai", rotations, local) + translations[:, None]
+    nca_c = ideal_nca_c(rotations, translations)
     n, ca, c = nca_c[:, 0], nca_c[:, 1], nca_c[:, 2]
     if psi is None:
         psi = dihedral(n[:-1], ca[:-1], c[:-1], n[1:])
@@ -105,4 +110,4 @@ def backbone_from_dihedrals(phi, psi, omega=None):
 
 
 __all__ = ["ATOMS", "IDEAL_LOCAL", "backbone_dihedrals", "backbone_from_dihedrals", "backbone_from_frames",
-           "dihedral", "frames_from_backbone", "place_atom"]
+           "dihedral", "frames_from_backbone", "ideal_nca_c", "place_atom"]

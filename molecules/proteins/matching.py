@@ -19,7 +19,7 @@ from geoflow.continuous.paths import CondOT, Scheduler
 from geoflow.precision import exact_matmul
 from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix, vee
 
-from .geometry import backbone_from_frames
+from .geometry import ideal_nca_c
 from .model import FrameField, follow_way
 from .relax import clash_loss
 
@@ -53,8 +53,8 @@ def backbone_distance_loss(r_hat, c_hat, r1, c1, cutoff: float = 0.6, pairs: str
     in the data is penalised too)."""
     if pairs not in DISTANCE_PAIRS:
         raise ValueError(f"pairs must be one of {DISTANCE_PAIRS}, got {pairs!r}")
-    atoms_hat = backbone_from_frames(r_hat, c_hat)[:, :3].reshape(-1, 3)
-    atoms = backbone_from_frames(r1, c1)[:, :3].reshape(-1, 3)
+    atoms_hat = ideal_nca_c(r_hat, c_hat).reshape(-1, 3)
+    atoms = ideal_nca_c(r1, c1).reshape(-1, 3)
     position = jnp.mean(jnp.sum((atoms_hat - atoms) ** 2, -1))
     dist = lambda x: jnp.sqrt(jnp.sum((x[:, None] - x[None]) ** 2, -1) + 1e-10)
     d_hat, d = dist(atoms_hat), dist(atoms)
@@ -76,7 +76,7 @@ def peptide_bond_loss(r_hat, c_hat, r1, c1):
     frames ``(L, 3, 3), (L, 3)`` against the true ones: the local geometry a chain needs exact,
     weighted on its own (AlphaFold's bond-length violations play this part) rather than as
     ``4(L − 1)`` of the ~30 L pairs of :func:`backbone_distance_loss`'s distance term."""
-    atoms_hat, atoms = backbone_from_frames(r_hat, c_hat)[:, :3], backbone_from_frames(r1, c1)[:, :3]
+    atoms_hat, atoms = ideal_nca_c(r_hat, c_hat), ideal_nca_c(r1, c1)
 
     def across(x):
         first, second = zip(*PEPTIDE_PAIRS)
