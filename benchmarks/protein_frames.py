@@ -2,7 +2,8 @@
 residues, sample quality against held-out chains — consecutive CA–CA distances, clashes, radius
 of gyration, secondary-structure content (biotite P-SEA), Ramachandran Jensen–Shannon divergence
 — beside the same metrics of the training fragments themselves (what a perfect model would
-score), of the same samples after the steric relaxation (``relax_backbones``) and of samples
+score), of the same samples after the steric relaxations (``relax_backbones``, turning torsions and
+moving CA positions) and of samples
 drawn with steric guidance (``steric_guided``, a clean-frame model only), and the
 exact held-out NLL per residue for the shorter length (translations in nm, against the prior's).
 No peer library runs here (FrameFlow is a PyTorch code base with a structure-prediction stack
@@ -101,7 +102,7 @@ def main():
                     help="take the clean-frame prediction at this t after the Euler steps (1: integrate to t = 1)")
     ap.add_argument("--save", type=Path, help="directory for the trained models (model_L<length>.eqx)")
     ap.add_argument("--load", type=Path,
-                    help="directory of models written by --save: sample and score them (at --sample-rotation-rate), "
+                    help="directory of a trained model, as for --init: sample and score it (at --sample-rotation-rate), "
                          "no training")
     ap.add_argument("--init", type=Path,
                     help="directory of a trained model to train on (fine-tuning, with a fresh optimiser and this run's "
@@ -180,8 +181,7 @@ def main():
                                  devices=None if args.devices == 1 else args.devices,
                                  checkpoint=None if args.checkpoint is None else args.checkpoint / f"model_L{length}_fit.eqx")
         else:  # the saved model with this run's sampling schedule
-            saved = load(args.load / f"model_L{length}.eqx", trust=classes_in(model))
-            model, hist = sampled_at_rate(saved, args.sample_rotation_rate), None
+            model, hist = sampled_at_rate(initial_model(args.load, length, model), args.sample_rotation_rate), None
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             save(args.save / f"model_L{length}.eqx", model)
@@ -196,13 +196,15 @@ def main():
             row.update(fit_s=hist.wall_time, train_cpu_s=hist.cpu_time,
                        train_fragments_per_s=hist.steps_per_second * args.batch_size,
                        final_train_loss=hist.train_loss[-1], curve=curve.points)
-        relaxed = relax_backbones(samples)  # the same samples after the steric relaxation
-        row["relaxed"] = {**brief(backbone_metrics(relaxed, data.test)), **relaxation_moves(samples, relaxed)}
-        print("  relaxed:", json.dumps({k: round(v, 3) for k, v in row["relaxed"].items() if "reference" not in k}))
+        for moves, key in (("torsions", "relaxed"), ("positions", "relaxed_positions")):  # the same samples relaxed
+            relaxed = relax_backbones(samples, moves=moves)
+            row[key] = {**brief(backbone_metrics(relaxed, data.test)), **relaxation_moves(samples, relaxed)}
+            print(f"  relaxed ({moves}):", json.dumps({k: round(v, 3) for k, v in row[key].items() if "reference" not in k}))
         if args.prediction == "frames":  # the same model with the clashes of its predictions pushed apart while it samples
-            row["steric_guidance"] = scored(steric_guided(model))
-            print("  steric guidance:", json.dumps({k: round(v, 3) for k, v in row["steric_guidance"].items()
-                                                    if "reference" not in k and isinstance(v, float)}))
+            for moves, key in (("torsions", "steric_guidance"), ("positions", "steric_guidance_positions")):
+                row[key] = scored(steric_guided(model, moves=moves))
+                print(f"  steric guidance ({moves}):", json.dumps({k: round(v, 3) for k, v in row[key].items()
+                                                                   if "reference" not in k and isinstance(v, float)}))
             row["sampling_rates"] = {}  # the same model sampled with other rotation schedules
             for rate in args.compare_rates:
                 other = sampled_at_rate(model, rate)

@@ -226,6 +226,7 @@ def test_proteins_train_sample_evaluate_from_the_command_line(tmp_path, capsys):
     assert main(["proteins", "sample", "--run", str(run), "-n", "8", "--steps", "4", "--relax", "--out", str(relaxed_out)]) == 0
     relaxation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["relaxation"]
     from molecules.proteins import clashes
+    assert relaxation["moves"] == "torsions"  # the default of a bare --relax
     assert 0 <= relaxation["fragments_moved"] <= 1 and not clashes(np.load(relaxed_out / "backbones.npy")).any()
     assert main(["proteins", "evaluate", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())

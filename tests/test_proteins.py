@@ -65,6 +65,33 @@ def test_frames_to_atoms_to_frames_round_trip():
         np.testing.assert_allclose(dihedral(atoms[:, 0], atoms[:, 1], atoms[:, 2], atoms[:, 3]), 0.7 - np.pi, atol=1e-9)
 
 
+def test_turning_torsions_changes_phi_and_psi_by_the_turns_and_nothing_else():
+    """On a real backbone, :func:`turn_torsions` changes each φ and ψ by its turn and keeps every
+    rigid group: a residue's N, CA, C and each peptide unit (CAᵢ, Cᵢ, Oᵢ, Nᵢ₊₁, CAᵢ₊₁), so bond
+    lengths, bond angles and ω; no turn returns the backbone exactly, and the first residue's N
+    and CA, before every torsion, never move."""
+    from molecules.proteins.geometry import turn_torsions
+
+    with jax.enable_x64(True):
+        real = jnp.asarray(load_chains()[0]["backbone"][:24], jnp.float64)
+        turns = 0.4 * jax.random.normal(jax.random.key(0), (24, 2), jnp.float64)
+        turned = turn_torsions(real, turns)
+        (phi0, psi0), (phi1, psi1) = backbone_dihedrals(real), backbone_dihedrals(turned)
+        wrap = lambda a: (a + np.pi) % (2 * np.pi) - np.pi
+        np.testing.assert_allclose(wrap(phi1 - phi0)[1:], turns[1:, 0], atol=1e-9)
+        np.testing.assert_allclose(wrap(psi1 - psi0)[:-1], turns[:-1, 1], atol=1e-9)
+        distances = lambda x: jnp.linalg.norm(x[:, None] - x[None], axis=-1)
+        for b in (real, turned):
+            assert b.shape == (24, 4, 3)
+        for group in (lambda b: b[:, :3], lambda b: jnp.concatenate([b[:-1, 1:], b[1:, :2]], 1)):
+            np.testing.assert_allclose(jax.vmap(distances)(group(turned)), jax.vmap(distances)(group(real)), atol=1e-9)
+        omega = lambda b: dihedral(b[:-1, 1], b[:-1, 2], b[1:, 0], b[1:, 1])
+        np.testing.assert_allclose(omega(turned), omega(real), atol=1e-9)
+        np.testing.assert_array_equal(turned[0, :2], real[0, :2])
+        np.testing.assert_array_equal(turn_torsions(real, jnp.zeros((24, 2), jnp.float64)), real)
+        np.testing.assert_allclose(turn_torsions(real[:, :3], turns), turned[:, :3], atol=1e-12)  # O optional
+
+
 def test_pdb_round_trip_and_bad_files(tmp_path):
     bb = chain(HELIX, 9)
     write_pdb(tmp_path / "helix.pdb", bb, sequence="ACDEFGHIK")
@@ -402,23 +429,67 @@ def test_clash_loss_is_zero_on_data_and_pushes_a_clashing_pair_apart():
         FrameFlowMatching(clash_weight=-1.0)
 
 
-def test_relaxation_removes_a_planted_clash_keeps_the_local_geometry_and_leaves_data_alone():
-    """A hairpin whose two strands lie 2 Å apart (every cross pair a clash) comes out of
-    :func:`relax_backbones` with no non-local CA pair closer than 3.4 Å, each CA's distances to
-    the next two residues within 0.2 Å of what went in (the restraint's give under 16 clashing
-    pairs), every residue's atoms moved together with its CA and the CA centre in place; a real
-    fragment, which has no clash, comes back bit for bit."""
-    from molecules.proteins import backbone_from_frames, relax_backbones
+def _hairpin(length: int = 16):
+    """Backbone atoms ``(length, 4, 3)`` (Å) of a hairpin whose two straight strands lie 2 Å apart,
+    every cross pair a clash, with random residue orientations."""
+    from molecules.proteins import backbone_from_frames
+
+    strand = 3.8 * np.arange(length // 2)
+    ca = np.concatenate([np.stack([strand, np.zeros(length // 2), np.zeros(length // 2)], -1),
+                         np.stack([strand[::-1], np.full(length // 2, 2.0), np.zeros(length // 2)], -1)])
+    rotations = jax.vmap(rotvec_to_matrix)(jax.random.normal(jax.random.key(0), (length, 3)))
+    return np.asarray(backbone_from_frames(rotations, jnp.asarray(ca, jnp.float32)))
+
+
+def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_data_alone():
+    """The hairpin comes out of :func:`relax_backbones` (turning torsions) with no non-local CA
+    pair closer than 3.4 Å; every peptide unit and every residue's N, CA, C keep their shape (the
+    relaxation changes φ and ψ only); the relaxed chain is superposed on the sample's CA atoms
+    (same centre, no rotation left between them); a real fragment, which has no clash, comes back
+    bit for bit; and bad settings are refused by name."""
+    from molecules.proteins import relax_backbones
     from molecules.proteins.metrics import CLASH_SEPARATION
 
     length = 16
-    strand = 3.8 * np.arange(length // 2)
-    ca = np.concatenate([np.stack([strand, np.zeros(8), np.zeros(8)], -1),
-                         np.stack([strand[::-1], np.full(8, 2.0), np.zeros(8)], -1)])  # Å
-    rotations = jax.vmap(rotvec_to_matrix)(jax.random.normal(jax.random.key(0), (length, 3)))
-    hairpin = np.asarray(backbone_from_frames(rotations, jnp.asarray(ca, jnp.float32)))
+    hairpin = _hairpin(length)
     data = load_fragments(length, stride=4).test[:1]
     relaxed_hairpin, relaxed_data = relax_backbones(np.concatenate([hairpin[None], data]))
+    assert np.array_equal(relaxed_data, data[0])
+    distance = lambda x: np.linalg.norm(x[..., :, None, :] - x[..., None, :, :], axis=-1)
+    separation = np.abs(np.arange(length)[:, None] - np.arange(length)[None])
+    before, after = hairpin[:, 1], relaxed_hairpin[:, 1]
+    assert distance(before)[separation >= CLASH_SEPARATION].min() < 2.1
+    assert distance(after)[separation >= CLASH_SEPARATION].min() > 3.4
+    for group in (lambda b: b[:, :3], lambda b: np.concatenate([b[:-1, 1:], b[1:, :2]], 1)):
+        np.testing.assert_allclose(distance(group(relaxed_hairpin)), distance(group(hairpin)), atol=2e-3)
+    np.testing.assert_allclose(after.mean(0), before.mean(0), atol=1e-4)
+    cross = (after - after.mean(0)).T @ (before - before.mean(0))  # symmetric once superposed
+    np.testing.assert_allclose(cross, cross.T, atol=1e-3 * np.abs(cross).max())
+    with pytest.raises(ValueError, match="moves must be one of"):
+        relax_backbones(data, moves="atoms")
+    with pytest.raises(ValueError, match="takes the options"):
+        relax_backbones(data, restraint=1.0)
+    with pytest.raises(ValueError, match="max_iterations"):
+        relax_backbones(data, max_iterations=0)
+    with pytest.raises(ValueError, match="step and max_turn"):
+        relax_backbones(data, max_turn=0.0)
+    with pytest.raises(ValueError, match=r"shape \(F, L, A, 3\)"):
+        relax_backbones(data[0])
+
+
+def test_relaxation_of_positions_removes_a_planted_clash_keeps_the_local_distances_and_leaves_data_alone():
+    """The hairpin comes out of :func:`relax_backbones` with ``moves="positions"`` with no non-local
+    CA pair closer than 3.4 Å, each CA's distances to the next two residues within 0.2 Å of what
+    went in (the restraint's give under 16 clashing pairs), every residue's atoms moved together
+    with its CA and the CA centre in place; a real fragment comes back bit for bit."""
+    from molecules.proteins import relax_backbones
+    from molecules.proteins.metrics import CLASH_SEPARATION
+    from molecules.proteins.relax import relaxation_moves
+
+    length = 16
+    hairpin = _hairpin(length)
+    data = load_fragments(length, stride=4).test[:1]
+    relaxed_hairpin, relaxed_data = relax_backbones(np.concatenate([hairpin[None], data]), moves="positions")
     assert np.array_equal(relaxed_data, data[0])
     np.testing.assert_allclose(relaxed_hairpin - relaxed_hairpin[:, 1:2], hairpin - hairpin[:, 1:2], atol=1e-5)
     before, after = hairpin[:, 1], relaxed_hairpin[:, 1]
@@ -426,19 +497,13 @@ def test_relaxation_removes_a_planted_clash_keeps_the_local_geometry_and_leaves_
     distance = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)
     separation = np.abs(np.arange(length)[:, None] - np.arange(length)[None])
     local = (separation > 0) & (separation < CLASH_SEPARATION)
-    assert distance(before)[separation >= CLASH_SEPARATION].min() < 2.1
     assert distance(after)[separation >= CLASH_SEPARATION].min() > 3.4
     np.testing.assert_allclose(distance(after)[local], distance(before)[local], atol=0.2)
-    from molecules.proteins.relax import relaxation_moves
     moves = relaxation_moves(np.concatenate([hairpin[None], data]), np.stack([relaxed_hairpin, relaxed_data]))
     assert moves["fragments_moved"] == 0.5  # the hairpin, not the data
     assert moves["max_move"] == pytest.approx(np.linalg.norm(after - before, axis=-1).max())
     with pytest.raises(ValueError, match="step · restraint"):
-        relax_backbones(data, step=0.2)
-    with pytest.raises(ValueError, match="max_iterations"):
-        relax_backbones(data, max_iterations=0)
-    with pytest.raises(ValueError, match=r"shape \(F, L, A, 3\)"):
-        relax_backbones(data[0])
+        relax_backbones(data, moves="positions", step=0.2)
 
 
 class _Oracle(eqx.Module):
@@ -525,13 +590,15 @@ class _PosteriorOracle(eqx.Module):
 
 def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_free_field_alone():
     """With a clean-frame oracle whose prediction is a hairpin whose strands lie 2 Å apart, the
-    guided sampler's last Euler step lands on :func:`relax_fragment` of the hairpin by the
-    guidance's iterations (the field's translation velocity points there) with the oracle's
-    rotations, and the clashes shrink; the clean frames a jump from t = 0.5 returns are relaxed the
-    same way; predicting a real fragment, or before ``start``, the guided field is the field."""
+    guided sampler's last Euler step lands on the relaxed hairpin by the guidance's iterations:
+    moving positions, on :func:`relax_fragment` of its CA atoms with the oracle's rotations;
+    turning torsions (the default), on the frames of :func:`relax_torsions` of its backbone, whose
+    peptide units keep their shape. The clashes shrink both ways; the clean frames a jump from
+    t = 0.5 returns are relaxed the same way; predicting a real fragment, or before ``start``, the
+    guided field is the field."""
     from molecules.proteins import StericGuidance, steric_guided
-    from molecules.proteins.geometry import LENGTH_SCALE
-    from molecules.proteins.relax import clash_loss, relax_fragment
+    from molecules.proteins.geometry import LENGTH_SCALE, ideal_nca_c
+    from molecules.proteins.relax import clash_loss, relax_fragment, relax_torsions
 
     length = 16
     strand = 3.8 * np.arange(length // 2)
@@ -542,7 +609,7 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     model = frameflow(jax.random.key(0), length, width=8, pair=4, layers=1, heads=1, head_dim=4, num_points=1,
                       rotation_scheduler=CondOT())  # its last step lands on the predicted rotations too
     model = eqx.tree_at(lambda m: m.bijection.field.network, model, _Oracle(r1, hairpin))
-    guided = steric_guided(model, step=0.1, iterations=50)
+    guided = steric_guided(model, moves="positions", step=0.1, iterations=50)
     samples = riemannian_sample(guided, jax.random.key(1), 2, 20)  # the last step starts at t = 0.95, 1 − h
     rotations, translations = jax.vmap(frame_manifold(length).split)(samples)
     relaxed = relax_fragment(hairpin, max_iterations=50, step=0.1, tolerance=1e-6)
@@ -551,6 +618,22 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     assert float(clash_loss(relaxed)) < 0.5 * float(clash_loss(hairpin))
     jumped = sample_backbones(guided, jax.random.key(1), 2, steps=10, denoise_from=0.5)  # the guided clean frames
     np.testing.assert_allclose(jumped[:, :, 1] * LENGTH_SCALE, jnp.stack([relaxed, relaxed]), atol=1e-5)
+
+    atoms = ideal_nca_c(r1, hairpin / LENGTH_SCALE) * LENGTH_SCALE
+    turned_r, turned_c = frames_from_backbone(relax_torsions(atoms, max_iterations=50, tolerance=1e-6)[0])
+    turning = steric_guided(model, iterations=50)
+    samples = riemannian_sample(turning, jax.random.key(1), 2, 20)
+    rotations, translations = jax.vmap(frame_manifold(length).split)(samples)
+    np.testing.assert_allclose(translations, jnp.stack([turned_c, turned_c]), atol=1e-5)
+    np.testing.assert_allclose(rotations, jnp.stack([turned_r, turned_r]), atol=1e-4)
+    assert float(clash_loss(turned_c)) < 0.5 * float(clash_loss(hairpin))
+    peptide = lambda b: jnp.concatenate([b[:-1, 1:3], b[1:, :2]], 1)  # CAᵢ, Cᵢ, Nᵢ₊₁, CAᵢ₊₁
+    shape = lambda b: jnp.linalg.norm(peptide(b)[:, :, None] - peptide(b)[:, None], axis=-1)
+    sampled = backbone_from_frames(rotations[0], translations[0] / LENGTH_SCALE)
+    np.testing.assert_allclose(shape(sampled), shape(atoms / LENGTH_SCALE), atol=2e-3)
+    assert not np.allclose(backbone_dihedrals(sampled)[1][:-1], backbone_dihedrals(atoms)[1][:-1], atol=0.01)
+    jumped = sample_backbones(turning, jax.random.key(1), 2, steps=10, denoise_from=0.5)
+    np.testing.assert_allclose(jumped[:, :, 1] * LENGTH_SCALE, jnp.stack([turned_c, turned_c]), atol=1e-5)
     manifold = frame_manifold(length)
     x = model.base.sample(jax.random.key(2), 1)[0]
     early = StericGuidance(model.bijection.field, start=0.6)
@@ -561,7 +644,9 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     np.testing.assert_allclose(steric_guided(clash_free).bijection.field(jnp.float32(0.7), x),
                                clash_free.bijection.field(jnp.float32(0.7), x), atol=1e-6)
     with pytest.raises(ValueError, match="step · restraint"):
-        steric_guided(model, step=0.2)
+        steric_guided(model, moves="positions", step=0.2)
+    with pytest.raises(ValueError, match="'positions' or 'torsions'"):
+        steric_guided(model, moves="atoms")
     velocity_model = frameflow(jax.random.key(0), length, width=8, pair=4, layers=1, heads=1, head_dim=4,
                                num_points=1, prediction="velocity")
     with pytest.raises(ValueError, match="needs prediction='frames'"):

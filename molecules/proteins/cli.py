@@ -77,9 +77,11 @@ def add_parser(sub):
                    help="push the clashes of the predicted clean frames apart at every step from t = 0.5 "
                         "(molecules.proteins.StericGuidance); default: on for a clean-frame model, which it "
                         "takes to RESULTS' clash-free fraction, off for a velocity model, which it does not apply to")
-    s.add_argument("--relax", action="store_true",
-                   help="push clashing CA atoms apart, keeping each residue's distances to its next two as "
-                        "sampled (molecules.proteins.relax_backbones; the CA moves are recorded)")
+    s.add_argument("--relax", nargs="?", const="torsions", choices=("torsions", "positions"), default=None,
+                   help="push clashing CA atoms apart by turning φ and ψ (torsions, the default: bond lengths, "
+                        "angles and the φ/ψ distribution kept) or by moving CA atoms under a restraint on their "
+                        "next two neighbours' distances (positions: smaller moves) (molecules.proteins.relax_backbones; "
+                        "the CA moves are recorded)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output folder")
     e = psub.add_parser("evaluate", help="score a folder of backbone PDB files against held-out data")
@@ -168,8 +170,8 @@ def cmd_sample(args) -> dict:
     seconds = time.perf_counter() - t0
     relaxation = None
     if args.relax:
-        relaxed = relax_backbones(backbones)
-        relaxation = relaxation_moves(backbones, relaxed)
+        relaxed = relax_backbones(backbones, moves=args.relax)
+        relaxation = {"moves": args.relax, **relaxation_moves(backbones, relaxed)}
         backbones = relaxed
     args.out.mkdir(parents=True, exist_ok=True)
     for i, b in enumerate(backbones):

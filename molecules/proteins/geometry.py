@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from manifolds.so3 import hat
 
 N_CA, CA_C, C_N, C_O = 1.458, 1.525, 1.329, 1.231  # bond lengths, Å
 N_CA_C, CA_C_N, C_N_CA, CA_C_O = (math.radians(a) for a in (111.2, 116.2, 121.7, 120.1))  # bond angles
@@ -109,5 +112,40 @@ def backbone_from_dihedrals(phi, psi, omega=None):
     return np.concatenate([nca_c, o[:, None]], 1).astype(np.float32)
 
 
+def turn_torsions(backbone, turns):
+    """Backbone atoms ``(L, A, 3)`` (N, CA, C[, O]) with each ``φᵢ`` turned by ``turns[i, 0]`` and
+    ``ψᵢ`` by ``turns[i, 1]`` (radians, ``(L, 2)``), bond lengths, bond angles and ω unchanged.
+
+    Turning ``φᵢ`` rotates everything after CAᵢ in chain order (Cᵢ, Oᵢ, then the residues after
+    ``i``) about the axis Nᵢ→CAᵢ; turning ``ψᵢ`` rotates everything after Cᵢ (Oᵢ, which lies in the
+    peptide plane ψᵢ places, then the next residues) about CAᵢ→Cᵢ; the chain before stays put.
+    Applied from the chain's end, every turn finds its axis where the input has it, so the result
+    is the composition ``T₀ ∘ T₁ ∘ … ∘ T_k`` of the turns about the input's axes, with ``k`` the
+    last torsion before the atom: a prefix of compositions (``O(L)``), not a loop over atoms."""
+    n, ca, c = backbone[:, 0], backbone[:, 1], backbone[:, 2]
+    start = jnp.stack([n, ca], 1).reshape(-1, 3)  # the axis of torsion 2i (φᵢ) and 2i + 1 (ψᵢ)
+    end = jnp.stack([ca, c], 1).reshape(-1, 3)
+    axis = _unit(end - start)
+    theta = turns.reshape(-1, 1, 1)
+    cross = jax.vmap(hat)(axis)
+    rotation = (jnp.eye(3, dtype=backbone.dtype) + jnp.sin(theta) * cross
+                + (1 - jnp.cos(theta)) * jnp.einsum("kij,kjl->kil", cross, cross))  # Rodrigues
+    shift = end - jnp.einsum("kij,kj->ki", rotation, end)  # x ↦ R (x − e) + e
+
+    def compose(first, second):  # first ∘ second
+        r1, t1 = first
+        r2, t2 = second
+        return jnp.einsum("...ij,...jk->...ik", r1, r2), jnp.einsum("...ij,...j->...i", r1, t2) + t1
+
+    rotations, shifts = jax.lax.associative_scan(compose, (rotation, shift))
+    identity = (jnp.eye(3, dtype=backbone.dtype)[None], jnp.zeros((1, 3), backbone.dtype))
+    rotations, shifts = (jnp.concatenate([i, x]) for i, x in zip(identity, (rotations, shifts)))
+    length = backbone.shape[0]
+    # the last torsion each atom follows, offset by the identity: N, CA of residue i follow ψ_{i−1};
+    # C follows φᵢ; O and any later atom ψᵢ
+    last = 2 * jnp.arange(length)[:, None] + jnp.array([0, 0, 1] + [2] * (backbone.shape[1] - 3))
+    return jnp.einsum("laij,laj->lai", rotations[last], backbone) + shifts[last]
+
+
 __all__ = ["ATOMS", "IDEAL_LOCAL", "backbone_dihedrals", "backbone_from_dihedrals", "backbone_from_frames",
-           "dihedral", "frames_from_backbone", "ideal_nca_c", "place_atom"]
+           "dihedral", "frames_from_backbone", "ideal_nca_c", "place_atom", "turn_torsions"]

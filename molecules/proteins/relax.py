@@ -1,14 +1,16 @@
-"""A steric relaxation of sampled fragments: CA atoms that clash are pushed apart while every
-CA–CA distance between residues closer in sequence than ``CLASH_SEPARATION`` keeps its sampled
-value.
+"""Steric relaxation of sampled fragments: CA atoms that clash are pushed apart, either by turning
+the backbone's φ/ψ torsions (:func:`relax_torsions`, what finished samples get) or by moving CA
+positions under a restraint on their local distances (:func:`relax_fragment`, what the steric
+guidance applies to the network's predictions while it samples).
 
 A frame flow's samples put two segments of the chain on one another in a few fragments in a
 hundred (a clash rate per residue pair that is flat in sequence separation, so it grows with
 length; ``benchmarks/RESULTS.md``). The sampled local geometry around them is right, so a small
-move of the clashing residues, holding the chain's bonds and bond angles, removes the clash. That
-is what AlphaFold's relaxation and generators' clash potentials do with a force field; here it is
-the clash penalty of training (:func:`clash_loss`) and a harmonic restraint, minimised by gradient
-descent on the CA positions; each residue's other atoms move with its CA.
+move removes the clash. Both relaxations minimise the clash penalty of training
+(:func:`clash_loss`) by gradient descent. Moving CA positions translates each residue's atoms
+rigidly, which bends the bonds to its neighbours and so changes φ and ψ on both sides of a moved
+residue; turning torsions keeps every bond length, bond angle and ω of the sample, spreading the
+move over small changes of φ and ψ, as a protein's backbone moves.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .geometry import LENGTH_SCALE
+from ..geometry import kabsch_rotation
+from .geometry import LENGTH_SCALE, turn_torsions
 from .metrics import CLASH_SEPARATION
 
 # below the closest CA pair (≥ CLASH_SEPARATION apart in sequence) of any training fragment, 3.6 Å,
@@ -85,26 +88,116 @@ def check_descent(step: float, restraint: float) -> None:
         raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
 
 
+def relax_torsions(backbone, *, max_iterations: int = 1000, step: float = 0.05, max_turn: float = 0.02,
+                   tolerance: float = 1e-5):
+    """Backbone atoms ``(L, A, 3)`` (N, CA, C[, O], model units, nm) after gradient steps on the
+    CA atoms' :func:`clash_loss` over the changes of every φ and ψ (:func:`turn_torsions`), from
+    none, until no clash is left, no torsion would turn by more than ``tolerance`` (radians) in a
+    step, or after ``max_iterations``, superposed on the input's CA atoms; and the turns ``(L, 2)``.
+
+    A step turns each torsion by ``step`` times its gradient, scaled down where the largest turn
+    would exceed ``max_turn``: a torsion's gradient is the clash force times its lever arm, so
+    the torsions between two clashing segments, far from them, turn first, and an unclipped step
+    would throw the chain's end across the fragment. The descent starts at the sample and stops
+    when the clashes are gone, so it needs no restraint to the sample (the bonds cannot give).
+    Being steepest in the angles, it undoes a clash by a hinge motion: on 200 sampled fragments
+    of 64 residues the residues it moves, after superposition, move 2.1 Å on average (up to 17 Å),
+    against 0.45 Å for :func:`relax_fragment`, while φ, ψ and the CA–CA spacing keep their
+    distribution. Descent in the CA atoms' displacement instead (least squares through the
+    Jacobian at the sample, with or without damping) left 5% of those fragments clashing and
+    changed the Ramachandran distribution, as the Jacobian goes stale along the descent; a
+    restraint on all CA–CA distances stopped the descent with two thirds still clashing."""
+    def energy(turns):
+        return clash_loss(turn_torsions(backbone, turns)[:, 1])
+
+    value_and_grad = jax.value_and_grad(energy)
+
+    def moving(state):
+        i, _, clash, g = state
+        return (i < max_iterations) & (clash > 0) & (jnp.max(jnp.abs(_turn(g, step, max_turn))) > tolerance)
+
+    def descend(state):
+        i, turns, _, g = state
+        turns = turns - _turn(g, step, max_turn)
+        return (i + 1, turns, *value_and_grad(turns))
+
+    start = jnp.zeros((backbone.shape[0], 2), backbone.dtype)
+    turns = jax.lax.while_loop(moving, descend, (0, start, *value_and_grad(start)))[1]
+    return _superposed(turn_torsions(backbone, turns), backbone), turns
+
+
+def _superposed(moved, backbone):
+    """``moved`` ``(L, A, 3)`` rigidly moved onto ``backbone``'s CA atoms (least squares): what
+    differs then is the change of shape, not the pose the torsions' fixed first residue leaves."""
+    ca, new = backbone[:, 1] - backbone[:, 1].mean(0), moved[:, 1] - moved[:, 1].mean(0)
+    rotation = kabsch_rotation(new, ca, jnp.ones(ca.shape[0], ca.dtype))
+    return jnp.einsum("ij,laj->lai", rotation, moved - moved[:, 1].mean(0)) + backbone[:, 1].mean(0)
+
+
+def _turn(gradient, step, max_turn):
+    """The clipped descent step of :func:`relax_torsions`."""
+    turn = step * gradient
+    return turn / jnp.maximum(1.0, jnp.max(jnp.abs(turn)) / max_turn)
+
+
+@eqx.filter_jit
+def _relax_by_torsions(backbones, options):
+    return jax.vmap(lambda atoms: relax_torsions(atoms, **options)[0])(backbones)
+
+
 @eqx.filter_jit
 def _relax_ca(ca, max_iterations: int, tolerance: float, step: float, restraint: float):
     return jax.vmap(lambda c: relax_fragment(c, max_iterations=max_iterations, tolerance=tolerance, step=step,
                                              restraint=restraint))(ca)
 
 
-def relax_backbones(backbones, *, max_iterations: int = 1000, tolerance: float = 1e-4, step: float = 0.1,
-                    restraint: float = 1.0) -> np.ndarray:
-    """Backbones ``(F, L, A, 3)`` in Å (atoms N, CA, C[, O], any placement) with each fragment's CA
-    positions relaxed by :func:`relax_fragment` and every other atom of a residue moved with its CA,
-    so residues that do not move come back bit for bit and each residue keeps its own geometry."""
+MOVES = ("torsions", "positions")
+
+
+def relax_backbones(backbones, *, moves: str = "torsions", **options) -> np.ndarray:
+    """Backbones ``(F, L, A, 3)`` in Å (atoms N, CA, C[, O]) with the clashes of each fragment
+    relaxed; fragments without a CA pair closer than :data:`CLASH_LOSS_DISTANCE` come back bit
+    for bit.
+
+    ``moves="torsions"`` (the default) turns φ and ψ by :func:`relax_torsions` (``options``: its
+    keywords), the relaxed chain superposed on the sample's CA atoms. ``moves="positions"``
+    moves each clashing CA by :func:`relax_fragment` (``options``: its keywords) with every other
+    atom of its residue, so residues that do not move come back bit for bit. On 200 sampled
+    fragments of 64 residues both leave at most 1 clashing; turning torsions keeps the sampled
+    CA–CA spacing and Ramachandran distribution exactly where moving positions costs 0.015 nats of
+    divergence and some helix (``benchmarks/RESULTS.md``)."""
     backbones = np.asarray(backbones, np.float32)
-    if backbones.ndim != 4 or backbones.shape[2] < 2 or backbones.shape[3] != 3:
-        raise ValueError(f"backbones must have shape (F, L, A, 3) with CA second among the atoms; got {backbones.shape}")
-    if max_iterations < 1 or not tolerance > 0:
-        raise ValueError(f"max_iterations must be ≥ 1 and tolerance > 0, got {max_iterations} and {tolerance}")
-    check_descent(step, restraint)
+    if backbones.ndim != 4 or backbones.shape[2] < 3 or backbones.shape[3] != 3:
+        raise ValueError(f"backbones must have shape (F, L, A, 3) with atoms N, CA, C first; got {backbones.shape}")
+    if moves not in MOVES:
+        raise ValueError(f"moves must be one of {MOVES}, got {moves!r}")
+    relax = relax_torsions if moves == "torsions" else relax_fragment
+    unknown = set(options) - set(relax.__kwdefaults__)
+    if unknown:
+        raise ValueError(f"moves={moves!r} takes the options {sorted(relax.__kwdefaults__)}, got {sorted(unknown)}")
+    settings = {**relax.__kwdefaults__, **options}
+    if settings["max_iterations"] < 1 or not settings["tolerance"] > 0:
+        raise ValueError(f"max_iterations must be ≥ 1 and tolerance > 0, got {settings['max_iterations']} and "
+                         f"{settings['tolerance']}")
+    if moves == "positions":
+        check_descent(settings["step"], settings["restraint"])
+        return _relax_positions(backbones, settings)
+    if not settings["step"] > 0 or not settings["max_turn"] > 0:
+        raise ValueError(f"step and max_turn must be positive, got {settings['step']} and {settings['max_turn']}")
+    scaled = backbones * np.float32(LENGTH_SCALE)  # model units, where the clash distance is set
+    clashing = np.asarray(jax.jit(jax.vmap(clash_loss))(jnp.asarray(scaled[:, :, 1]))) > 0
+    out = backbones.copy()
+    if clashing.any():
+        relaxed = _relax_by_torsions(jnp.asarray(scaled[clashing]), settings)
+        out[clashing] = np.asarray(relaxed) / np.float32(LENGTH_SCALE)
+    return out
+
+
+def _relax_positions(backbones, settings) -> np.ndarray:
     ca = backbones[:, :, 1]
     before = (ca * LENGTH_SCALE).astype(np.float32)  # model units, where the clash distance is set
-    after = np.asarray(_relax_ca(jnp.asarray(before), max_iterations, tolerance, step, restraint))
+    after = np.asarray(_relax_ca(jnp.asarray(before), settings["max_iterations"], settings["tolerance"],
+                                 settings["step"], settings["restraint"]))
     moved = np.any(after != before, -1, keepdims=True)  # a CA without gradient keeps its exact value
     shift = np.where(moved, after / LENGTH_SCALE - ca, 0.0).astype(np.float32)
     return backbones + shift[:, :, None]
