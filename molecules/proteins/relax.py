@@ -112,17 +112,22 @@ def relax_torsions(backbone, *, max_iterations: int = 1000, step: float = 0.05, 
 
     value_and_grad = jax.value_and_grad(energy)
 
+    def evaluated(turns):  # the clash penalty at the turns and the clipped step from them
+        clash, gradient = value_and_grad(turns)
+        change = step * gradient
+        return clash, change / jnp.maximum(1.0, jnp.max(jnp.abs(change)) / max_turn)
+
     def moving(state):
-        i, _, clash, g = state
-        return (i < max_iterations) & (clash > 0) & (jnp.max(jnp.abs(_turn(g, step, max_turn))) > tolerance)
+        i, _, clash, change = state
+        return (i < max_iterations) & (clash > 0) & (jnp.max(jnp.abs(change)) > tolerance)
 
     def descend(state):
-        i, turns, _, g = state
-        turns = turns - _turn(g, step, max_turn)
-        return (i + 1, turns, *value_and_grad(turns))
+        i, turns, _, change = state
+        turns = turns - change
+        return (i + 1, turns, *evaluated(turns))
 
     start = jnp.zeros((backbone.shape[0], 2), backbone.dtype)
-    turns = jax.lax.while_loop(moving, descend, (0, start, *value_and_grad(start)))[1]
+    turns = jax.lax.while_loop(moving, descend, (0, start, *evaluated(start)))[1]
     return _superposed(turn_torsions(backbone, turns), backbone), turns
 
 
@@ -134,21 +139,18 @@ def _superposed(moved, backbone):
     return jnp.einsum("ij,laj->lai", rotation, moved - moved[:, 1].mean(0)) + backbone[:, 1].mean(0)
 
 
-def _turn(gradient, step, max_turn):
-    """The clipped descent step of :func:`relax_torsions`."""
-    turn = step * gradient
-    return turn / jnp.maximum(1.0, jnp.max(jnp.abs(turn)) / max_turn)
-
-
 @eqx.filter_jit
-def _relax_by_torsions(backbones, options):
-    return jax.vmap(lambda atoms: relax_torsions(atoms, **options)[0])(backbones)
+def _relax_each(relax, batch, options: dict):
+    """``relax`` (:func:`relax_torsions` or :func:`relax_fragment`, static) with ``options`` on
+    every fragment of ``batch``; the relaxed atoms only."""
+    def one(x):
+        out = relax(x, **options)
+        return out[0] if isinstance(out, tuple) else out
+
+    return jax.vmap(one)(batch)
 
 
-@eqx.filter_jit
-def _relax_ca(ca, max_iterations: int, tolerance: float, step: float, restraint: float):
-    return jax.vmap(lambda c: relax_fragment(c, max_iterations=max_iterations, tolerance=tolerance, step=step,
-                                             restraint=restraint))(ca)
+_clash_losses = jax.jit(jax.vmap(clash_loss))  # (F, L, 3) CA in nm → (F,)
 
 
 MOVES = ("torsions", "positions")
@@ -186,10 +188,10 @@ def relax_backbones(backbones, *, moves: str = "torsions", **options) -> np.ndar
     if not settings["step"] > 0 or not settings["max_turn"] > 0:
         raise ValueError(f"step and max_turn must be positive, got {settings['step']} and {settings['max_turn']}")
     scaled = backbones * np.float32(LENGTH_SCALE)  # model units, where the clash distance is set
-    clashing = np.asarray(jax.jit(jax.vmap(clash_loss))(jnp.asarray(scaled[:, :, 1]))) > 0
+    clashing = np.asarray(_clash_losses(jnp.asarray(scaled[:, :, 1]))) > 0
     out = backbones.copy()
     if clashing.any():
-        relaxed = _relax_by_torsions(jnp.asarray(scaled[clashing]), settings)
+        relaxed = _relax_each(relax_torsions, jnp.asarray(scaled[clashing]), settings)
         out[clashing] = np.asarray(relaxed) / np.float32(LENGTH_SCALE)
     return out
 
@@ -197,8 +199,7 @@ def relax_backbones(backbones, *, moves: str = "torsions", **options) -> np.ndar
 def _relax_positions(backbones, settings) -> np.ndarray:
     ca = backbones[:, :, 1]
     before = (ca * LENGTH_SCALE).astype(np.float32)  # model units, where the clash distance is set
-    after = np.asarray(_relax_ca(jnp.asarray(before), settings["max_iterations"], settings["tolerance"],
-                                 settings["step"], settings["restraint"]))
+    after = np.asarray(_relax_each(relax_fragment, jnp.asarray(before), settings))
     moved = np.any(after != before, -1, keepdims=True)  # a CA without gradient keeps its exact value
     shift = np.where(moved, after / LENGTH_SCALE - ca, 0.0).astype(np.float32)
     return backbones + shift[:, :, None]
