@@ -36,12 +36,13 @@ import optax
 from geoflow import fit
 from geoflow.datasets import load_images
 from geoflow.datasets.locations import shared_data
-from geoflow.dequantization import (UniformDequantization, VariationalDequantization, VariationalDequantizer,
-                                    VariationallyDequantized, bound_batched)
+from geoflow.dequantization import (DEQUANTIZER_BASES, UniformDequantization, VariationalDequantization,
+                                    VariationalDequantizer, VariationallyDequantized, bound_batched)
 from geoflow.metrics import bits_per_dim
 from geoflow.image_flows import make_image_flow, sample_at_temperature
 from geoflow.nn import trainable
 from geoflow.plots import plot_images
+from geoflow.serialization import classes_in, load
 
 from _curve import PersistedCurve
 from _results import RESULTS, write_results
@@ -100,14 +101,35 @@ class Curve:
 
 def build(name: str, key, args):
     """The image flow ``name`` (:func:`geoflow.image_flows.make_image_flow`) on 1×28×28 pixel
-    values, wrapped with a learned dequantiser when ``args.dequantization == "variational"``."""
+    values, its parameters those of ``args.init`` when given, wrapped with a fresh learned
+    dequantiser when ``args.dequantization == "variational"``."""
     k_flow, k_deq = jax.random.split(key)
     shape = (1, 28, 28)
     size = {"blocks": args.blocks} if name == "realnvp-ms" else {"depth": args.depth}
     flow = make_image_flow(name, k_flow, shape, levels=2, width=args.width, tails=args.tails, **size)
+    if args.init is not None:
+        flow = trained_flow(args.init, flow)
     if args.dequantization == "uniform":
         return flow
-    return VariationallyDequantized(flow, VariationalDequantizer(shape, width=args.dequantizer_width, key=k_deq))
+    return VariationallyDequantized(flow, VariationalDequantizer(shape, width=args.dequantizer_width,
+                                                                 base=args.dequantizer_base, key=k_deq))
+
+
+def trained_flow(path: Path, like):
+    """The flow a run starts from (``--init``): a file of :func:`geoflow.save` holding a flow, or a
+    ``fit`` checkpoint, whose best model is taken (a variationally dequantised one gives its flow).
+    Refused unless its trainable arrays have ``like``'s (this run's architecture) shapes."""
+    saved = load(path, trust=classes_in(like) | {VariationallyDequantized, VariationalDequantizer})
+    if isinstance(saved, dict):
+        saved = saved["model"] if saved.get("best_model") is None else saved["best_model"]
+    if isinstance(saved, VariationallyDequantized):
+        saved = saved.flow
+    # the static fields differ (ActNorm records that it was initialized); the arrays must not
+    shapes = lambda m: [(path, a.shape) for path, a in jax.tree_util.tree_leaves_with_path(eqx.filter(m, trainable(m)))]
+    if type(saved) is not type(like) or shapes(saved) != shapes(like):
+        raise SystemExit(f"--init {path}: its flow is not this run's architecture (--models, --depth, --width, "
+                         "--blocks, --tails must be those it was trained with)")
+    return saved
 
 
 def tails_threshold(text: str) -> float | None:
@@ -138,6 +160,10 @@ def main():
     ap.add_argument("--dequantization", choices=("uniform", "variational"), default="uniform",
                     help="variational: a learned noise flow (Flow++) trained with the model; the figure is its bound")
     ap.add_argument("--dequantizer-width", type=int, default=32, help="channels of the variational dequantizer")
+    ap.add_argument("--dequantizer-base", choices=DEQUANTIZER_BASES, default="logistic",
+                    help="distribution of the dequantizer's noise before its couplings (logistic: it starts uniform)")
+    ap.add_argument("--init", type=Path, help="start from this trained flow (a saved model or a fit checkpoint); "
+                                              "with --dequantization variational, a dequantiser is learned for it")
     ap.add_argument("--eval-every", type=int, help="steps between validation points (default min(250, steps/3))")
     ap.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
                     help="skip up to N consecutive steps with a non-finite loss or gradient (fit's skip_nonfinite)")
@@ -148,6 +174,8 @@ def main():
     args = ap.parse_args()
     if args.resume and args.checkpoint is None:
         raise SystemExit("--resume continues the run in --checkpoint; give --checkpoint DIR")
+    if args.init is not None and "," in args.models:
+        raise SystemExit(f"--init gives one trained flow; name its one model in --models, got {args.models!r}")
     steps = args.steps or (20 if args.quick else 1_000)
     eval_every = args.eval_every or min(250, max(steps // 3, 1))
     data = load_images("mnist", args.data_path)
@@ -156,7 +184,8 @@ def main():
         train, val, test = train[:5_000], val[:200], test[:200]
     out = {"quick": args.quick, "steps": steps, "batch": args.batch, "depth": args.depth, "width": args.width,
            "realnvp_blocks": args.blocks, "tails": args.tails, "learning_rate": args.learning_rate,
-           "dequantization": args.dequantization,
+           "dequantization": args.dequantization, "dequantizer_base": args.dequantizer_base,
+           "init": None if args.init is None else args.init.as_posix(),
            "published_bits_per_dim": PUBLISHED, "test_images": len(test), "models": {}}
     loss = UniformDequantization() if args.dequantization == "uniform" else VariationalDequantization()
     path = args.out or RESULTS / f"mnist_multiscale_{args.models.replace(',', '_')}.json"

@@ -7,7 +7,8 @@ Jensen gives the bound ``log P(x) ≥ E_q[log p(x + u) − log q(u | x)]``.
 - *Uniform* dequantisation takes ``q = U[0,1)^D`` (``log q = 0``): the bound is ``E_u log p(x + u)``
   (Theis et al. 2016; RealNVP, Glow).
 - *Variational* dequantisation learns ``q`` as a conditional flow (Flow++, Ho et al. 2019), which
-  can only tighten the bound: uniform noise is one of the ``q`` it can represent.
+  can only tighten the bound: uniform noise is one of the ``q`` it can represent, and the one it
+  starts from (:class:`VariationalDequantizer`'s logistic base).
 
 Both are losses for :func:`geoflow.fit`, fed integer-valued data; fresh noise is drawn at every
 step. Bits/dim are ``−bound / (D · log 2)`` in the discrete pixel space.
@@ -27,6 +28,7 @@ from .bijections import Chain, ImageCoupling
 from .bijections.glow import check_image_shape
 from .bijections.preprocessing import uniform_dequantize
 from .distributions import Distribution
+from .serialization import register_migration
 
 
 def uniform_bound(model: Distribution, x: Float[Array, "n ..."], key) -> Array:
@@ -50,34 +52,55 @@ class UniformDequantization(eqx.Module):
         return uniform_dequantize(key, x, 1)
 
 
+DEQUANTIZER_BASES = ("logistic", "normal")
+# files written before the base was a choice hold Flow++'s normal base
+register_migration("geoflow.dequantization.VariationalDequantizer", lambda fields: {"base": "normal", **fields})
+
+
 class VariationalDequantizer(eqx.Module):
-    """``q(u | x)``: noise ``u = sigmoid(f(ε; x))`` with ``ε`` standard normal and ``f`` a stack of
-    checkerboard affine couplings whose networks see the (rescaled) integer image ``x``.
+    """``q(u | x)``: noise ``u = sigmoid(f(ε; x))`` with ``f`` a stack of checkerboard affine
+    couplings whose networks see the (rescaled) integer image ``x``.
+
+    The couplings start as the identity, so the base of ``ε`` sets where ``q`` starts. With
+    ``base="logistic"`` (the default) ``sigmoid(ε)`` is exactly uniform: ``q`` starts as uniform
+    dequantisation, bound for bound, and training can only move it where the bound is tighter,
+    which is what a dequantiser added to a flow already trained on uniform noise needs. With
+    ``base="normal"`` (Flow++'s) it starts as a logit-normal, which no affine stack turns into
+    the uniform exactly.
 
     **Arguments:**
     - `key`; `shape`: ``(c, h, w)`` of the images; `levels`: pixel values ``0 … levels−1``.
     - `couplings`: number of coupling layers (alternating checkerboards); `width`: their networks.
+    - `base`: ``"logistic"`` or ``"normal"``, the distribution of ``ε``.
     """
 
     flow: Chain
     levels: int = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
+    base: str = eqx.field(static=True)
 
-    def __init__(self, shape, *, levels: int = 256, couplings: int = 4, width: int = 32, key):
+    def __init__(self, shape, *, levels: int = 256, couplings: int = 4, width: int = 32,
+                 base: str = "logistic", key):
         self.shape = check_image_shape(shape, "VariationalDequantizer")
+        if base not in DEQUANTIZER_BASES:
+            raise ValueError(f"unknown dequantizer base {base!r}; expected one of {DEQUANTIZER_BASES}")
         keys = jax.random.split(key, couplings)
         self.flow = Chain([ImageCoupling(self.shape, mask="checkerboard", parity=i % 2, width=width,
                                          cond_channels=self.shape[0], key=k) for i, k in enumerate(keys)])
-        self.levels = levels
+        self.levels, self.base = levels, base
 
     def sample_and_log_prob(self, key, x: Float[Array, "c h w"]) -> tuple[Array, Array]:
         """One noise draw ``u ∈ (0, 1)^shape`` for the image ``x`` and ``log q(u | x)``."""
-        eps = jax.random.normal(key, self.shape)
+        if self.base == "logistic":
+            eps = jax.random.logistic(key, self.shape)
+            log_base = jnp.sum(jax.nn.log_sigmoid(eps) + jax.nn.log_sigmoid(-eps))
+        else:
+            eps = jax.random.normal(key, self.shape)
+            log_base = -0.5 * jnp.sum(eps**2) - 0.5 * eps.size * math.log(2 * math.pi)
         context = x / self.levels - 0.5
         v, log_det = self.flow.forward_and_log_det(eps, context)
-        log_normal = -0.5 * jnp.sum(eps**2) - 0.5 * eps.size * math.log(2 * math.pi)
         log_sigmoid_slope = jnp.sum(jax.nn.log_sigmoid(v) + jax.nn.log_sigmoid(-v))
-        return jax.nn.sigmoid(v), log_normal - log_det - log_sigmoid_slope
+        return jax.nn.sigmoid(v), log_base - log_det - log_sigmoid_slope
 
 
 class VariationallyDequantized(eqx.Module):

@@ -148,6 +148,16 @@ def test_files_from_before_a_field_was_added_load_through_the_registered_migrati
     assert bool(eqx.tree_equal(gf.load(path), model))
 
 
+def test_dequantizers_from_before_the_base_was_a_choice_load_with_the_normal_base_they_had(tmp_path):
+    from geoflow.dequantization import VariationalDequantizer
+
+    deq = VariationalDequantizer((1, 4, 4), couplings=2, width=8, base="normal", key=jax.random.key(0))
+    path = gf.save(tmp_path / "old.eqx", deq)
+    _rewrite(path, lambda tree: _find_class(tree, "geoflow.dequantization.VariationalDequantizer")["fields"].pop("base"))
+    loaded = gf.load(path)
+    assert loaded.base == "normal" and bool(eqx.tree_equal(loaded, deq))
+
+
 def test_split_priors_from_before_the_floor_load_unbounded_as_they_were_trained(tmp_path):
     """A Glow file written before ``SplitPrior.min_log_std`` existed holds a prior trained without
     the floor: it loads with ``min_log_std=None``, the same parameters, and its own density."""
