@@ -125,7 +125,7 @@ def trained_flow(path: Path, like):
     if isinstance(saved, VariationallyDequantized):
         saved = saved.flow
     # the static fields differ (ActNorm records that it was initialized); the arrays must not
-    shapes = lambda m: [(path, a.shape) for path, a in jax.tree_util.tree_leaves_with_path(eqx.filter(m, trainable(m)))]
+    shapes = lambda m: [(where, a.shape) for where, a in jax.tree_util.tree_leaves_with_path(eqx.filter(m, trainable(m)))]
     if type(saved) is not type(like) or shapes(saved) != shapes(like):
         raise SystemExit(f"--init {path}: its flow is not this run's architecture (--models, --depth, --width, "
                          "--blocks, --tails must be those it was trained with)")

@@ -93,14 +93,18 @@ class VariationalDequantizer(eqx.Module):
         """One noise draw ``u ∈ (0, 1)^shape`` for the image ``x`` and ``log q(u | x)``."""
         if self.base == "logistic":
             eps = jax.random.logistic(key, self.shape)
-            log_base = jnp.sum(jax.nn.log_sigmoid(eps) + jax.nn.log_sigmoid(-eps))
+            log_base = _log_sigmoid_slope(eps)  # the standard logistic density is the sigmoid's slope
         else:
             eps = jax.random.normal(key, self.shape)
             log_base = -0.5 * jnp.sum(eps**2) - 0.5 * eps.size * math.log(2 * math.pi)
         context = x / self.levels - 0.5
         v, log_det = self.flow.forward_and_log_det(eps, context)
-        log_sigmoid_slope = jnp.sum(jax.nn.log_sigmoid(v) + jax.nn.log_sigmoid(-v))
-        return jax.nn.sigmoid(v), log_base - log_det - log_sigmoid_slope
+        return jax.nn.sigmoid(v), log_base - log_det - _log_sigmoid_slope(v)
+
+
+def _log_sigmoid_slope(z: Array) -> Array:
+    """``Σᵢ log σ'(zᵢ) = Σᵢ log σ(zᵢ) + log σ(−zᵢ)``: the sigmoid's log-Jacobian at ``z``."""
+    return jnp.sum(jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z))
 
 
 class VariationallyDequantized(eqx.Module):
