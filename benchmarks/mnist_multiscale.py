@@ -217,7 +217,10 @@ def main():
         out["models"][name] = row
         if not args.quick:
             images = np.asarray(sample_at_temperature(flow, jax.random.key(3), 64, 0.7))
-            plot_images(path.parent / f"mnist_{name}_samples.png", np.clip(np.floor(images), 0, 255) / 255,
+            # named after --out when it is given, so a variant's run leaves the default run's picture alone
+            samples = (RESULTS / f"mnist_{name}_samples.png" if args.out is None
+                       else path.with_name(f"{path.stem}_{name}_samples.png"))
+            plot_images(samples, np.clip(np.floor(images), 0, 255) / 255,
                         title=f"{name}, {steps} steps, T = 0.7")
         print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"},
               flush=True)
