@@ -10,7 +10,8 @@ on the path, so a network of an older commit is measured on the same machine bes
 The recipe is the one both commits share: FrameFlowMatching with minibatch OT and the auxiliary
 losses (weight 1), batch 64, 400 steps in chunks of 100 (``--chunk``; the clock leaves out the first).
 
-Usage: python benchmarks/protein_fit_rate.py [--quick] [--length L] [--chunk C] [--width W] [--layers N] [--pair P] [--self-conditioning] [--devices N]
+Usage: python benchmarks/protein_fit_rate.py [--quick] [--length L] [--chunk C] [--width W] [--layers N] [--pair P]
+       [--heads H] [--num-points P] [--self-conditioning] [--devices N]
        [--steps N] [--out FILE]
 """
 
@@ -32,6 +33,8 @@ def main():
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--pair", type=int, help="pair channels (commits after 7a4d36d; default: the network's)")
+    ap.add_argument("--heads", type=int, help="attention heads (default: the network's)")
+    ap.add_argument("--num-points", type=int, help="points per head (default: the network's)")
     ap.add_argument("--self-conditioning", action="store_true")
     ap.add_argument("--devices", type=int, default=1, help="train over the CPU split into this many devices")
     ap.add_argument("--steps", type=int, default=400)
@@ -55,6 +58,9 @@ def main():
     network = dict(width=args.width, layers=args.layers)
     if args.pair is not None:
         network["pair"] = args.pair
+    for name in ("heads", "num_points"):
+        if getattr(args, name) is not None:
+            network[name] = getattr(args, name)
     if args.self_conditioning:
         network["self_conditioning"] = True
     train = points_from_backbones(load_fragments(args.length, stride=4).train)

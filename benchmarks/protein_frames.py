@@ -75,6 +75,8 @@ def main():
                     help="decay of the parameter average that is evaluated, selected and sampled (0: none)")
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--heads", type=int, default=4, help="attention heads of each layer")
+    ap.add_argument("--num-points", type=int, default=4, help="query, key and value points of each head")
     ap.add_argument("--pair", type=int, default=64, help="pair-feature channels of the frame network")
     ap.add_argument("--self-conditioning", action="store_true",
                     help="the network reads its own first prediction at each step (two passes a field evaluation)")
@@ -138,7 +140,8 @@ def main():
     for length in args.lengths:
         data = load_fragments(length, stride=4)
         train = points_from_backbones(data.train)
-        model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, pair=args.pair, prediction=args.prediction,
+        model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, pair=args.pair,
+                          heads=args.heads, num_points=args.num_points, prediction=args.prediction,
                           self_conditioning=args.self_conditioning, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
                                  auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs,
