@@ -125,21 +125,30 @@ def adam_step_timing(model, loss, batch, reps: int, learning_rate: float = 1e-3,
     return compile_s, best * 1e6
 
 
-def bare_mlp(sizes, activation: str):
-    """``(weights, predict)`` of a plain-JAX MLP of layer ``sizes`` (e.g. ``[3, 64, 64, 64, 2]``):
-    ``predict(weights, x (batch, sizes[0])) -> (batch, sizes[-1])``, no library code."""
+def bare_predict(activation: str):
+    """``predict(weights, x)`` of a plain-JAX MLP with ``weights`` a list of ``(matrix (in, out),
+    bias (out,))`` per layer and ``activation`` a ``jax.nn`` name between them; no library code."""
     import jax
 
     act = getattr(jax.nn, activation)
-    keys = jax.random.split(jax.random.key(0), len(sizes))
-    weights = [(jax.random.normal(k, (a, b)) / a**0.5, jax.numpy.zeros(b)) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
 
     def predict(w, x):
         for a, b in w[:-1]:
             x = act(x @ a + b)
         return x @ w[-1][0] + w[-1][1]
 
-    return weights, predict
+    return predict
+
+
+def bare_mlp(sizes, activation: str):
+    """``(weights, predict)`` of a plain-JAX MLP of layer ``sizes`` (e.g. ``[3, 64, 64, 64, 2]``):
+    ``predict(weights, x (batch, sizes[0])) -> (batch, sizes[-1])`` (:func:`bare_predict`), the
+    weights drawn afresh with zero biases."""
+    import jax
+
+    keys = jax.random.split(jax.random.key(0), len(sizes))
+    weights = [(jax.random.normal(k, (a, b)) / a**0.5, jax.numpy.zeros(b)) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    return weights, bare_predict(activation)
 
 
 def bare_mlp_rate(sizes, activation: str, batch: int, steps: int, learning_rate: float = 1e-3) -> float:

@@ -39,7 +39,7 @@ from flow_matching.solver import ODESolver as FmODESolver
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, ExactOptimalTransportConditionalFlowMatcher
 from torchdiffeq import odeint
 
-from _timing import bare_mlp, bare_mlp_rate, fit_rate, loop_rate, scan_step_rate, timed
+from _timing import bare_mlp, bare_mlp_rate, bare_predict, fit_rate, loop_rate, scan_step_rate, timed
 
 from geoflow.continuous import cfm, fixed, flow_matching, with_solver
 from geoflow.datasets import sample_toy
@@ -113,24 +113,27 @@ def bare_icfm_rate(data, steps):
     return scan_step_rate(loss, weights, optax.adamw(1e-3, weight_decay=1e-5), steps)
 
 
-def bare_euler_seconds(mlp, x, likelihood: bool) -> float:
+def bare_euler_seconds(field, x, likelihood: bool) -> float:
     """Seconds for ``STEPS_EULER`` Euler steps of the bare network on the points ``x`` in one
     jitted scan: forwards from ``x`` (sampling), or backwards with each point's exact divergence
     by ``jacfwd`` and the standard normal's log-density at the end (the likelihood).
 
-    The bare network carries the parameters of ``mlp`` (the geoflow field's ``geoflow.nn.MLP``),
-    so both sides do the same arithmetic: a bare network of its own would start with zero
-    biases, which XLA folds away when they are compile-time constants (7% of a step here)."""
-    _, predict = bare_mlp([3, 64, 64, 64, 2], "selu")
+    The bare network carries the parameters of ``field`` (the geoflow model's ``TimeMLP``) and is
+    checked to compute its values, so both sides do the same arithmetic: a bare network of its
+    own would start with zero biases, which XLA folds away when they are compile-time constants
+    (7% of a step here)."""
+    mlp = field.mlp
+    predict = bare_predict(mlp.activation)
     weights = [(w.T, b) for w, b in zip(mlp.weights, mlp.biases)]
-    field = lambda t, v: predict(weights, jnp.concatenate([v, jnp.reshape(t, (1,))]))
+    bare_field = lambda t, v: predict(weights, jnp.concatenate([v, jnp.reshape(t, (1,))]))
+    np.testing.assert_allclose(bare_field(0.3, x[0]), field(0.3, x[0]), rtol=1e-5, atol=1e-6)
 
     def step(carry, i):
         x, div = carry
         if not likelihood:
-            return (x + jax.vmap(lambda v: field(i / STEPS_EULER, v))(x) / STEPS_EULER, div), None
+            return (x + jax.vmap(lambda v: bare_field(i / STEPS_EULER, v))(x) / STEPS_EULER, div), None
         t = 1 - i / STEPS_EULER
-        v, d = jax.vmap(lambda p: (field(t, p), jnp.trace(jax.jacfwd(lambda u: field(t, u))(p))))(x)
+        v, d = jax.vmap(lambda p: (bare_field(t, p), jnp.trace(jax.jacfwd(lambda u: bare_field(t, u))(p))))(x)
         return (x - v / STEPS_EULER, div + d / STEPS_EULER), None
 
     @jax.jit
@@ -191,7 +194,7 @@ def main():
     out["sample_points_per_s"]["ratio_vs_flow_matching"] = fm_sample / g_sample
     out["sample_points_per_s"]["ratio_vs_torchcfm"] = cfm_sample / g_sample
     out["sample_points_per_s"]["bare_jax_euler"] = n_sample / bare_euler_seconds(
-        model.bijection.field.mlp, jnp.asarray(x0.cpu().numpy()), False)
+        model.bijection.field, jnp.asarray(x0.cpu().numpy()), False)
     out["sample_points_per_s"]["geoflow_of_bare"] = out["sample_points_per_s"]["geoflow"] / out["sample_points_per_s"]["bare_jax_euler"]
     print("sample", json.dumps({k: round(v, 2) for k, v in out["sample_points_per_s"].items()}), flush=True)
 
@@ -202,7 +205,7 @@ def main():
     x1 = torch.as_tensor(data[:n_lik], device=DEVICE)
     fm_lik = timed(lambda: FmODESolver(velocity_model=wrapped).compute_likelihood(
         x_1=x1, log_p0=log_p0, step_size=1 / STEPS_EULER, method="euler", exact_divergence=True), reps=1, sync=sync)
-    bare_lik = bare_euler_seconds(model.bijection.field.mlp, pts, True)
+    bare_lik = bare_euler_seconds(model.bijection.field, pts, True)
     out["likelihood_seconds"] = {"geoflow": g_lik, "flow_matching": fm_lik, "ratio_vs_flow_matching": fm_lik / g_lik,
                                  "bare_jax_euler": bare_lik, "geoflow_of_bare": bare_lik / g_lik,
                                  "points": n_lik, "euler_steps": STEPS_EULER}

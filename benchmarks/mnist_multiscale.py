@@ -189,6 +189,7 @@ def main():
            "published_bits_per_dim": PUBLISHED, "test_images": len(test), "models": {}}
     loss = UniformDequantization() if args.dequantization == "uniform" else VariationalDequantization()
     path = args.out or RESULTS / f"mnist_multiscale_{args.models.replace(',', '_')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)  # --out may name a new folder
     if args.checkpoint is not None:
         args.checkpoint.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
