@@ -11,7 +11,7 @@ The recipe is the one both commits share: FrameFlowMatching with minibatch OT an
 losses (weight 1), batch 64, 400 steps in chunks of 100 (``--chunk``; the clock leaves out the first).
 
 Usage: python benchmarks/protein_fit_rate.py [--quick] [--length L] [--chunk C] [--width W] [--layers N] [--pair P]
-       [--heads H] [--num-points P] [--mixing points|window] [--window W] [--self-conditioning] [--devices N]
+       [--heads H] [--num-points P] [--self-conditioning] [--devices N]
        [--steps N] [--out FILE]
 """
 
@@ -35,8 +35,6 @@ def main():
     ap.add_argument("--pair", type=int, help="pair channels (commits after 7a4d36d; default: the network's)")
     ap.add_argument("--heads", type=int, help="attention heads (default: the network's)")
     ap.add_argument("--num-points", type=int, help="points per head (default: the network's)")
-    ap.add_argument("--mixing", choices=("points", "window"), help="how residues exchange information (default: the network's)")
-    ap.add_argument("--window", type=int, help="residues each side read by --mixing window (default: the network's)")
     ap.add_argument("--self-conditioning", action="store_true")
     ap.add_argument("--devices", type=int, default=1, help="train over the CPU split into this many devices")
     ap.add_argument("--steps", type=int, default=400)
@@ -60,7 +58,7 @@ def main():
     network = dict(width=args.width, layers=args.layers)
     if args.pair is not None:
         network["pair"] = args.pair
-    for name in ("heads", "num_points", "mixing", "window"):
+    for name in ("heads", "num_points"):
         if getattr(args, name) is not None:
             network[name] = getattr(args, name)
     if args.self_conditioning:

@@ -12,7 +12,7 @@ behind it); the CPU budget is part of the result.
 Usage: python benchmarks/protein_frames.py [--quick] [--lengths L …] [--steps S] [--prediction frames|velocity]
        [--ema DECAY] [--auxiliary-weight W] [--distance-pairs true|either] [--bond-weight W] [--clash-weight W]
        [--denoise-from S] [--curve K] [--samples K] [--draws K] [--nll K] [--save DIR] [--tag NAME]
-       [--mixing points|window [--window W]] [--devices N]   (training data-parallel over the CPU split into N devices)
+       [--devices N]   (training data-parallel over the CPU split into N devices)
        [--checkpoint DIR [--resume]]   (a long run: fit's checkpoint and the curve per length, continued by --resume)
        [--load DIR]   (models written by --save, sampled and scored without training)
        [--init DIR]   (fine-tuning: train a model written by --save or --checkpoint on this run's schedule)
@@ -36,7 +36,6 @@ from geoflow.serialization import classes_in, load, save
 from molecules.proteins import (FrameFlowMatching, backbone_metrics, frameflow, load_fragments,
                                 points_from_backbones, relax_backbones, sample_backbones)
 from molecules.proteins.matching import DISTANCE_PAIRS
-from molecules.proteins.network import MIXINGS
 from molecules.proteins.model import PREDICTIONS, rotation_schedule, sampled_at_rate, steric_guided
 from molecules.proteins.relax import relaxation_moves
 
@@ -78,9 +77,6 @@ def main():
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4, help="attention heads of each layer")
     ap.add_argument("--num-points", type=int, default=4, help="query, key and value points of each head")
-    ap.add_argument("--mixing", choices=MIXINGS, default="points",
-                    help="how residues exchange information: point attention, or dense messages along the chain")
-    ap.add_argument("--window", type=int, default=15, help="with --mixing window, residues read on each side")
     ap.add_argument("--pair", type=int, default=64, help="pair-feature channels of the frame network")
     ap.add_argument("--self-conditioning", action="store_true",
                     help="the network reads its own first prediction at each step (two passes a field evaluation)")
@@ -145,8 +141,7 @@ def main():
         data = load_fragments(length, stride=4)
         train = points_from_backbones(data.train)
         model = frameflow(jax.random.key(0), length, width=args.width, layers=args.layers, pair=args.pair,
-                          heads=args.heads, num_points=args.num_points, mixing=args.mixing, window=args.window,
-                          prediction=args.prediction,
+                          heads=args.heads, num_points=args.num_points, prediction=args.prediction,
                           self_conditioning=args.self_conditioning, rotation_scheduler=rotation_schedule(args.sample_rotation_rate))
         loss = FrameFlowMatching(rotation_scheduler=rotation_schedule(args.train_rotation_rate), ot=True,
                                  auxiliary_weight=args.auxiliary_weight, distance_pairs=args.distance_pairs,

@@ -138,7 +138,6 @@ def test_a_renamed_field_loads_through_a_declared_migration(tmp_path, monkeypatc
     ("molecule-flow-vector", "molecules.vector_network.VectorNetwork", "length_head"),
     ("molecule-flow-vector", "molecules.flow.MoleculeFlow", "_fake_atoms"),
     ("realnvp-ms", "geoflow.bijections.image_coupling.ImageCoupling", "scale"),
-    ("frameflow", "molecules.proteins.network.FrameNetwork", "mixing"),
 ])
 def test_files_from_before_a_field_was_added_load_through_the_registered_migration(name, class_path, added, tmp_path):
     """The library's own migrations: a file written before ``added`` existed (simulated by

@@ -16,7 +16,6 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from geoflow.continuous.fields import time_features
@@ -129,97 +128,6 @@ class _PointAttention(eqx.Module):
         return jax.vmap(self.norm2)(h + jax.vmap(self.transition)(h))
 
 
-def chain_windows(values, window: int):
-    """``values (L, L, C)`` indexed ``[i, j]`` → ``(L, 2·window + 1, C)`` indexed ``[i, o]`` with
-    ``o = j − i + window``: each residue's row laid out by offset along the chain, zeros where
-    ``i + o − window`` falls off the chain. Built from pads, reshapes and slices only (the
-    relative-position "skew"), so neither direction of it is a gather or a scatter."""
-    n, c = values.shape[0], values.shape[-1]
-    width = n + 2 * window + 1  # the row padded by `window` zeros before and `window + 1` after
-    padded = jnp.pad(values, ((0, 0), (window, window + 1), (0, 0)))
-    # entry [i, i + o] of `padded` sits at i·(width + 1) + o of the flat array: rows of width + 1
-    flat = jnp.pad(padded.reshape(n * width, c), ((0, n), (0, 0)))
-    return flat.reshape(n, width + 1, c)[:, :2 * window + 1]
-
-
-def chain_neighbours(values, window: int):
-    """``values (L, C)`` → ``(L, 2·window + 1, C)``: ``values[i + o − window]`` at ``[i, o]``,
-    zeros off the chain."""
-    padded = jnp.pad(values, ((window, window), (0, 0)))
-    return jnp.stack([padded[o:o + values.shape[0]] for o in range(2 * window + 1)], 1)
-
-
-def chain_mask(length: int, window: int):
-    """``(L, 2·window + 1, 1)``: 1 where residue ``i + o − window`` lies on the chain."""
-    j = np.arange(length)[:, None] + np.arange(-window, window + 1)[None]
-    return jnp.asarray(((j >= 0) & (j < length))[..., None], jnp.float32)
-
-
-class _WindowMixing(eqx.Module):
-    """One round of message passing along the chain as a dense layer: residue ``i`` reads, for
-    every offset ``o`` in ``[−window, window]``, ``silu(pair_ij + W h_j)`` (``j = i + o``), each
-    offset with weights of its own (a 1-D convolution whose taps carry the pair geometry), then a
-    transition. Every product is one large matrix product over the fragment's residues, the shape
-    XLA:CPU runs fastest, where attention's per-head contractions over 16 channels are not."""
-
-    message: eqx.nn.Linear
-    update: MLP
-    transition: MLP
-    norm1: eqx.nn.LayerNorm
-    norm2: eqx.nn.LayerNorm
-    window: int = eqx.field(static=True)
-
-    def __init__(self, width: int, pair: int, window: int, *, key):
-        k = jax.random.split(key, 3)
-        self.window = window
-        self.message = eqx.nn.Linear(width, pair, key=k[0])
-        self.update = MLP(width + (2 * window + 1) * pair, width, width, 1, key=k[1], activation="silu", zero_last=True)
-        self.transition = MLP(width, width, 2 * width, 1, key=k[2], activation="silu", zero_last=True)
-        self.norm1, self.norm2 = eqx.nn.LayerNorm(width), eqx.nn.LayerNorm(width)
-
-    def __call__(self, h, pair, rotations, translations):
-        n = h.shape[0]
-        sent = chain_neighbours(h @ self.message.weight.T + self.message.bias, self.window)  # (L, 2w + 1, pair)
-        messages = jax.nn.silu(chain_windows(pair, self.window) + sent) * chain_mask(n, self.window)
-        h = jax.vmap(self.norm1)(h + self.update.on_rows(jnp.concatenate([h, messages.reshape(n, -1)], -1)))
-        return jax.vmap(self.norm2)(h + self.transition.on_rows(h))
-
-
-class _WindowReadout(eqx.Module):
-    """Outputs read off the chain window as weighted sums of neighbours' positions: residue ``i``
-    weighs each ``j = i + o`` in its window by ``(a_o, b_o)``, invariant scalars of
-    ``silu(pair_ij + W h_j + U h_i)``, and returns ``Σ_o a_o (t_j − t_i)`` (a global displacement,
-    equivariant) and ``Σ_o b_o R_iᵀ(t_j − t_i)`` (a rotation vector in its own frame). A
-    displacement that keeps a neighbour at a given distance is one weight of this sum, where an
-    MLP of the pair features would have to learn the vector arithmetic."""
-
-    node: eqx.nn.Linear
-    own: eqx.nn.Linear
-    weights: eqx.nn.Linear
-    window: int = eqx.field(static=True)
-
-    def __init__(self, width: int, pair: int, window: int, *, key):
-        k = jax.random.split(key, 3)
-        self.window = window
-        self.node, self.own = eqx.nn.Linear(width, pair, key=k[0]), eqx.nn.Linear(width, pair, key=k[1])
-        self.weights = eqx.nn.Linear(pair, 2, key=k[2])
-
-    def __call__(self, h, pair, rotations, translations):
-        """``(ω (L, 3), d (L, 3))`` for residue features ``h (L, width)`` and pair features ``(L, L, pair)``."""
-        n = h.shape[0]
-        linear = lambda layer, x: x @ layer.weight.T + layer.bias  # noqa: E731
-        features = jax.nn.silu(chain_windows(pair, self.window) + chain_neighbours(linear(self.node, h), self.window)
-                               + linear(self.own, h)[:, None])
-        a, b = jnp.moveaxis(linear(self.weights, features) * chain_mask(n, self.window), -1, 0)  # (L, 2w + 1) each
-        offsets = chain_windows(translations[None, :] - translations[:, None], self.window)  # t_j − t_i at [i, o]
-        displacement = jnp.einsum("io,ioa->ia", a, offsets)
-        omega = jnp.einsum("io,iba,iob->ia", b, rotations, offsets)
-        return omega, displacement
-
-
-MIXINGS = ("points", "window")
-
-
 class FrameNetwork(eqx.Module):
     """``network(t, rotations (L, 3, 3), translations (L, 3)) -> (Ṙ (L, 3, 3), ṫ (L, 3))``:
     ``Ṙᵢ = Rᵢ [ωᵢ]×`` and ``ṫᵢ = Rᵢ vᵢ`` with ``(ωᵢ, vᵢ)`` read off invariant features, and
@@ -230,52 +138,33 @@ class FrameNetwork(eqx.Module):
     geometry of the clean frames they point at, FrameFlow's self-conditioning and AlphaFold's
     recycling); without one it reads zeros.
 
-    Residues exchange information in one of two ways (`mixing`): ``"points"``, invariant point
-    attention over every residue (`heads`, `head_dim`, `num_points`); or ``"window"``, dense
-    message passing along the chain (:class:`_WindowMixing`), where each residue reads every
-    residue within `window` of it with weights per offset — a window of ``L − 1`` reads the
-    whole fragment.
-
-    **Arguments:** `key`; `width` (residue features), `pair` (pair features), `layers`, `mixing`,
-    `heads`, `head_dim`, `num_points` (points per head), `window`, `radial` (distance basis),
-    `distance_top` (the basis covers ``[0, distance_top]`` in the model's length unit),
-    `time_embedding`, `self_conditioning`.
+    **Arguments:** `key`; `width` (residue features), `pair` (pair features), `layers`, `heads`,
+    `head_dim`, `num_points` (points per head), `radial` (distance basis), `distance_top` (the
+    basis covers ``[0, distance_top]`` in the model's length unit), `time_embedding`,
+    `self_conditioning`.
     """
 
     node_in: MLP
     pair_in: MLP
-    layers: _PointAttention | _WindowMixing  # stacked, run with lax.scan
+    layers: _PointAttention  # stacked, run with lax.scan
     head: MLP
-    readout: _WindowReadout | None  # with window mixing
     previous_node: MLP | None
     previous_pair: MLP | None
     radial: int = eqx.field(static=True)
     offsets: int = eqx.field(static=True)
     distance_top: float = eqx.field(static=True)
     time_embedding: int = eqx.field(static=True)
-    mixing: str = eqx.field(static=True)
 
-    def __init__(self, *, key, width: int = 128, pair: int = 64, layers: int = 4, mixing: str = "points",
-                 heads: int = 4, head_dim: int = 16, num_points: int = 4, window: int = 15, radial: int = 16,
-                 offsets: int = 16, distance_top: float = 2.0, time_embedding: int = 32,
-                 self_conditioning: bool = False):
-        if mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
-        if mixing == "window" and window < 1:
-            raise ValueError(f"window must be a positive number of residues, got {window}")
+    def __init__(self, *, key, width: int = 128, pair: int = 64, layers: int = 4, heads: int = 4, head_dim: int = 16,
+                 num_points: int = 4, radial: int = 16, offsets: int = 16, distance_top: float = 2.0,
+                 time_embedding: int = 32, self_conditioning: bool = False):
         k = jax.random.split(key, 6)
         self.radial, self.offsets, self.distance_top, self.time_embedding = radial, offsets, float(distance_top), time_embedding
-        self.mixing = mixing
         self.node_in = MLP(time_embedding + offsets, width, width, 1, key=k[0], activation="silu")
         self.pair_in = MLP(12 + radial + offsets, pair, pair, 1, key=k[1], activation="silu")
-        if mixing == "points":
-            layer = lambda kk: _PointAttention(width, pair, heads, head_dim, num_points, key=kk)  # noqa: E731
-        else:
-            layer = lambda kk: _WindowMixing(width, pair, window, key=kk)  # noqa: E731
-        self.layers = eqx.filter_vmap(layer)(jax.random.split(k[2], layers))
+        self.layers = eqx.filter_vmap(lambda kk: _PointAttention(width, pair, heads, head_dim, num_points, key=kk))(
+            jax.random.split(k[2], layers))
         self.head = MLP(width, 6, width, 1, key=k[3], activation="silu")
-        self.readout = (_WindowReadout(width, pair, window, key=jax.random.fold_in(k[3], 1)) if mixing == "window"
-                        else None)
         self.previous_node = self.previous_pair = None
         if self_conditioning:
             self.previous_node = MLP(6, width, width, 1, key=k[4], activation="silu")
@@ -329,15 +218,9 @@ class FrameNetwork(eqx.Module):
         out = jax.vmap(self.head)(h)
         omega, v = out[:, :3], out[:, 3:]
         displacement = jnp.einsum("nab,nb->na", rotations, v)
-        if self.readout is not None:
-            omega_sum, displacement_sum = self.readout(h, pair, rotations, translations)
-            omega, displacement = omega + omega_sum, displacement + displacement_sum
         return omega, displacement - jnp.mean(displacement, 0)
 
 
-# files saved before self-conditioning existed hold networks without it, and files saved before
-# window mixing existed hold point attention
+# files saved before self-conditioning existed hold networks without it
 register_migration("molecules.proteins.network.FrameNetwork",
                    lambda fields: {"previous_node": None, "previous_pair": None, **fields})
-register_migration("molecules.proteins.network.FrameNetwork",
-                   lambda fields: {"mixing": "points", "readout": None, **fields})
