@@ -441,14 +441,33 @@ def _hairpin(length: int = 16):
     return np.asarray(backbone_from_frames(rotations, jnp.asarray(ca, jnp.float32)))
 
 
+def test_torsion_jacobian_is_that_of_autodiff_at_turned_chains():
+    """The closed-form ``∂CA/∂θ`` at a chain already turned (turns about one axis compose) is the
+    forward-mode derivative of :func:`turn_torsions` there, zeros included (each torsion moves only
+    the CA atoms after it)."""
+    from molecules.proteins.geometry import LENGTH_SCALE, turn_torsions
+    from molecules.proteins.relax import torsion_jacobian
+
+    with jax.enable_x64(True):
+        backbone = jnp.asarray(load_fragments(12, stride=4).test[0], jnp.float64) * LENGTH_SCALE
+        turns = 0.4 * jax.random.normal(jax.random.key(0), (12, 2), jnp.float64)
+        autodiff = jax.jacfwd(lambda delta: turn_torsions(backbone, turns + delta)[:, 1])(jnp.zeros_like(turns))
+        closed_form = torsion_jacobian(turn_torsions(backbone, turns))
+        np.testing.assert_allclose(closed_form, autodiff.reshape(12, 3, 24), atol=1e-12)
+        assert float(jnp.abs(closed_form[5, :, 10:]).max()) == 0.0  # CA 5 follows no torsion of residue 5 on
+        assert float(jnp.abs(closed_form[5, :, :10]).min(0).max()) > 0.01
+
+
 def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_data_alone():
     """The hairpin comes out of :func:`relax_backbones` (turning torsions) with no non-local CA
-    pair closer than 3.4 Å; every peptide unit and every residue's N, CA, C keep their shape (the
+    pair closer than 3.4 Å and its largest CA move a third of the angles' own descent's; every peptide unit and every residue's N, CA, C keep their shape (the
     relaxation changes φ and ψ only); the relaxed chain is superposed on the sample's CA atoms
     (same centre, no rotation left between them); a real fragment, which has no clash, comes back
     bit for bit; and bad settings are refused by name."""
     from molecules.proteins import relax_backbones
+    from molecules.proteins.geometry import LENGTH_SCALE
     from molecules.proteins.metrics import CLASH_SEPARATION
+    from molecules.proteins.relax import descend_torsions
 
     length = 16
     hairpin = _hairpin(length)
@@ -463,6 +482,12 @@ def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_d
     for group in (lambda b: b[:, :3], lambda b: np.concatenate([b[:-1, 1:], b[1:, :2]], 1)):
         np.testing.assert_allclose(distance(group(relaxed_hairpin)), distance(group(hairpin)), atol=2e-3)
     np.testing.assert_allclose(after.mean(0), before.mean(0), atol=1e-4)
+    # the steps match the clash force in the CA atoms, not in the angles: the angles' own descent
+    # opens the hairpin by hinges far from the clashes (measured: largest CA move 7.0 Å, against 1.1)
+    hinged = np.asarray(descend_torsions(jnp.asarray(hairpin * LENGTH_SCALE))[0]) / LENGTH_SCALE
+    largest_move = lambda b: np.linalg.norm(b[:, 1] - before, axis=-1).max()
+    assert distance(hinged[:, 1])[separation >= CLASH_SEPARATION].min() > 3.4
+    assert largest_move(relaxed_hairpin) < 0.3 * largest_move(hinged), (largest_move(relaxed_hairpin), largest_move(hinged))
     cross = (after - after.mean(0)).T @ (before - before.mean(0))  # symmetric once superposed
     np.testing.assert_allclose(cross, cross.T, atol=1e-3 * np.abs(cross).max())
     with pytest.raises(ValueError, match="moves must be one of"):
@@ -471,8 +496,8 @@ def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_d
         relax_backbones(data, restraint=1.0)
     with pytest.raises(ValueError, match="max_iterations"):
         relax_backbones(data, max_iterations=0)
-    with pytest.raises(ValueError, match="step and max_turn"):
-        relax_backbones(data, max_turn=0.0)
+    with pytest.raises(ValueError, match="damping and max_move"):
+        relax_backbones(data, damping=0.0)
     with pytest.raises(ValueError, match=r"shape \(F, L, A, 3\)"):
         relax_backbones(data[0])
 
@@ -592,13 +617,13 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     """With a clean-frame oracle whose prediction is a hairpin whose strands lie 2 Å apart, the
     guided sampler's last Euler step lands on the relaxed hairpin by the guidance's iterations:
     moving positions, on :func:`relax_fragment` of its CA atoms with the oracle's rotations;
-    turning torsions (the default), on the frames of :func:`relax_torsions` of its backbone, whose
+    turning torsions (the default), on the frames of :func:`descend_torsions` of its backbone, whose
     peptide units keep their shape. The clashes shrink both ways; the clean frames a jump from
     t = 0.5 returns are relaxed the same way; predicting a real fragment, or before ``start``, the
     guided field is the field."""
     from molecules.proteins import StericGuidance, steric_guided
     from molecules.proteins.geometry import LENGTH_SCALE, ideal_nca_c
-    from molecules.proteins.relax import clash_loss, relax_fragment, relax_torsions
+    from molecules.proteins.relax import clash_loss, descend_torsions, relax_fragment
 
     length = 16
     strand = 3.8 * np.arange(length // 2)
@@ -620,7 +645,7 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     np.testing.assert_allclose(jumped[:, :, 1] * LENGTH_SCALE, jnp.stack([relaxed, relaxed]), atol=1e-5)
 
     atoms = ideal_nca_c(r1, hairpin / LENGTH_SCALE) * LENGTH_SCALE
-    turned_r, turned_c = frames_from_backbone(relax_torsions(atoms, max_iterations=50, tolerance=1e-6)[0])
+    turned_r, turned_c = frames_from_backbone(descend_torsions(atoms, max_iterations=50, tolerance=1e-6)[0])
     turning = steric_guided(model, iterations=50)
     samples = riemannian_sample(turning, jax.random.key(1), 2, 20)
     rotations, translations = jax.vmap(frame_manifold(length).split)(samples)

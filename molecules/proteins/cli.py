@@ -80,7 +80,7 @@ def add_parser(sub):
     s.add_argument("--relax", nargs="?", const="torsions", choices=("torsions", "positions"), default=None,
                    help="push clashing CA atoms apart by turning φ and ψ (torsions, the default: bond lengths, "
                         "angles and the φ/ψ distribution kept) or by moving CA atoms under a restraint on their "
-                        "next two neighbours' distances (positions: smaller moves) (molecules.proteins.relax_backbones; "
+                        "next two neighbours' distances (positions: bonds bend) (molecules.proteins.relax_backbones; "
                         "the CA moves are recorded)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="output folder")

@@ -26,7 +26,7 @@ from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix
 
 from .geometry import LENGTH_SCALE, backbone_from_frames, frames_from_backbone, ideal_nca_c
 from .network import FrameNetwork
-from .relax import check_descent, relax_fragment, relax_torsions
+from .relax import check_descent, descend_torsions, relax_fragment
 
 
 def frame_manifold(length: int) -> Product:
@@ -172,7 +172,7 @@ class StericGuidance(eqx.Module):
     step towards them is taken: from ``t = start`` on, the clean frames the network predicts are
     relaxed by ``iterations`` descent steps of ``step`` on the clash penalty, and the field steps
     towards the relaxed frames. ``moves="torsions"`` (the default) turns the φ and ψ of the
-    predicted clean backbone (:func:`molecules.proteins.relax.relax_torsions`, at most
+    predicted clean backbone (:func:`molecules.proteins.relax.descend_torsions`, at most
     ``max_turn`` radians a step), which moves rotations and positions together and keeps the
     predicted bond geometry; ``moves="positions"`` moves the clean CA positions
     (:func:`molecules.proteins.relax.relax_fragment`: the clash penalty plus ``restraint`` times
@@ -230,7 +230,7 @@ class StericGuidance(eqx.Module):
                 return r, relax_fragment(c, max_iterations=self.iterations, tolerance=_STILL, step=self.step,
                                          restraint=self.restraint)
             atoms = ideal_nca_c(r, c / LENGTH_SCALE) * LENGTH_SCALE
-            moved, turns = relax_torsions(atoms, max_iterations=self.iterations, step=self.step,
+            moved, turns = descend_torsions(atoms, max_iterations=self.iterations, step=self.step,
                                           max_turn=self.max_turn, tolerance=_STILL)
             new_r, new_c = frames_from_backbone(moved)
             still = jnp.all(turns == 0)  # the predicted frames themselves, not their round trip through atoms

@@ -1,13 +1,14 @@
 """Steric relaxation of sampled fragments: CA atoms that clash are pushed apart, either by turning
-the backbone's φ/ψ torsions (:func:`relax_torsions`, what finished samples get) or by moving CA
-positions under a restraint on their local distances (:func:`relax_fragment`, what the steric
-guidance applies to the network's predictions while it samples).
+the backbone's φ/ψ torsions (:func:`relax_torsions`, what finished samples get;
+:func:`descend_torsions`, what the steric guidance applies to the network's predictions while it
+samples) or by moving CA positions under a restraint on their local distances
+(:func:`relax_fragment`).
 
 A frame flow's samples put two segments of the chain on one another in a few fragments in a
 hundred (a clash rate per residue pair that is flat in sequence separation, so it grows with
 length; ``benchmarks/RESULTS.md``). The sampled local geometry around them is right, so a small
 move removes the clash. Both relaxations minimise the clash penalty of training
-(:func:`clash_loss`) by gradient descent. Moving CA positions translates each residue's atoms
+(:func:`clash_loss`) by descent. Moving CA positions translates each residue's atoms
 rigidly, which bends the bonds to its neighbours and so changes φ and ψ on both sides of a moved
 residue; turning torsions keeps every bond length, bond angle and ω of the sample, spreading the
 move over small changes of φ and ψ, as a protein's backbone moves.
@@ -88,25 +89,67 @@ def check_descent(step: float, restraint: float) -> None:
         raise ValueError(f"step · restraint must lie in (0, 1/8) for a stable descent, got {step} · {restraint}")
 
 
-def relax_torsions(backbone, *, max_iterations: int = 1000, step: float = 0.05, max_turn: float = 0.02,
+def relax_torsions(backbone, *, max_iterations: int = 300, damping: float = 0.01, max_move: float = 0.02,
                    tolerance: float = 1e-5):
-    """Backbone atoms ``(L, A, 3)`` (N, CA, C[, O], model units, nm) after gradient steps on the
-    CA atoms' :func:`clash_loss` over the changes of every φ and ψ (:func:`turn_torsions`), from
-    none, until no clash is left, no torsion would turn by more than ``tolerance`` (radians) in a
-    step, or after ``max_iterations``, superposed on the input's CA atoms; and the turns ``(L, 2)``.
+    """Backbone atoms ``(L, A, 3)`` (N, CA, C[, O], model units, nm) with their CA clashes
+    (:func:`clash_loss`) removed by changes of every φ and ψ (:func:`turn_torsions`), superposed on
+    the input's CA atoms; and the turns ``(L, 2)``.
 
-    A step turns each torsion by ``step`` times its gradient, scaled down where the largest turn
-    would exceed ``max_turn``: a torsion's gradient is the clash force times its lever arm, so
-    the torsions between two clashing segments, far from them, turn first, and an unclipped step
-    would throw the chain's end across the fragment. The descent starts at the sample and stops
-    when the clashes are gone, so it needs no restraint to the sample (the bonds cannot give).
-    Being steepest in the angles, it undoes a clash by a hinge motion: on 200 sampled fragments
-    of 64 residues the residues it moves, after superposition, move 2.1 Å on average (up to 19 Å),
-    against 0.4 Å for :func:`relax_fragment`, while φ, ψ and the CA–CA spacing keep their
-    distribution. Descent in the CA atoms' displacement instead (least squares through the
-    Jacobian at the sample, with or without damping) left 4.5–16.5% of such fragments clashing
-    and changed the Ramachandran distribution, as the Jacobian goes stale along the descent; a
-    restraint on all CA–CA distances stopped the descent with two thirds still clashing."""
+    Each step is the torsion change whose CA displacement best matches the clash force, damped
+    (Levenberg–Marquardt in the CA atoms' metric): ``Δθ = (JᵀJ + μ I)⁻¹ Jᵀ g`` with ``J = ∂CA/∂θ``
+    ``(3L, 2L)`` at the current torsions, ``g`` the clash penalty's gradient in the CA positions
+    and ``μ`` = ``damping`` times the mean of ``JᵀJ``'s diagonal; it is scaled down where it would
+    move a CA by more than ``max_move`` (nm). Steps run until no clash is left, no torsion would
+    turn by more than ``tolerance`` (radians), or ``max_iterations``. Measured against turning
+    torsions down their own gradient (:func:`descend_torsions`), whose largest turns are those
+    with the longest lever arm, hinges far from the clash: on 200 sampled fragments of 32
+    residues both leave none clashing and keep the CA–CA spacing and the Ramachandran divergence,
+    and the residues moved move 0.35 Å on average (2.5 Å at most) against 0.95 Å (7.8 Å)
+    (``benchmarks/RESULTS.md``). Recomputing ``J`` at every step (:func:`torsion_jacobian`, in
+    closed form) is what keeps the descent on course; a Jacobian fixed at the sample goes stale
+    along it. The damping keeps crankshaft
+    moves (large opposite turns that move few atoms) from changing the torsions' distribution."""
+    length = backbone.shape[0]
+
+    def evaluated(turns):  # the clash penalty at the turns and the capped step from them
+        atoms = turn_torsions(backbone, turns)
+        clash, force = jax.value_and_grad(clash_loss)(atoms[:, 1])
+        jacobian = torsion_jacobian(atoms).reshape(3 * length, 2 * length)
+        force = force.reshape(-1)
+        normal = jacobian.T @ jacobian
+        mu = damping * jnp.trace(normal) / (2 * length)
+        change = jnp.linalg.solve(normal + mu * jnp.eye(2 * length, dtype=normal.dtype), jacobian.T @ force)
+        move = jnp.max(jnp.linalg.norm((jacobian @ change).reshape(length, 3), axis=-1))
+        return clash, (change * jnp.minimum(1.0, max_move / (move + 1e-12))).reshape(length, 2)
+
+    return _descend(backbone, evaluated, max_iterations, tolerance)
+
+
+def torsion_jacobian(backbone):
+    """``∂CA/∂θ`` ``(L, 3, 2L)`` of backbone atoms ``(L, A, 3)`` (N, CA, C first) in their torsions
+    ``θ = (φ₀, ψ₀, φ₁, …)`` as :func:`turn_torsions` turns them: turning torsion ``m`` about its axis
+    (unit ``u``, through ``e``: CAᵢ for ``φᵢ``, Cᵢ for ``ψᵢ``) moves each CA after it in the chain
+    at ``u × (CA − e)`` and leaves the others; a turned chain's Jacobian is this at its own atoms,
+    since turns about one axis compose. ``O(L²)`` products, where autodiff would take ``2L``
+    passes through the chain."""
+    n, ca, c = backbone[:, 0], backbone[:, 1], backbone[:, 2]
+    start, end = jnp.stack([n, ca], 1).reshape(-1, 3), jnp.stack([ca, c], 1).reshape(-1, 3)  # (2L, 3)
+    axis = (end - start) / jnp.linalg.norm(end - start, axis=-1, keepdims=True)
+    velocity = jnp.cross(axis[None], ca[:, None] - end[None])  # (L, 2L, 3): CA k turned about axis m
+    length = backbone.shape[0]
+    after = jnp.arange(length)[:, None] > jnp.arange(2 * length)[None] // 2  # CA k follows torsion m
+    return jnp.moveaxis(jnp.where(after[..., None], velocity, 0.0), -1, 1)
+
+
+def descend_torsions(backbone, *, max_iterations: int = 1000, step: float = 0.05, max_turn: float = 0.02,
+                     tolerance: float = 1e-5):
+    """As :func:`relax_torsions`, by steps of ``step`` times the clash penalty's gradient in the
+    torsions, scaled down where the largest turn would exceed ``max_turn``: a torsion's gradient
+    is the clash force times its lever arm, so the torsions between two clashing segments, far
+    from them, turn first, and an unclipped step would throw the chain's end across the fragment.
+    A step costs one gradient, where :func:`relax_torsions` needs the Jacobian: steric guidance
+    (:class:`molecules.proteins.model.StericGuidance`) takes a few of these steps at every sampling
+    step, where the network rebuilds the geometry around what moved."""
     def energy(turns):
         return clash_loss(turn_torsions(backbone, turns)[:, 1])
 
@@ -117,6 +160,13 @@ def relax_torsions(backbone, *, max_iterations: int = 1000, step: float = 0.05, 
         change = step * gradient
         return clash, change / jnp.maximum(1.0, jnp.max(jnp.abs(change)) / max_turn)
 
+    return _descend(backbone, evaluated, max_iterations, tolerance)
+
+
+def _descend(backbone, evaluated, max_iterations: int, tolerance: float):
+    """Turns ``turns ← turns − change`` from none while ``evaluated(turns) -> (clash, change)``
+    reports a clash and a change above ``tolerance``; the turned chain superposed on ``backbone``
+    and the turns."""
     def moving(state):
         i, _, clash, change = state
         return (i < max_iterations) & (clash > 0) & (jnp.max(jnp.abs(change)) > tolerance)
@@ -165,10 +215,11 @@ def relax_backbones(backbones, *, moves: str = "torsions", **options) -> np.ndar
     keywords), the relaxed chain superposed on the sample's CA atoms. ``moves="positions"``
     moves each clashing CA by :func:`relax_fragment` (``options``: its keywords) with every other
     atom of its residue, so residues that do not move come back bit for bit. On 200 sampled
-    fragments of 64 residues both leave at most 1 clashing; turning torsions keeps the sampled
-    CA–CA spacing and Ramachandran distribution exactly where moving positions takes the
-    divergence from 0.102 to 0.121 and helix from 0.32 to 0.29, and moving positions moves
-    residues less (0.4 Å on average, against 2.1 Å; ``benchmarks/RESULTS.md``)."""
+    fragments of 64 residues both leave at most 1 clashing, and moving positions takes the
+    Ramachandran divergence from 0.102 to 0.121 and helix from 0.32 to 0.29, moving residues
+    0.4 Å on average; turning torsions keeps every bond and, on 200 sampled fragments of 32
+    residues, the CA–CA spacing and the divergence, moving residues 0.35 Å on average
+    (``benchmarks/RESULTS.md``)."""
     backbones = np.asarray(backbones, np.float32)
     if backbones.ndim != 4 or backbones.shape[2] < 3 or backbones.shape[3] != 3:
         raise ValueError(f"backbones must have shape (F, L, A, 3) with atoms N, CA, C first; got {backbones.shape}")
@@ -185,8 +236,8 @@ def relax_backbones(backbones, *, moves: str = "torsions", **options) -> np.ndar
     if moves == "positions":
         check_descent(settings["step"], settings["restraint"])
         return _relax_positions(backbones, settings)
-    if not settings["step"] > 0 or not settings["max_turn"] > 0:
-        raise ValueError(f"step and max_turn must be positive, got {settings['step']} and {settings['max_turn']}")
+    if not settings["damping"] > 0 or not settings["max_move"] > 0:
+        raise ValueError(f"damping and max_move must be positive, got {settings['damping']} and {settings['max_move']}")
     scaled = backbones * np.float32(LENGTH_SCALE)  # model units, where the clash distance is set
     clashing = np.asarray(_clash_losses(jnp.asarray(scaled[:, :, 1]))) > 0
     out = backbones.copy()
