@@ -460,14 +460,16 @@ def test_torsion_jacobian_is_that_of_autodiff_at_turned_chains():
 
 def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_data_alone():
     """The hairpin comes out of :func:`relax_backbones` (turning torsions) with no non-local CA
-    pair closer than 3.4 Å and its largest CA move a third of the angles' own descent's; every peptide unit and every residue's N, CA, C keep their shape (the
-    relaxation changes φ and ψ only); the relaxed chain is superposed on the sample's CA atoms
+    pair closer than 3.4 Å, its largest CA move under a third of steepest descent's in the angles;
+    every peptide unit and every residue's N, CA, C keep their shape (the relaxation changes φ and
+    ψ only); the relaxed chain is superposed on the sample's CA atoms
     (same centre, no rotation left between them); a real fragment, which has no clash, comes back
     bit for bit; and bad settings are refused by name."""
     from molecules.proteins import relax_backbones
     from molecules.proteins.geometry import LENGTH_SCALE
     from molecules.proteins.metrics import CLASH_SEPARATION
-    from molecules.proteins.relax import descend_torsions
+    from molecules.proteins.geometry import turn_torsions
+    from molecules.proteins.relax import _superposed, clash_loss
 
     length = 16
     hairpin = _hairpin(length)
@@ -482,9 +484,18 @@ def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_d
     for group in (lambda b: b[:, :3], lambda b: np.concatenate([b[:-1, 1:], b[1:, :2]], 1)):
         np.testing.assert_allclose(distance(group(relaxed_hairpin)), distance(group(hairpin)), atol=2e-3)
     np.testing.assert_allclose(after.mean(0), before.mean(0), atol=1e-4)
-    # the steps match the clash force in the CA atoms, not in the angles: the angles' own descent
-    # opens the hairpin by hinges far from the clashes (measured: largest CA move 7.0 Å, against 1.1)
-    hinged = np.asarray(descend_torsions(jnp.asarray(hairpin * LENGTH_SCALE))[0]) / LENGTH_SCALE
+    # the steps match the clash force in the CA atoms, not in the angles: steepest descent in the
+    # angles (steps clipped to 0.02 rad) opens the hairpin by hinges far from the clashes
+    # (measured: largest CA move 7.0 Å, against 1.1)
+    start = jnp.asarray(hairpin * LENGTH_SCALE)
+    gradient = jax.grad(lambda turns: clash_loss(turn_torsions(start, turns)[:, 1]))
+
+    def angle_step(_, turns):
+        change = 0.05 * gradient(turns)
+        return turns - change / jnp.maximum(1.0, jnp.max(jnp.abs(change)) / 0.02)
+
+    turns = jax.jit(lambda: jax.lax.fori_loop(0, 1000, angle_step, jnp.zeros((length, 2))))()
+    hinged = np.asarray(_superposed(turn_torsions(start, turns), start)) / LENGTH_SCALE
     largest_move = lambda b: np.linalg.norm(b[:, 1] - before, axis=-1).max()
     assert distance(hinged[:, 1])[separation >= CLASH_SEPARATION].min() > 3.4
     assert largest_move(relaxed_hairpin) < 0.3 * largest_move(hinged), (largest_move(relaxed_hairpin), largest_move(hinged))
@@ -617,13 +628,13 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     """With a clean-frame oracle whose prediction is a hairpin whose strands lie 2 Å apart, the
     guided sampler's last Euler step lands on the relaxed hairpin by the guidance's iterations:
     moving positions, on :func:`relax_fragment` of its CA atoms with the oracle's rotations;
-    turning torsions (the default), on the frames of :func:`descend_torsions` of its backbone, whose
+    turning torsions (the default), on the frames of :func:`relax_torsions` of its backbone, whose
     peptide units keep their shape. The clashes shrink both ways; the clean frames a jump from
     t = 0.5 returns are relaxed the same way; predicting a real fragment, or before ``start``, the
     guided field is the field."""
     from molecules.proteins import StericGuidance, steric_guided
     from molecules.proteins.geometry import LENGTH_SCALE, ideal_nca_c
-    from molecules.proteins.relax import clash_loss, descend_torsions, relax_fragment
+    from molecules.proteins.relax import clash_loss, relax_fragment, relax_torsions
 
     length = 16
     strand = 3.8 * np.arange(length // 2)
@@ -645,7 +656,7 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
     np.testing.assert_allclose(jumped[:, :, 1] * LENGTH_SCALE, jnp.stack([relaxed, relaxed]), atol=1e-5)
 
     atoms = ideal_nca_c(r1, hairpin / LENGTH_SCALE) * LENGTH_SCALE
-    turned_r, turned_c = frames_from_backbone(descend_torsions(atoms, max_iterations=50, tolerance=1e-6)[0])
+    turned_r, turned_c = frames_from_backbone(relax_torsions(atoms, max_iterations=50, tolerance=1e-6)[0])
     turning = steric_guided(model, iterations=50)
     samples = riemannian_sample(turning, jax.random.key(1), 2, 20)
     rotations, translations = jax.vmap(frame_manifold(length).split)(samples)
@@ -672,6 +683,8 @@ def test_steric_guidance_relaxes_the_predicted_clean_frames_and_leaves_a_clash_f
         steric_guided(model, moves="positions", step=0.2)
     with pytest.raises(ValueError, match="'positions' or 'torsions'"):
         steric_guided(model, moves="atoms")
+    with pytest.raises(ValueError, match="takes max_move"):
+        steric_guided(model, step=0.05)
     velocity_model = frameflow(jax.random.key(0), length, width=8, pair=4, layers=1, heads=1, head_dim=4,
                                num_points=1, prediction="velocity")
     with pytest.raises(ValueError, match="needs prediction='frames'"):

@@ -26,7 +26,7 @@ from manifolds.so3 import hat, matrix_to_rotvec, rotvec_to_matrix
 
 from .geometry import LENGTH_SCALE, backbone_from_frames, frames_from_backbone, ideal_nca_c
 from .network import FrameNetwork
-from .relax import check_descent, descend_torsions, relax_fragment
+from .relax import check_descent, relax_fragment, relax_torsions
 
 
 def frame_manifold(length: int) -> Product:
@@ -170,11 +170,11 @@ class FrameField(eqx.Module):
 class StericGuidance(eqx.Module):
     """A clean-frame field whose predicted clean frames are moved out of their clashes before the
     step towards them is taken: from ``t = start`` on, the clean frames the network predicts are
-    relaxed by ``iterations`` descent steps of ``step`` on the clash penalty, and the field steps
-    towards the relaxed frames. ``moves="torsions"`` (the default) turns the φ and ψ of the
-    predicted clean backbone (:func:`molecules.proteins.relax.descend_torsions`, at most
-    ``max_turn`` radians a step), which moves rotations and positions together and keeps the
-    predicted bond geometry; ``moves="positions"`` moves the clean CA positions
+    relaxed by ``iterations`` descent steps on the clash penalty, and the field steps towards the
+    relaxed frames. ``moves="torsions"`` (the default) turns the φ and ψ of the predicted clean
+    backbone (:func:`molecules.proteins.relax.relax_torsions`, no CA moved by more than
+    ``max_move`` nm a step), which moves rotations and positions together and keeps the predicted
+    bond geometry; ``moves="positions"`` moves the clean CA positions by steps of ``step``
     (:func:`molecules.proteins.relax.relax_fragment`: the clash penalty plus ``restraint`` times
     the squared change of each CA's distances to its next residues) and keeps the predicted
     rotations, so the bonds around a moved residue bend. Because the network sees the moved
@@ -183,35 +183,38 @@ class StericGuidance(eqx.Module):
 
     Without a clash nothing moves and the field is the unguided one. On the L = 64 model with the
     peptide-bond loss (``benchmarks/RESULTS.md``) turning torsions takes 200 samples from 19% to
-    96.5% clash-free with CA–CA spacing and the Ramachandran divergence as unguided (91.1% within
+    97% clash-free with CA–CA spacing and the Ramachandran divergence as unguided (91.0% within
     0.1 Å, JS 0.104, against 90.8% and 0.102), at about 40% more sampling time; moving positions
-    reaches 88% and costs 5 points of CA–CA spacing. Moving positions takes the L = 16 and L = 32
-    models from 95.8% and 73.7% to 99.9% and 99.8% clash-free with the other metrics within a
-    draw's spread, at 4–8% more sampling time; turning torsions leaves none of notebook 07's
-    L = 16 samples clashing (3% unguided) with the other metrics as unguided."""
+    reaches 88% and costs 5 points of CA–CA spacing. Turning torsions leaves none of 400 samples
+    of the kept L = 32 model clashing (24% unguided) with the other metrics as unguided. Moving
+    positions takes the L = 16 and L = 32 models from 95.8% and 73.7% to 99.9% and 99.8%
+    clash-free with the other metrics within a draw's spread, at 4–8% more sampling time."""
 
     field: FrameField
     step: float
     restraint: float
-    max_turn: float
+    max_move: float
     iterations: int = eqx.field(static=True)
     start: float = eqx.field(static=True)
     moves: str = eqx.field(static=True)
 
     def __init__(self, field: FrameField, step: float | None = None, *, restraint: float = 1.0, iterations: int = 20,
-                 start: float = 0.5, moves: str = "torsions", max_turn: float = 0.02):
+                 start: float = 0.5, moves: str = "torsions", max_move: float = 0.02):
         if field.prediction != "frames":
             raise ValueError(f"steric guidance moves predicted clean frames: it needs prediction='frames', "
                              f"got {field.prediction!r}")
         if moves not in ("positions", "torsions"):
             raise ValueError(f"steric guidance moves 'positions' or 'torsions', got {moves!r}")
-        step = (0.1 if moves == "positions" else 0.05) if step is None else step
-        if not step > 0 or int(iterations) < 1 or not 0.0 <= start < 1.0 or not max_turn > 0:
-            raise ValueError(f"steric guidance needs step > 0, iterations ≥ 1, start in [0, 1) and max_turn > 0; "
-                             f"got {step}, {iterations}, {start} and {max_turn}")
+        if moves == "torsions" and step is not None:
+            raise ValueError("step is the descent step of moves='positions'; moves='torsions' takes max_move "
+                             f"(the largest CA move of a step), got step={step}")
+        step = 0.1 if step is None else step
+        if not step > 0 or int(iterations) < 1 or not 0.0 <= start < 1.0 or not max_move > 0:
+            raise ValueError(f"steric guidance needs step > 0, iterations ≥ 1, start in [0, 1) and max_move > 0; "
+                             f"got {step}, {iterations}, {start} and {max_move}")
         if moves == "positions":
             check_descent(step, restraint)
-        self.field, self.step, self.restraint, self.max_turn = field, float(step), float(restraint), float(max_turn)
+        self.field, self.step, self.restraint, self.max_move = field, float(step), float(restraint), float(max_move)
         self.iterations, self.start, self.moves = int(iterations), float(start), moves
 
     @property
@@ -230,8 +233,8 @@ class StericGuidance(eqx.Module):
                 return r, relax_fragment(c, max_iterations=self.iterations, tolerance=_STILL, step=self.step,
                                          restraint=self.restraint)
             atoms = ideal_nca_c(r, c / LENGTH_SCALE) * LENGTH_SCALE
-            moved, turns = descend_torsions(atoms, max_iterations=self.iterations, step=self.step,
-                                          max_turn=self.max_turn, tolerance=_STILL)
+            moved, turns = relax_torsions(atoms, max_iterations=self.iterations, max_move=self.max_move,
+                                          tolerance=_STILL)
             new_r, new_c = frames_from_backbone(moved)
             still = jnp.all(turns == 0)  # the predicted frames themselves, not their round trip through atoms
             return jnp.where(still, r, new_r), jnp.where(still, c, new_c)

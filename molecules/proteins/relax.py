@@ -1,8 +1,7 @@
 """Steric relaxation of sampled fragments: CA atoms that clash are pushed apart, either by turning
-the backbone's φ/ψ torsions (:func:`relax_torsions`, what finished samples get;
-:func:`descend_torsions`, what the steric guidance applies to the network's predictions while it
-samples) or by moving CA positions under a restraint on their local distances
-(:func:`relax_fragment`).
+the backbone's φ/ψ torsions (:func:`relax_torsions`, what finished samples get and what the
+steric guidance applies to the network's predictions while it samples) or by moving CA positions
+under a restraint on their local distances (:func:`relax_fragment`).
 
 A frame flow's samples put two segments of the chain on one another in a few fragments in a
 hundred (a clash rate per residue pair that is flat in sequence separation, so it grows with
@@ -100,11 +99,11 @@ def relax_torsions(backbone, *, max_iterations: int = 300, damping: float = 0.01
     ``(3L, 2L)`` at the current torsions, ``g`` the clash penalty's gradient in the CA positions
     and ``μ`` = ``damping`` times the mean of ``JᵀJ``'s diagonal; it is scaled down where it would
     move a CA by more than ``max_move`` (nm). Steps run until no clash is left, no torsion would
-    turn by more than ``tolerance`` (radians), or ``max_iterations``. Measured against turning
-    torsions down their own gradient (:func:`descend_torsions`), whose largest turns are those
-    with the longest lever arm, hinges far from the clash: on 200 sampled fragments of 32
-    residues both leave none clashing and keep the CA–CA spacing and the Ramachandran divergence,
-    and the residues moved move 0.35 Å on average (2.5 Å at most) against 0.95 Å (7.8 Å)
+    turn by more than ``tolerance`` (radians), or ``max_iterations``. Measured against steepest
+    descent in the torsions, whose largest turns are those with the longest lever arm, hinges far
+    from the clash: on 200 sampled fragments of 32 residues both leave none clashing and keep the
+    CA–CA spacing and the Ramachandran divergence, and the residues moved move 0.35 Å on average
+    (2.5 Å at most) against 0.95 Å (7.8 Å); at 64 residues 0.51 Å (5.3 Å) against 2.1 Å (19 Å)
     (``benchmarks/RESULTS.md``). Recomputing ``J`` at every step (:func:`torsion_jacobian`, in
     closed form) is what keeps the descent on course; a Jacobian fixed at the sample goes stale
     along it. The damping keeps crankshaft
@@ -122,7 +121,18 @@ def relax_torsions(backbone, *, max_iterations: int = 300, damping: float = 0.01
         move = jnp.max(jnp.linalg.norm((jacobian @ change).reshape(length, 3), axis=-1))
         return clash, (change * jnp.minimum(1.0, max_move / (move + 1e-12))).reshape(length, 2)
 
-    return _descend(backbone, evaluated, max_iterations, tolerance)
+    def moving(state):
+        i, _, clash, change = state
+        return (i < max_iterations) & (clash > 0) & (jnp.max(jnp.abs(change)) > tolerance)
+
+    def descend(state):
+        i, turns, _, change = state
+        turns = turns - change
+        return (i + 1, turns, *evaluated(turns))
+
+    start = jnp.zeros((length, 2), backbone.dtype)
+    turns = jax.lax.while_loop(moving, descend, (0, start, *evaluated(start)))[1]
+    return _superposed(turn_torsions(backbone, turns), backbone), turns
 
 
 def torsion_jacobian(backbone):
@@ -139,46 +149,6 @@ def torsion_jacobian(backbone):
     length = backbone.shape[0]
     after = jnp.arange(length)[:, None] > jnp.arange(2 * length)[None] // 2  # CA k follows torsion m
     return jnp.moveaxis(jnp.where(after[..., None], velocity, 0.0), -1, 1)
-
-
-def descend_torsions(backbone, *, max_iterations: int = 1000, step: float = 0.05, max_turn: float = 0.02,
-                     tolerance: float = 1e-5):
-    """As :func:`relax_torsions`, by steps of ``step`` times the clash penalty's gradient in the
-    torsions, scaled down where the largest turn would exceed ``max_turn``: a torsion's gradient
-    is the clash force times its lever arm, so the torsions between two clashing segments, far
-    from them, turn first, and an unclipped step would throw the chain's end across the fragment.
-    A step costs one gradient, where :func:`relax_torsions` needs the Jacobian: steric guidance
-    (:class:`molecules.proteins.model.StericGuidance`) takes a few of these steps at every sampling
-    step, where the network rebuilds the geometry around what moved."""
-    def energy(turns):
-        return clash_loss(turn_torsions(backbone, turns)[:, 1])
-
-    value_and_grad = jax.value_and_grad(energy)
-
-    def evaluated(turns):  # the clash penalty at the turns and the clipped step from them
-        clash, gradient = value_and_grad(turns)
-        change = step * gradient
-        return clash, change / jnp.maximum(1.0, jnp.max(jnp.abs(change)) / max_turn)
-
-    return _descend(backbone, evaluated, max_iterations, tolerance)
-
-
-def _descend(backbone, evaluated, max_iterations: int, tolerance: float):
-    """Turns ``turns ← turns − change`` from none while ``evaluated(turns) -> (clash, change)``
-    reports a clash and a change above ``tolerance``; the turned chain superposed on ``backbone``
-    and the turns."""
-    def moving(state):
-        i, _, clash, change = state
-        return (i < max_iterations) & (clash > 0) & (jnp.max(jnp.abs(change)) > tolerance)
-
-    def descend(state):
-        i, turns, _, change = state
-        turns = turns - change
-        return (i + 1, turns, *evaluated(turns))
-
-    start = jnp.zeros((backbone.shape[0], 2), backbone.dtype)
-    turns = jax.lax.while_loop(moving, descend, (0, start, *evaluated(start)))[1]
-    return _superposed(turn_torsions(backbone, turns), backbone), turns
 
 
 def _superposed(moved, backbone):
