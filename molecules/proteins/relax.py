@@ -106,8 +106,9 @@ def relax_torsions(backbone, *, max_iterations: int = 300, damping: float = 0.01
     (2.5 Å at most) against 0.95 Å (7.8 Å); at 64 residues 0.51 Å (5.3 Å) against 2.1 Å (19 Å)
     (``benchmarks/RESULTS.md``). Recomputing ``J`` at every step (:func:`torsion_jacobian`, in
     closed form) is what keeps the descent on course; a Jacobian fixed at the sample goes stale
-    along it. The damping keeps crankshaft
-    moves (large opposite turns that move few atoms) from changing the torsions' distribution."""
+    along it. More damping leans towards steepest descent (at L = 32, damping 0.1 and 1 move
+    residues 0.47 and 0.60 Å on average); without any, a torsion that moves no CA atom (the last
+    ψ) would leave ``JᵀJ`` singular."""
     length = backbone.shape[0]
 
     def evaluated(turns):  # the clash penalty at the turns and the capped step from them
