@@ -466,9 +466,8 @@ def test_relaxation_by_torsions_removes_a_planted_clash_keeps_bonds_and_leaves_d
     (same centre, no rotation left between them); a real fragment, which has no clash, comes back
     bit for bit; and bad settings are refused by name."""
     from molecules.proteins import relax_backbones
-    from molecules.proteins.geometry import LENGTH_SCALE
+    from molecules.proteins.geometry import LENGTH_SCALE, turn_torsions
     from molecules.proteins.metrics import CLASH_SEPARATION
-    from molecules.proteins.geometry import turn_torsions
     from molecules.proteins.relax import _superposed, clash_loss
 
     length = 16

@@ -112,6 +112,16 @@ def backbone_from_dihedrals(phi, psi, omega=None):
     return np.concatenate([nca_c, o[:, None]], 1).astype(np.float32)
 
 
+def torsion_axes(backbone):
+    """The axes of torsions ``θ = (φ₀, ψ₀, φ₁, …)`` of backbone atoms ``(L, A, 3)`` (N, CA, C
+    first): unit directions ``(2L, 3)`` (Nᵢ→CAᵢ for ``φᵢ``, CAᵢ→Cᵢ for ``ψᵢ``) and the points
+    ``(2L, 3)`` they pass through at their far end (CAᵢ, Cᵢ), about which the chain after them turns."""
+    n, ca, c = backbone[:, 0], backbone[:, 1], backbone[:, 2]
+    start = jnp.stack([n, ca], 1).reshape(-1, 3)
+    end = jnp.stack([ca, c], 1).reshape(-1, 3)
+    return _unit(end - start), end
+
+
 def turn_torsions(backbone, turns):
     """Backbone atoms ``(L, A, 3)`` (N, CA, C[, O]) with each ``φᵢ`` turned by ``turns[i, 0]`` and
     ``ψᵢ`` by ``turns[i, 1]`` (radians, ``(L, 2)``), bond lengths, bond angles and ω unchanged.
@@ -122,10 +132,7 @@ def turn_torsions(backbone, turns):
     Applied from the chain's end, every turn finds its axis where the input has it, so the result
     is the composition ``T₀ ∘ T₁ ∘ … ∘ T_k`` of the turns about the input's axes, with ``k`` the
     last torsion before the atom: a prefix of compositions (``O(L)``), not a loop over atoms."""
-    n, ca, c = backbone[:, 0], backbone[:, 1], backbone[:, 2]
-    start = jnp.stack([n, ca], 1).reshape(-1, 3)  # the axis of torsion 2i (φᵢ) and 2i + 1 (ψᵢ)
-    end = jnp.stack([ca, c], 1).reshape(-1, 3)
-    axis = _unit(end - start)
+    axis, end = torsion_axes(backbone)  # torsion 2i is φᵢ, 2i + 1 is ψᵢ
     theta = turns.reshape(-1, 1, 1)
     cross = jax.vmap(hat)(axis)
     rotation = (jnp.eye(3, dtype=backbone.dtype) + jnp.sin(theta) * cross

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..geometry import kabsch_rotation
-from .geometry import LENGTH_SCALE, turn_torsions
+from .geometry import LENGTH_SCALE, torsion_axes, turn_torsions
 from .metrics import CLASH_SEPARATION
 
 # below the closest CA pair (≥ CLASH_SEPARATION apart in sequence) of any training fragment, 3.6 Å,
@@ -143,10 +143,8 @@ def torsion_jacobian(backbone):
     at ``u × (CA − e)`` and leaves the others; a turned chain's Jacobian is this at its own atoms,
     since turns about one axis compose. ``O(L²)`` products, where autodiff would take ``2L``
     passes through the chain."""
-    n, ca, c = backbone[:, 0], backbone[:, 1], backbone[:, 2]
-    start, end = jnp.stack([n, ca], 1).reshape(-1, 3), jnp.stack([ca, c], 1).reshape(-1, 3)  # (2L, 3)
-    axis = (end - start) / jnp.linalg.norm(end - start, axis=-1, keepdims=True)
-    velocity = jnp.cross(axis[None], ca[:, None] - end[None])  # (L, 2L, 3): CA k turned about axis m
+    axis, end = torsion_axes(backbone)  # (2L, 3) each
+    velocity = jnp.cross(axis[None], backbone[:, 1, None] - end[None])  # (L, 2L, 3): CA k turned about axis m
     length = backbone.shape[0]
     after = jnp.arange(length)[:, None] > jnp.arange(2 * length)[None] // 2  # CA k follows torsion m
     return jnp.moveaxis(jnp.where(after[..., None], velocity, 0.0), -1, 1)
